@@ -1,0 +1,36 @@
+"""ddetr: Deformable DETR training, evaluation, prediction and benchmarking.
+
+Public API (imported lazily so the CLI starts fast):
+    load_recipe(path, overrides=[])   -> recipe dict
+    build_model(recipe)               -> DeformableDETR
+    load_weights(model, path)         -> model with a checkpoint's weights
+    load_model(weights, recipe=None)  -> (model, recipe), architecture inferred when needed
+    post_process(outputs, sizes)      -> top-k detections in pixels
+    ms_deform_attn(...)               -> the multi-scale deformable attention op
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_recipe": "ddetr_cli.config",
+    "build_model": "ddetr_cli.model",
+    "post_process": "ddetr_cli.model",
+    "load_weights": "ddetr_cli.checkpoint",
+    "load_model": "ddetr_cli.checkpoint",
+    "save_checkpoint": "ddetr_cli.checkpoint",
+    "ms_deform_attn": "ddetr_cli.ops",
+    "DdetrError": "ddetr_cli.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ddetr_cli' has no attribute {name!r}")

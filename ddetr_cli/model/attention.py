@@ -1,0 +1,101 @@
+"""The multi-scale deformable attention module (FIDELITY items 10-15, appendix 3.1)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddetr_cli.ops import ms_deform_attn
+
+
+class MSDeformAttn(nn.Module):
+    """Each query attends to `n_points` learned points per head around its reference on
+    every level; the parameter names follow the official module so checkpoints load."""
+
+    def __init__(
+        self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        head_dim = d_model // n_heads
+        if head_dim & (head_dim - 1):
+            warnings.warn(
+                f"head dim {head_dim} is not a power of 2: the attention kernel runs slower",
+                stacklevel=2,
+            )
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        # None: the op picks the best backend for the tensors' device.
+        self.backend: str | None = None
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.sampling_offsets.weight)
+        # Initial offsets: head m points along angle 2*pi*m/M, point p at distance p+1.
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]
+        grid = grid.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value_input: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """query (N, Lq, C); reference_points (N, Lq, L, 2|4) in [0, 1], (x, y[, w, h]);
+        value_input (N, S, C); spatial_shapes (L, 2) of (H, W); padding_mask (N, S)."""
+        n, len_q, _ = query.shape
+        len_in = value_input.shape[1]
+        m, lv, p = self.n_heads, self.n_levels, self.n_points
+        value = self.value_proj(value_input)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.view(n, len_in, m, self.d_model // m)
+        offsets = self.sampling_offsets(query).view(n, len_q, m, lv, p, 2)
+        weights = self.attention_weights(query).view(n, len_q, m, lv * p)
+        weights = F.softmax(weights, -1).view(n, len_q, m, lv, p)
+        if reference_points.shape[-1] == 2:
+            # Offsets are in pixels of each level: normalise by (W, H), x first.
+            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            locations = (
+                reference_points[:, :, None, :, None, :]
+                + offsets / normalizer[None, None, None, :, None, :]
+            )
+        elif reference_points.shape[-1] == 4:
+            # Box references: offsets are fractions of half the box size.
+            locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        else:
+            raise ValueError(
+                f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape}"
+            )
+        output = ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, backend=self.backend
+        )
+        return self.output_proj(output)

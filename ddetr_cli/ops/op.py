@@ -1,0 +1,317 @@
+"""The public ``ms_deform_attn`` op: validation, backend dispatch, torch.library registration.
+
+``ddetr::ms_deform_attn`` and ``ddetr::ms_deform_attn_backward`` are opaque custom ops with fake
+impls, so torch.compile / export trace them without graph breaks, and FlopCounterMode counts them
+with the formulas below. The backend string is resolved in Python before the op is called, so a
+compiled graph records a concrete backend ("reference" or "kernel") and stays deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from ddetr_cli.ops import backends
+from ddetr_cli.ops.reference import ms_deform_attn_reference, ms_deform_attn_reference_backward
+
+_NAME = "ms_deform_attn"
+
+
+def ms_deform_attn_macs(N: int, Lq: int, M: int, D: int, L: int, P: int) -> int:
+    """Multiply-adds of one forward: per sampled point and channel, 4 bilinear corners + 1 weight.
+
+    Torch's FLOP convention counts 2 FLOPs per multiply-add; the backward is counted as 2x forward.
+    """
+    return N * Lq * M * D * L * P * 5
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+def _shapes_list(spatial_shapes: torch.Tensor) -> list[tuple[int, int]]:
+    # Syncs on CUDA; only the reference path needs Python ints (for split/reshape).
+    return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+
+
+@torch.library.custom_op("ddetr::ms_deform_attn", mutates_args=())
+def _ms_deform_attn_op(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
+    n, _, m, d = value.shape
+    lq = sampling_locations.shape[1]
+    if n == 0 or lq == 0:  # empty output: no backend needs to run (kernels may not allow it)
+        return value.new_zeros(n, lq, m * d)
+    if backend == "kernel":
+        out = backends.kernel_module().forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    else:
+        out = ms_deform_attn_reference(
+            value, _shapes_list(spatial_shapes), sampling_locations, attention_weights
+        )
+    # The fake impl promises a contiguous (N, Lq, M*D) result; compiled code relies on its strides.
+    return out.reshape(n, lq, m * d).contiguous()
+
+
+@_ms_deform_attn_op.register_fake
+def _ms_deform_attn_fake(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
+    n, _, m, d = value.shape
+    return value.new_empty(n, sampling_locations.shape[1], m * d)
+
+
+@torch.library.custom_op("ddetr::ms_deform_attn_backward", mutates_args=())
+def _ms_deform_attn_backward_op(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    grad_output: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if value.shape[0] == 0 or sampling_locations.shape[1] == 0:
+        return (
+            torch.zeros_like(value, memory_format=torch.contiguous_format),
+            torch.zeros_like(sampling_locations, memory_format=torch.contiguous_format),
+            torch.zeros_like(attention_weights, memory_format=torch.contiguous_format),
+        )
+    if backend == "kernel":
+        grads = backends.kernel_module().backward(
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            grad_output.contiguous(),
+        )
+    else:
+        grads = ms_deform_attn_reference_backward(
+            value,
+            _shapes_list(spatial_shapes),
+            sampling_locations,
+            attention_weights,
+            grad_output,
+        )
+    grad_value, grad_loc, grad_attn = grads
+    return grad_value.contiguous(), grad_loc.contiguous(), grad_attn.contiguous()
+
+
+@_ms_deform_attn_backward_op.register_fake
+def _ms_deform_attn_backward_fake(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    grad_output: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        value.new_empty(value.shape),
+        sampling_locations.new_empty(sampling_locations.shape),
+        attention_weights.new_empty(attention_weights.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    *tensors, backend = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        ctx.saved_tensors
+    )
+    grad_value, grad_loc, grad_attn = _ms_deform_attn_backward_op(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        grad_output,
+        ctx.backend,
+    )
+    # No gradients for spatial_shapes, level_start_index or the backend string.
+    return grad_value, None, None, grad_loc, grad_attn, None
+
+
+_ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- FLOP formulas
+
+
+def _flops(value_shape, sampling_locations_shape) -> int:
+    n, lq, m, n_levels, p, _ = sampling_locations_shape
+    return 2 * ms_deform_attn_macs(n, lq, m, value_shape[3], n_levels, p)
+
+
+@register_flop_formula(torch.ops.ddetr.ms_deform_attn)
+def _forward_flops(value_shape, ss_shape, lsi_shape, loc_shape, *args, **kwargs) -> int:
+    return _flops(value_shape, loc_shape)
+
+
+@register_flop_formula(torch.ops.ddetr.ms_deform_attn_backward)
+def _backward_flops(value_shape, ss_shape, lsi_shape, loc_shape, *args, **kwargs) -> int:
+    return 2 * _flops(value_shape, loc_shape)
+
+
+# --------------------------------------------------------------------------- public entry
+
+
+def _fail(message: str) -> NoReturn:
+    raise ValueError(f"{_NAME}: {message}")
+
+
+def _validate(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> None:
+    """Shape/dtype checks; metadata only, plus value checks when the shapes live on the CPU."""
+    tensors = {
+        "value": value,
+        "spatial_shapes": spatial_shapes,
+        "level_start_index": level_start_index,
+        "sampling_locations": sampling_locations,
+        "attention_weights": attention_weights,
+    }
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            _fail(f"{name} must be a Tensor, got {type(t).__name__}")
+    if value.dim() != 4:
+        _fail(f"value must be 4-D (N, S, M, D), got shape {tuple(value.shape)}")
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        _fail(
+            "sampling_locations must be 6-D (N, Lq, M, L, P, 2), "
+            f"got shape {tuple(sampling_locations.shape)}"
+        )
+    if attention_weights.dim() != 5:
+        _fail(
+            "attention_weights must be 5-D (N, Lq, M, L, P), "
+            f"got shape {tuple(attention_weights.shape)}"
+        )
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        _fail(f"spatial_shapes must be (L, 2) of (H, W), got shape {tuple(spatial_shapes.shape)}")
+    if level_start_index.dim() != 1:
+        _fail(f"level_start_index must be 1-D (L,), got shape {tuple(level_start_index.shape)}")
+    for name in ("spatial_shapes", "level_start_index"):
+        if tensors[name].dtype != torch.int64:
+            _fail(f"{name} must be int64, got {tensors[name].dtype}")
+    for name in ("value", "sampling_locations", "attention_weights"):
+        if not tensors[name].is_floating_point():
+            _fail(f"{name} must be floating point, got {tensors[name].dtype}")
+
+    n, s, m, _ = value.shape
+    loc_n, lq, loc_m, n_levels, p, _ = sampling_locations.shape
+    attn_shape = attention_weights.shape
+    dims = {"N": (n, loc_n, attn_shape[0]), "M": (m, loc_m, attn_shape[2])}
+    for dim, (a, b, c) in dims.items():
+        if not a == b == c:
+            _fail(
+                f"{dim} differs: value {a}, sampling_locations {b}, attention_weights {c} "
+                f"(shapes {tuple(value.shape)}, {tuple(sampling_locations.shape)}, "
+                f"{tuple(attention_weights.shape)})"
+            )
+    if tuple(attention_weights.shape) != (n, lq, m, n_levels, p):
+        _fail(
+            f"attention_weights shape {tuple(attention_weights.shape)} does not match "
+            f"sampling_locations (N, Lq, M, L, P) = {(n, lq, m, n_levels, p)}"
+        )
+    if spatial_shapes.shape[0] != n_levels or level_start_index.shape[0] != n_levels:
+        _fail(
+            f"number of levels differs: sampling_locations has L={n_levels}, spatial_shapes "
+            f"{spatial_shapes.shape[0]}, level_start_index {level_start_index.shape[0]}"
+        )
+    if n_levels == 0:
+        _fail("need at least one feature level")
+    devices = {value.device, sampling_locations.device, attention_weights.device}
+    if len(devices) != 1:
+        _fail(
+            f"value, sampling_locations and attention_weights must share a device, got "
+            f"{value.device}, {sampling_locations.device}, {attention_weights.device}"
+        )
+
+    # Value checks only when free: reading CUDA shapes would force a device sync on every call,
+    # and under torch.compile they would be data-dependent (graph break).
+    if spatial_shapes.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    if bool((spatial_shapes <= 0).any()):
+        _fail(f"spatial_shapes must be positive, got {spatial_shapes.tolist()}")
+    areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+    total = int(areas.sum())
+    if total != s:
+        _fail(
+            f"sum of H*W over spatial_shapes {spatial_shapes.tolist()} is {total}, "
+            f"but value has S={s}"
+        )
+    if level_start_index.device.type == "cpu":
+        expected = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+        if not torch.equal(level_start_index, expected):
+            _fail(
+                f"level_start_index {level_start_index.tolist()} does not match spatial_shapes "
+                f"(expected {expected.tolist()})"
+            )
+
+
+@torch.compiler.assume_constant_result
+def _resolve_for_compile(device: torch.device, requested: str | None) -> str:
+    # Dynamo runs this eagerly at trace time and bakes the string into the graph.
+    return backends.resolve_backend(device, requested)[0]
+
+
+def ms_deform_attn(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Multi-scale deformable attention; returns (N, Lq, M*D).
+
+    value (N, S, M, D); spatial_shapes (L, 2) int64 (H, W); level_start_index (L,) int64;
+    sampling_locations (N, Lq, M, L, P, 2) as (x, y) in [0, 1]; attention_weights (N, Lq, M, L, P).
+    ``backend``: None/"auto" (kernel when available, else reference), "reference" or "kernel".
+    Mixed float dtypes are promoted to the widest one. Raises ValueError on malformed inputs and
+    RuntimeError when "kernel" is requested but unavailable.
+    """
+    _validate(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if torch.compiler.is_compiling():
+        concrete = _resolve_for_compile(value.device, backend)
+    else:
+        concrete = backends.resolve_backend(value.device, backend)[0]
+
+    dtype = torch.promote_types(
+        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
+    )
+    if concrete == "kernel":
+        # The kernel contract: shapes and start indices on the value's device.
+        spatial_shapes = spatial_shapes.to(value.device, non_blocking=True)
+        level_start_index = level_start_index.to(value.device, non_blocking=True)
+    # Contiguous inputs are what the kernel needs and what the saved-for-backward tensors are.
+    return _ms_deform_attn_op(
+        value.to(dtype).contiguous(),
+        spatial_shapes.contiguous(),
+        level_start_index.contiguous(),
+        sampling_locations.to(dtype).contiguous(),
+        attention_weights.to(dtype).contiguous(),
+        concrete,
+    )
