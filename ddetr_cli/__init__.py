@@ -7,6 +7,7 @@ Public API (imported lazily so the CLI starts fast):
     load_model(weights, recipe=None)  -> (model, recipe), architecture inferred when needed
     post_process(outputs, sizes)      -> top-k detections in pixels
     ms_deform_attn(...)               -> the multi-scale deformable attention op
+    build_criterion(recipe)           -> the official Hungarian-matched losses
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _EXPORTS = {
     "load_model": "ddetr_cli.checkpoint",
     "save_checkpoint": "ddetr_cli.checkpoint",
     "ms_deform_attn": "ddetr_cli.ops",
+    "build_criterion": "ddetr_cli.train",
     "DdetrError": "ddetr_cli.errors",
 }
 

@@ -126,28 +126,21 @@ def infer_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def recipe_for_checkpoint(ckpt: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The checkpoint's stored recipe, or one inferred from an official file."""
-    from ddetr_cli.config import apply_overrides, load_recipe, validate_recipe
+def recipe_for_checkpoint(
+    ckpt: dict[str, Any], overrides: Sequence[str] = (), source: str = "checkpoint"
+) -> dict[str, Any]:
+    """The checkpoint's stored recipe, or one inferred from an official file, plus overrides."""
+    from ddetr_cli.config import apply_overrides
 
     if isinstance(ckpt.get("recipe"), dict):
-        recipe = validate_recipe(copy.deepcopy(ckpt["recipe"]))
-        return apply_overrides(recipe, overrides) if overrides else recipe
-    inferred = infer_model_config(ckpt)
-    base = [f"model.{k}={_yaml_value(v)}" for k, v in inferred.items()]
-    recipe = load_recipe(None, [*base, *overrides])
+        return apply_overrides(copy.deepcopy(ckpt["recipe"]), overrides, source)
+    recipe = apply_overrides({"model": infer_model_config(ckpt)}, overrides, source)
     if recipe["model"]["class_names"] is None and recipe["model"]["num_classes"] == 91:
         from ddetr_cli.coco_names import COCO_CLASS_NAMES
 
         # The official release was trained on COCO with raw category ids as classes.
         recipe["model"]["class_names"] = list(COCO_CLASS_NAMES)
     return recipe
-
-
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def load_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
@@ -196,9 +189,9 @@ def load_model(
 
     ckpt = read_checkpoint(weights)
     if recipe is None:
-        recipe = recipe_for_checkpoint(ckpt, overrides)
+        recipe = recipe_for_checkpoint(ckpt, overrides, f"checkpoint {weights}")
     elif overrides:
-        recipe = apply_overrides(copy.deepcopy(recipe), overrides)
+        recipe = apply_overrides(recipe, overrides, "recipe")
     recipe = copy.deepcopy(recipe)
     # The checkpoint supplies every weight: never fetch ImageNet weights for it.
     recipe["model"]["pretrained_backbone"] = False

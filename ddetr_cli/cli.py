@@ -159,6 +159,13 @@ def predict(
         int | None,
         typer.Option(help="Cap the long side at this (default: recipe data.eval_max_size)."),
     ] = None,
+    attention_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Deformable attention backend: auto, kernel or reference "
+            "(default: the recipe's model.attention_backend).",
+        ),
+    ] = None,
 ) -> None:
     """Detect objects in pictures; write COCO-results JSON and pictures with boxes drawn.
 
@@ -177,10 +184,12 @@ def predict(
     except DdetrError as exc:
         raise usage_error(str(exc)) from None
 
+    overrides = [f"model.attention_backend={attention_backend}"] if attention_backend else []
     summary = run_predict(
         images,
         weights,
         recipe_path=recipe,
+        overrides=overrides,
         threshold=threshold,
         out_dir=out,
         device=device,
@@ -235,6 +244,25 @@ def recipe_show(
     from ddetr_cli.config import format_recipe, load_recipe
 
     typer.echo(format_recipe(load_recipe(recipe, overrides or ())), nl=False)
+
+
+# `ddetr bench`: its many options and tables live in commands_bench.py; torch loads on use.
+from ddetr_cli.commands_bench import bench as _bench  # noqa: E402
+
+app.command("bench")(_bench)
+
+
+# Training and data commands live in their own module (bodies in commands_train.py).
+from ddetr_cli.commands_train import data_app, train  # noqa: E402
+
+app.command("train")(train)
+app.add_typer(data_app, name="data")
+
+
+# `ddetr ops build|info`: the attention kernels (bodies in commands_ops.py).
+from ddetr_cli.commands_ops import ops_app  # noqa: E402
+
+app.add_typer(ops_app, name="ops")
 
 
 def main() -> None:

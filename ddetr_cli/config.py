@@ -66,6 +66,11 @@ DEFAULTS: dict[str, Any] = {
         "eval_min_size": 800,
         "eval_max_size": 1333,
         "num_workers": 2,
+        # Training augmentation: paper (flip + multi-scale / crop), flip, none.
+        "augment": "paper",
+        # Built-in shapes (format: shapes): training pictures come from `seed`, the val split
+        # from its own fixed seed.
+        "shapes": {"train_images": 2000, "val_images": 200, "seed": 0},
     },
     "train": {
         "epochs": 50,
@@ -81,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
         "output_dir": "runs/default",
         "eval_every": 1,
         "checkpoint_every": 1,
+        "device": "auto",  # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda
+        "log_every": 20,  # steps between metrics.jsonl lines
+        "max_steps": 0,  # stop after this many optimiser steps in all (0: epochs decide)
     },
 }
 
@@ -98,10 +106,13 @@ _NULLABLE: dict[str, Any] = {
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "model.backbone": BACKBONES,
+    "model.backbone": (*BACKBONES, "convnet"),  # convnet: small, from scratch (shapes)
     "model.backbone_norm": ("frozen", "batch"),
     "model.attention_backend": ("auto", "reference", "kernel"),
     "train.amp": ("off", "bf16", "fp16"),
+    "data.format": ("coco", "shapes"),
+    "data.augment": ("paper", "flip", "none"),
+    "train.device": ("auto", "cpu", "cuda"),
 }
 
 # Inclusive lower bounds.
@@ -137,6 +148,11 @@ _MINIMUM: dict[str, float] = {
     "train.seed": 0,
     "train.eval_every": 1,
     "train.checkpoint_every": 1,
+    "data.shapes.train_images": 1,
+    "data.shapes.val_images": 1,
+    "data.shapes.seed": 0,
+    "train.log_every": 1,
+    "train.max_steps": 0,
 }
 
 

@@ -182,7 +182,7 @@ def run_predict(
     model, recipe = load_model(
         weights, recipe, device=str(dev), overrides=tuple(overrides) if recipe is None else ()
     )
-    model.eval()
+    model.eval().optimize_for_inference()
     if min_size is None:
         min_size = recipe["data"]["eval_min_size"]
     if max_size is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -37,7 +38,14 @@ def layout(variant: str) -> list[dict]:
 
 
 def official_state_dict(variant: str, dtype: torch.dtype = torch.float32) -> dict:
-    """Deterministic synthetic weights in the official layout (same keys, same sharing)."""
+    """Deterministic synthetic weights in the official layout (same keys, same sharing).
+
+    A fresh dict each call; the tensors are shared between calls, so never modify them."""
+    return dict(_cached_state_dict(variant, dtype))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_state_dict(variant: str, dtype: torch.dtype) -> dict:
     return _fill.build_state_dict(layout(variant), dtype)
 
 

@@ -12,6 +12,9 @@ from ddetr_cli.model import build_model, post_process
 
 # (logits, normalised boxes) tolerances the issue sets per dtype.
 TOLERANCE = {torch.float64: (1e-6, 1e-6), torch.float32: (1e-4, 1e-5)}
+# Reference scores closer than this are a tie at the dtype's precision: float32 logits carry
+# ~2e-6 of noise, so two detections 1.6e-7 apart (a.png ranks 39/40) may come out either way.
+TIE = {torch.float64: 0.0, torch.float32: 1e-6}
 PICTURES = ("a.png", "b.png")
 
 
@@ -44,10 +47,26 @@ def test_single_picture_matches_official(plain_model, ref, name):
     assert _max_diff(out["pred_boxes"][0], expected["pred_boxes"]) < boxes_tol
 
     detections = post_process(out, torch.tensor([image.shape[1:]]), num_detections=100)[0]
-    # Same top-100 in the same order; pixel boxes scale the normalised tolerance by the size.
-    assert torch.equal(detections["labels"], expected["labels"])
     assert _max_diff(detections["scores"], expected["scores"]) < logits_tol
-    assert _max_diff(detections["boxes"], expected["boxes"]) < boxes_tol * max(image.shape)
+    _assert_same_ranking(detections, expected, boxes_tol * max(image.shape), TIE[dtype])
+
+
+def _assert_same_ranking(ours: dict, ref: dict, box_tol: float, tie: float) -> None:
+    """Same top-k detections (label and pixel box) in the same order, except that detections
+    whose reference scores differ by less than `tie` may trade places among themselves."""
+    scores = ref["scores"]
+    start = 0
+    while start < len(scores):
+        end = start + 1
+        while end < len(scores) and scores[end - 1] - scores[end] < tie:
+            end += 1
+        for k in range(start, end):
+            assert any(
+                ours["labels"][k] == ref["labels"][m]
+                and _max_diff(ours["boxes"][k], ref["boxes"][m]) < box_tol
+                for m in range(start, end)
+            ), f"detection {k} differs from the reference's ranks {start}..{end - 1}"
+        start = end
 
 
 def test_padded_batch_matches_official(plain_model, ref):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddetr_cli.model.backbone import Backbone
+from ddetr_cli.model.backbone import Backbone, ConvNetBackbone
 from ddetr_cli.model.position_encoding import PositionEmbeddingSine
 from ddetr_cli.model.transformer import DeformableTransformer, refine_boxes
 from ddetr_cli.model.utils import clones, pad_images
@@ -63,6 +64,7 @@ class DeformableDETR(nn.Module):
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
+        self.channels_last = False  # set by optimize_for_inference
         self.transformer = transformer
         class_embed = nn.Linear(hidden_dim, num_classes)
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
@@ -116,6 +118,23 @@ class DeformableDETR(nn.Module):
             if isinstance(module, MSDeformAttn):
                 module.backend = chosen
 
+    def optimize_for_inference(self) -> DeformableDETR:
+        """Make a model that is only run (predict, evaluate, bench) faster; outputs stay equal
+        up to float rounding.
+
+        Folds the backbone's frozen batch norms into its convolutions and runs the convolutions
+        in channels-last memory layout (measured on a 2-core CPU at 800x1067: the backbone's
+        time drops by about 40%). The state dict no longer has the official layout, so never
+        save or train a model after this.
+        """
+        from ddetr_cli.model.fuse import fold_frozen_batchnorms
+
+        fold_frozen_batchnorms(self.backbone)
+        self.backbone.to(memory_format=torch.channels_last)
+        self.input_proj.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
     def _features(self, images: Tensor, mask: Tensor) -> tuple[list[Tensor], ...]:
         srcs, masks, pos = [], [], []
         levels = self.backbone[0](images, mask)
@@ -134,6 +153,8 @@ class DeformableDETR(nn.Module):
     def forward(self, images: list[Tensor] | Tensor) -> dict[str, Any]:
         """images: normalised CHW tensors of any sizes (or one BCHW batch, unpadded)."""
         batch, mask = pad_images(images)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         srcs, masks, pos = self._features(batch, mask)
         query_embed = None if self.two_stage else self.query_embed.weight
         hs, init_reference, inter_references, enc_class, enc_coord_unact = self.transformer(
@@ -159,14 +180,17 @@ def build_model(recipe: dict[str, Any]) -> DeformableDETR:
     """Build the detector described by a recipe's `model` section."""
     cfg = recipe["model"]
     levels = cfg["num_feature_levels"]
-    backbone = Backbone(
-        cfg["backbone"],
-        num_levels=levels,
-        dilation=cfg["dilation"],
-        norm=cfg["backbone_norm"],
-        freeze_stem=cfg["freeze_backbone_stem"],
-        pretrained=cfg["pretrained_backbone"],
-    )
+    if cfg["backbone"] == "convnet":
+        backbone = ConvNetBackbone(levels, cfg["backbone_norm"], cfg["freeze_backbone_stem"])
+    else:
+        backbone = Backbone(
+            cfg["backbone"],
+            num_levels=levels,
+            dilation=cfg["dilation"],
+            norm=cfg["backbone_norm"],
+            freeze_stem=cfg["freeze_backbone_stem"],
+            pretrained=cfg["pretrained_backbone"],
+        )
     transformer = DeformableTransformer(
         d_model=cfg["hidden_dim"],
         nhead=cfg["nheads"],

@@ -46,7 +46,7 @@ class EncoderLayer(nn.Module):
             src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
         )
         src = self.norm1(src + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout3(ffn))
 
 
@@ -126,7 +126,7 @@ class DecoderLayer(nn.Module):
             padding_mask,
         )  # fmt: skip
         tgt = self.norm1(tgt + self.dropout1(attended))
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
+        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt), inplace=True)))
         return self.norm3(tgt + self.dropout4(ffn))
 
 

@@ -1,0 +1,453 @@
+"""`ddetr bench`: parameters, FLOPs and inference speed of a model, measured one stated way.
+
+Speed protocol (the official benchmark.py's): one picture replicated to the batch size, a few
+warm-up iterations, then timed iterations with the device synchronised (CUDA events per iteration
+on GPU, perf_counter on CPU). FPS = pictures / timed seconds. Every setting is in the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddetr_cli.errors import DdetrError
+from ddetr_cli.flops import count_flops
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKEND_CHOICES = ("all", "auto", "reference", "kernel")
+# COCO val2017's first picture (427x640) after the 800/1333 evaluation resize, as the official
+# benchmark feeds it.
+DEFAULT_SIZE = (800, 1199)
+OFFICIAL_WARMUP, OFFICIAL_ITERS = 5, 295
+# The official 300 iterations take ~15 minutes per setting on a small CPU: fewer by default there.
+CPU_WARMUP, CPU_ITERS = 1, 10
+PAPER_MAX_IMAGES = 100  # the DETR papers average FLOPs over the first 100 val2017 pictures
+
+
+@dataclass
+class BenchOptions:
+    """What to measure and how; None means the device's default (see resolve_protocol)."""
+
+    device: str = "cpu"
+    flops: bool = True
+    fps: bool = False
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    image_size: tuple[int, int] | None = None
+    images: Path | None = None
+    max_images: int = PAPER_MAX_IMAGES
+    compile: bool = False
+    attention_backend: str = "all"
+    warmup: int | None = None
+    iters: int | None = None
+    threads: int | None = None
+
+
+@dataclass
+class SpeedResult:
+    backend: str
+    dtype: str
+    mode: str  # "eager" or "compile"
+    batch_size: int
+    fps: float | None = None
+    latency_ms_p50: float | None = None  # per batch
+    latency_ms_p90: float | None = None
+    latency_ms_mean: float | None = None
+    peak_memory_mib: float | None = None  # CUDA only (torch.cuda.max_memory_allocated)
+    first_iteration_s: float | None = None  # includes compilation in "compile" mode
+    speedup_vs_reference: float | None = None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- model and inputs
+
+
+def build_bench_model(
+    weights: Path | None, recipe_path: Path | None, overrides: Sequence[str]
+) -> tuple[nn.Module, dict[str, Any], str]:
+    """(model in eval mode on the CPU, resolved recipe, where it came from).
+
+    Without weights the model is built from the recipe (default: the built-in defaults, which are
+    the plain multi-scale R50 model) with random weights: weights change neither FLOPs nor speed,
+    so ImageNet weights are never downloaded for a benchmark.
+    """
+    from ddetr_cli.config import load_recipe
+
+    if weights is not None:
+        from ddetr_cli.checkpoint import load_model
+
+        recipe = load_recipe(recipe_path, overrides) if recipe_path is not None else None
+        model, recipe = load_model(
+            weights, recipe, device="cpu", overrides=() if recipe_path else overrides
+        )
+        return model.eval(), recipe, str(weights)
+    from ddetr_cli.model import build_model
+
+    recipe = load_recipe(recipe_path, [*overrides, "model.pretrained_backbone=false"])
+    source = str(recipe_path) if recipe_path is not None else "built-in defaults"
+    return build_model(recipe).eval(), recipe, f"{source}, random weights"
+
+
+def describe_model(recipe: dict[str, Any]) -> str:
+    """A short name such as 'resnet50, 4 levels, box refine + two-stage'."""
+    m = recipe["model"]
+    kind = "plain"
+    if m["two_stage"]:
+        kind = "box refine + two-stage"
+    elif m["with_box_refine"]:
+        kind = "box refine"
+    dc5 = " DC5" if m["dilation"] else ""
+    levels = m["num_feature_levels"]
+    return f"{m['backbone']}{dc5}, {levels} level{'s' if levels > 1 else ''}, {kind}"
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(all, trainable) parameter counts; shared modules are counted once, as the official."""
+    params = list(model.parameters())  # deduplicated by nn.Module
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def folder_inputs(
+    folder: Path, max_images: int, min_size: int, max_size: int
+) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """Evaluation-transform sizes of a folder's first ``max_images`` pictures (sorted by name)
+    and the first one, transformed, for the speed runs."""
+    from ddetr_cli.images import eval_size, eval_transform, list_images, load_image
+
+    if not folder.is_dir():
+        raise DdetrError(f"--images {folder}: not a folder")
+    paths = list_images([folder])[:max_images]
+    sizes = []
+    first = None
+    for path in paths:
+        image = load_image(path)
+        if first is None:
+            first = eval_transform(image, min_size, max_size)
+        sizes.append(eval_size(image.shape[-2], image.shape[-1], min_size, max_size))
+    return sizes, first
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if hasattr(os, "getloadavg"):  # above the core count means the timings shared the CPU
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+# --------------------------------------------------------------------------- backends and timing
+
+
+def resolve_backends(device: torch.device, requested: str) -> list[tuple[str, str]]:
+    """Concrete attention backends to time on ``device``: [(name, reason)]."""
+    from ddetr_cli.ops import resolve_backend
+
+    if requested not in BACKEND_CHOICES:
+        raise DdetrError(
+            f"--attention-backend {requested!r}: choose one of {', '.join(BACKEND_CHOICES)}"
+        )
+    if requested == "all":
+        found = [("reference", "pure PyTorch")]
+        try:
+            found.append(("kernel", resolve_backend(device, "kernel")[1]))
+        except RuntimeError:
+            pass  # the kernel is unavailable here: only the reference can be timed
+        return found
+    try:
+        return [resolve_backend(device, requested)]
+    except RuntimeError as exc:
+        raise DdetrError(f"--attention-backend {requested}: {exc}") from None
+
+
+def resolve_protocol(options: BenchOptions, device: torch.device) -> tuple[int, int]:
+    """(warm-up, timed) iterations: the official 5/295 on GPU, fewer on CPU unless asked."""
+    cpu = device.type == "cpu"
+    warmup = options.warmup if options.warmup is not None else (CPU_WARMUP if cpu else 5)
+    iters = options.iters if options.iters is not None else (CPU_ITERS if cpu else 295)
+    if warmup < 0 or iters < 1:
+        raise DdetrError(f"need --warmup >= 0 and --iters >= 1, got {warmup} and {iters}")
+    return warmup, iters
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def time_forward(
+    fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
+) -> tuple[list[float], float, float | None]:
+    """Run ``fn`` warmup + iters times: (per-iteration seconds, timed total seconds, seconds of
+    the first warm-up call or None). GPU work is timed with CUDA events and synchronised."""
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    first = None
+    for i in range(warmup):
+        start = time.perf_counter()
+        fn()
+        sync()
+        if i == 0:
+            first = time.perf_counter() - start
+    if cuda:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        for start_event, end_event in zip(starts, ends, strict=True):
+            start_event.record()
+            fn()
+            end_event.record()
+        sync()
+        latencies = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
+        total = starts[0].elapsed_time(ends[-1]) / 1e3
+        return latencies, total, first
+    latencies = []
+    begin = time.perf_counter()
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        latencies.append(time.perf_counter() - start)
+    return latencies, time.perf_counter() - begin, first
+
+
+def _check_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name not in DTYPES:
+        raise DdetrError(f"--dtype {name!r}: choose from {', '.join(DTYPES)}")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DdetrError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
+    return DTYPES[name]
+
+
+def measure_speed(
+    model: nn.Module,
+    picture: torch.Tensor,
+    device: torch.device,
+    dtype: str,
+    batch_size: int,
+    warmup: int,
+    iters: int,
+    compiled: bool = False,
+) -> SpeedResult:
+    """Time the model on ``picture`` (3, H, W) replicated ``batch_size`` times.
+
+    fp32 runs the model as is; bf16/fp16 run it under torch.autocast (as mixed-precision
+    inference is usually deployed: matmuls and convs in half precision, norms in fp32).
+    """
+    torch_dtype = _check_dtype(dtype, device)
+    result = SpeedResult(backend="", dtype=dtype, mode="compile" if compiled else "eager",
+                         batch_size=batch_size)  # fmt: skip
+    batch = picture.to(device)[None].expand(batch_size, -1, -1, -1).contiguous()
+    runner: Callable[..., Any] = model
+    if compiled:
+        torch._dynamo.reset()  # a fresh graph per setting: no recompilation or dynamic shapes
+        runner = torch.compile(model, dynamic=False)
+    autocast = (
+        torch.autocast(device.type, dtype=torch_dtype)
+        if torch_dtype != torch.float32
+        else nullcontext()
+    )
+
+    def forward() -> Any:
+        with torch.inference_mode(), autocast:
+            return runner(batch)
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        latencies, total, first = time_forward(forward, device, warmup, iters)
+    except torch.OutOfMemoryError:
+        result.error = "out of memory"
+        return result
+    except Exception as exc:
+        if not compiled:
+            raise
+        # torch.compile failures (no C++ compiler, an unsupported op) are reported, not fatal.
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        result.error = f"torch.compile failed: {line[:200]}"
+        return result
+    result.fps = batch_size * iters / total
+    result.latency_ms_p50 = _percentile(latencies, 50) * 1e3
+    result.latency_ms_p90 = _percentile(latencies, 90) * 1e3
+    result.latency_ms_mean = float(np.mean(latencies)) * 1e3
+    result.first_iteration_s = first
+    if device.type == "cuda":
+        result.peak_memory_mib = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def _add_speedups(results: list[SpeedResult]) -> None:
+    reference = {
+        (r.dtype, r.mode, r.batch_size): r.fps
+        for r in results
+        if r.backend == "reference" and r.fps
+    }
+    for r in results:
+        base = reference.get((r.dtype, r.mode, r.batch_size))
+        if r.fps and base:
+            r.speedup_vs_reference = r.fps / base
+
+
+# --------------------------------------------------------------------------- the whole report
+
+
+def check_options(options: BenchOptions) -> None:
+    """DdetrError for option values that make no sense on any device (a usage error)."""
+    if options.image_size is not None and options.images is not None:
+        raise DdetrError("give either --image-size or --images, not both")
+    if options.image_size is not None and min(options.image_size) < 32:
+        raise DdetrError(f"--image-size must be at least 32 32, got {options.image_size}")
+    if not options.batch_sizes or min(options.batch_sizes) < 1:
+        raise DdetrError(f"--batch-size values must be at least 1, got {options.batch_sizes}")
+    unknown = [d for d in options.dtypes if d not in DTYPES]
+    if unknown or not options.dtypes:
+        raise DdetrError(f"--dtype {','.join(unknown)}: choose from {', '.join(DTYPES)}")
+    if options.attention_backend not in BACKEND_CHOICES:
+        raise DdetrError(
+            f"--attention-backend {options.attention_backend!r}: choose one of "
+            f"{', '.join(BACKEND_CHOICES)}"
+        )
+    if options.max_images < 1:
+        raise DdetrError(f"--max-images must be at least 1, got {options.max_images}")
+    if options.compile and options.warmup == 0:
+        raise DdetrError("--compile needs --warmup of at least 1 (the first call compiles)")
+    if options.threads is not None and options.threads < 1:
+        raise DdetrError(f"--threads must be at least 1, got {options.threads}")
+    if (options.warmup is not None and options.warmup < 0) or (
+        options.iters is not None and options.iters < 1
+    ):
+        raise DdetrError(
+            f"need --warmup >= 0 and --iters >= 1, got {options.warmup}, {options.iters}"
+        )
+
+
+def run_bench(
+    model: nn.Module,
+    recipe: dict[str, Any],
+    source: str,
+    options: BenchOptions,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure what ``options`` asks for; returns the JSON-ready report."""
+    from ddetr_cli import __version__
+    from ddetr_cli.predict import resolve_device
+
+    say = progress or (lambda _msg: None)
+    check_options(options)
+    device = resolve_device(options.device)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    for name in options.dtypes:
+        _check_dtype(name, device)
+
+    if options.images is not None:
+        data = recipe["data"]
+        sizes, picture = folder_inputs(
+            options.images, options.max_images, data["eval_min_size"], data["eval_max_size"]
+        )
+        inputs = {"images": str(options.images), "n_images": len(sizes)}
+    else:
+        size = options.image_size or DEFAULT_SIZE
+        sizes = [tuple(size)]
+        # A fixed random picture: content does not change the work done.
+        picture = torch.randn(3, *size, generator=torch.Generator().manual_seed(0))
+        inputs = {"image_size": list(size)}
+    inputs["speed_picture_size"] = list(picture.shape[-2:])
+
+    total, trainable = count_params(model)
+    report: dict[str, Any] = {
+        "ddetr_version": __version__,
+        "model": {"source": source, "description": describe_model(recipe)},
+        "machine": machine_info(device),
+        "inputs": inputs,
+        "params": total,
+        "params_trainable": trainable,
+        "gflops": None,
+        "flops": None,
+        "speed": None,
+    }
+    if options.flops:
+        say(f"counting FLOPs over {len(sizes)} picture size(s)")
+        flops = count_flops(model, sizes)
+        report["gflops"] = round(flops.gflops, 3)
+        report["flops"] = flops.to_dict()
+    if options.fps:
+        report["speed"] = _run_speed(model, picture, device, options, say)
+    return report
+
+
+def _run_speed(
+    model: nn.Module,
+    picture: torch.Tensor,
+    device: torch.device,
+    options: BenchOptions,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    warmup, iters = resolve_protocol(options, device)
+    backends = resolve_backends(device, options.attention_backend)
+    modes = [False, True] if options.compile else [False]
+    # Our own copy: switching backends must not change the caller's model.
+    model = copy.deepcopy(model).to(device).eval().optimize_for_inference()
+    results: list[SpeedResult] = []
+    for backend, _reason in backends:
+        model.set_attention_backend(backend)
+        for dtype in options.dtypes:
+            for compiled in modes:
+                for batch_size in options.batch_sizes:
+                    mode = "compile" if compiled else "eager"
+                    say(f"timing {backend} {dtype} {mode} batch {batch_size}")
+                    result = measure_speed(
+                        model, picture, device, dtype, batch_size, warmup, iters, compiled
+                    )
+                    result.backend = backend
+                    results.append(result)
+    _add_speedups(results)
+    return {
+        "protocol": {
+            "warmup_iterations": warmup,
+            "timed_iterations": iters,
+            "input": "one picture replicated to the batch size",
+            "timing": (
+                "CUDA events per iteration, device synchronised"
+                if device.type == "cuda"
+                else "time.perf_counter per iteration (CPU)"
+            ),
+            "fps": "pictures / timed seconds",
+            "latency": "per batch, milliseconds",
+            "half_precision": "torch.autocast (fp32 weights)",
+            "device": str(device),
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        },
+        "backends": {name: reason for name, reason in backends},
+        "results": [_rounded(asdict(r)) for r in results],
+    }

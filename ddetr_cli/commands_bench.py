@@ -1,0 +1,262 @@
+"""The ``ddetr bench`` command: options in, one call to ``ddetr_cli.bench``, tables out.
+
+Kept out of cli.py so that file stays a list of thin commands; torch is imported only when the
+command runs, so ``ddetr --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ddetr_cli.errors import DdetrError
+
+PARTS_LABELS = {
+    "backbone": "backbone",
+    "input_projection": "input projection",
+    "encoder": "encoder",
+    "decoder": "decoder",
+    "heads": "heads (+ query/reference/proposal layers)",
+}
+
+
+def _split_list(values: list[str] | None, option: str) -> list[str]:
+    """'-b 1 -b 4' and '-b 1,4' both give ['1', '4']."""
+    items = [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+    if values and not items:
+        raise DdetrError(f"{option}: empty value")
+    return items
+
+
+def _ints(values: list[str], option: str) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise DdetrError(f"{option}: expected whole numbers, got {','.join(values)}") from None
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """Atomic write: a crash never leaves half a results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    """The report as rich tables: model and params, FLOPs by part, speed."""
+    summary = Table(title="ddetr bench", show_header=False, title_justify="left")
+    summary.add_column(style="bold", no_wrap=True)
+    summary.add_column(overflow="fold")
+    model = report["model"]
+    summary.add_row("model", Text(f"{model['description']}; {model['source']}"))
+    machine = report["machine"]
+    where = machine.get("gpu") or f"{machine['cpu']} ({machine['torch_threads']} threads)"
+    summary.add_row("machine", f"{where}; torch {machine['torch']}")
+    summary.add_row("params", f"{report['params']:,} ({report['params_trainable']:,} trainable)")
+    flops = report.get("flops")
+    if flops:
+        sizes = flops["sizes"]
+        over = (
+            f"{sizes[0][0]}x{sizes[0][1]}"
+            if flops["n_images"] == 1
+            else f"mean of {flops['n_images']} pictures ({len(sizes)} sizes)"
+        )
+        summary.add_row("GFLOPs", f"{flops['gflops']:.1f} at {over}")
+        summary.add_row("convention", flops["convention"])
+    console.print(summary)
+
+    if flops:
+        parts = Table(title="FLOPs by part", title_justify="left")
+        parts.add_column("part")
+        parts.add_column("GFLOPs", justify="right")
+        parts.add_column("share", justify="right")
+        share = flops["ms_deform_attn_gflops"]
+        for key, label in PARTS_LABELS.items():
+            value = flops["parts"][key]
+            parts.add_row(label, f"{value:.2f}", f"{100 * value / flops['gflops']:.1f}%")
+            if key == "decoder":  # the sampling runs inside the encoder and decoder layers
+                parts.add_row(
+                    Text("  deformable sampling (in encoder + decoder)", style="italic"),
+                    f"{share:.2f}",
+                    f"{100 * share / flops['gflops']:.1f}%",
+                )
+        parts.add_row(Text("total", style="bold"), f"{flops['gflops']:.2f}", "100%")
+        console.print(parts)
+
+    speed = report.get("speed")
+    if speed:
+        _print_speed(speed, console)
+
+
+def _print_speed(speed: dict[str, Any], console: Console) -> None:
+    protocol = speed["protocol"]
+    table = Table(
+        title="speed",
+        box=box.SIMPLE_HEAD,  # no vertical rules: the nine columns fit 80 characters
+        pad_edge=False,
+        collapse_padding=True,
+        caption=(
+            f"{protocol['device']}: {protocol['warmup_iterations']} warm-up + "
+            f"{protocol['timed_iterations']} timed iterations, {protocol['input']}; "
+            f"{protocol['timing']}; latency per batch; MiB = peak CUDA memory; "
+            "gain = FPS / reference FPS"
+        ),
+        title_justify="left",
+        caption_justify="left",
+    )
+    for name in ("backend", "dtype", "mode", "batch"):
+        table.add_column(name, no_wrap=True)
+    for name in ("FPS", "p50 ms", "p90 ms", "MiB", "gain"):
+        table.add_column(name, justify="right", no_wrap=True)
+    failures = []
+    for r in speed["results"]:
+        row = [r["backend"], r["dtype"], r["mode"], str(r["batch_size"])]
+        if r["error"]:
+            table.add_row(*row, Text("failed", style="red"), *["-"] * 4)
+            failures.append(f"{' '.join(row[:3])} batch {row[3]}: {r['error']}")
+            continue
+        gain = r["speedup_vs_reference"]
+        table.add_row(
+            *row,
+            _fmt(r["fps"], ".2f"),
+            _fmt(r["latency_ms_p50"], ".1f"),
+            _fmt(r["latency_ms_p90"], ".1f"),
+            _fmt(r["peak_memory_mib"], ".0f"),
+            "-" if gain is None or r["backend"] == "reference" else f"{gain:.2f}x",
+        )
+    console.print(table)
+    for line in failures:
+        console.print(Text(f"failed: {line}", style="red"), soft_wrap=True, highlight=False)
+
+
+def bench(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Dotted key=value recipe overrides, e.g. model.two_stage=true.",
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", "-w", help="Checkpoint to measure (default: random weights)."),
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe", "-r", help="Recipe YAML (default: built-in defaults, the plain R50 model)."
+        ),
+    ] = None,
+    flops: Annotated[
+        bool, typer.Option("--flops", help="Count FLOPs (the default when --fps is not given).")
+    ] = False,
+    fps: Annotated[bool, typer.Option("--fps", help="Time inference: FPS and latency.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[
+        list[str] | None,
+        typer.Option(help="fp32, bf16, fp16; several as fp32,bf16. Half precision = autocast."),
+    ] = None,
+    batch_size: Annotated[
+        list[str] | None,
+        typer.Option("--batch-size", "-b", help="Batch sizes to time, e.g. 1,4 (default 1)."),
+    ] = None,
+    image_size: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="Picture height and width (default 800 1199, COCO's first)."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of pictures: FLOPs averaged over them at the evaluation transform, "
+            "speed on the first."
+        ),
+    ] = None,
+    max_images: Annotated[
+        int, typer.Option(help="Use the first N pictures of --images (sorted by name).")
+    ] = 100,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="Also time the torch.compile'd model.")
+    ] = False,
+    attention_backend: Annotated[
+        str,
+        typer.Option(help="all (each available one, side by side), auto, reference or kernel."),
+    ] = "all",
+    warmup: Annotated[
+        int | None, typer.Option(help="Warm-up iterations (default 5 on GPU, 1 on CPU).")
+    ] = None,
+    iters: Annotated[
+        int | None, typer.Option(help="Timed iterations (default 295 on GPU, 10 on CPU).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the full report as JSON here.")
+    ] = None,
+) -> None:
+    """Parameters, FLOPs (counting the deformable sampling) and inference speed.
+
+    FLOPs: 1 multiply-add = 1 FLOP, as the DETR papers; one --image-size or the mean over --images.
+    Speed: one picture replicated, warm-up, then synchronised timed iterations (GPU default: the
+    official 5 + 295); each available attention backend side by side.
+    Without --weights the model has random weights (they change neither FLOPs nor speed).
+
+    Examples:
+      ddetr bench
+      ddetr bench --recipe recipes/two_stage.yaml --flops --images coco/val2017
+      ddetr bench --fps --device cuda --dtype fp32,bf16 -b 1,4 --compile --json out.json
+      ddetr bench --fps --weights r50_deformable_detr.pth --iters 20 model.num_queries=100
+    """
+    from ddetr_cli.bench import BenchOptions, build_bench_model, check_options, run_bench
+    from ddetr_cli.cli import stderr, stdout, usage_error
+
+    try:
+        options = BenchOptions(
+            device=device,
+            flops=flops or not fps,
+            fps=fps,
+            dtypes=_split_list(dtype, "--dtype") or ["fp32"],
+            batch_sizes=_ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1],
+            image_size=image_size,
+            images=images,
+            max_images=max_images,
+            compile=compile,
+            attention_backend=attention_backend,
+            warmup=warmup,
+            iters=iters,
+            threads=threads,
+        )
+        check_options(options)
+    except DdetrError as exc:
+        raise usage_error(str(exc)) from None
+    model, resolved, source = build_bench_model(weights, recipe, overrides or ())
+
+    def progress(message: str) -> None:
+        stderr.print(Text(message, style="dim"), highlight=False)
+
+    report = run_bench(model, resolved, source, options, progress=progress)
+    report["command"] = "ddetr " + shlex.join(sys.argv[1:])  # how to reproduce a saved report
+    print_report(report, stdout)
+    if json_out is not None:
+        write_json(report, json_out)
+        stdout.print(f"report: {json_out}", highlight=False, soft_wrap=True)

@@ -1,0 +1,135 @@
+"""The ``ddetr train`` command and the ``ddetr data`` group (registered in cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+data_app = typer.Typer(
+    help="Datasets: write the built-in shapes data as a COCO-format folder.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+def _sets_num_classes(recipe: Path, overrides: list[str]) -> bool:
+    """Whether the recipe file (or its bases) or an override sets model.num_classes; if not,
+    training takes the class count from the annotations."""
+    from ddetr_cli.config import _load_tree
+
+    if any(o.split("=", 1)[0].strip() == "model.num_classes" for o in overrides):
+        return True
+    return "num_classes" in (_load_tree(recipe, ()).get("model") or {})
+
+
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Dotted key=value overrides, e.g. train.epochs=12.", show_default=False
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="Start from these weights (ddetr or official .pth); class heads of another "
+            "class count are re-initialised.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the output dir's checkpoint_last.pth.")
+    ] = False,
+    resume_from: Annotated[
+        Path | None,
+        typer.Option("--resume-from", help="Continue from this checkpoint (or run folder)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Train Deformable DETR as a recipe describes; write a run folder.
+
+    The run folder (train.output_dir) gets recipe.yaml, metrics.jsonl, checkpoint_last.pth and
+    checkpoint_best.pth. Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.
+    Several processes or machines: launch with torchrun (python -m ddetr_cli train ...).
+
+    Examples:
+      ddetr train recipes/shapes.yaml
+      ddetr train recipes/refine.yaml data.root=/data/coco train.amp=bf16
+      ddetr train recipes/refine.yaml data.root=/data/mine --weights r50_refine.pth
+      ddetr train recipes/shapes.yaml --resume
+      torchrun --nproc-per-node 8 -m ddetr_cli train recipes/refine.yaml data.root=/data/coco
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from ddetr_cli.config import load_recipe
+    from ddetr_cli.errors import DdetrError
+    from ddetr_cli.train.engine import train as run_training
+
+    overrides = overrides or []
+    if resume and resume_from is not None:
+        raise DdetrError("use either --resume or --resume-from, not both")
+    if weights is not None and (resume or resume_from is not None):
+        raise DdetrError("--weights starts a new run; --resume continues one: use one of them")
+    resolved = load_recipe(recipe, overrides)
+    result = run_training(
+        resolved,
+        weights=weights,
+        resume=resume_from if resume_from is not None else (True if resume else None),
+        classes_explicit=_sets_num_classes(recipe, overrides),
+        progress=progress,
+    )
+    if result is None:  # not the main process of a distributed run
+        return
+    table = Table(title="ddetr train", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("run folder", f"{result.output_dir}/")
+    table.add_row("epochs", str(result.epochs_done))
+    table.add_row("steps", str(result.steps))
+    table.add_row("minutes", f"{result.seconds / 60:.1f}")
+    if result.last_eval:
+        ev = result.last_eval
+        table.add_row(
+            "last val", f"AP {ev['AP']:.3f}  AP50 {ev['AP50']:.3f}  AP75 {ev['AP75']:.3f}"
+        )
+    if result.best_ap is not None:
+        table.add_row("best val AP", f"{result.best_ap:.3f} (checkpoint_best.pth)")
+    for note in result.notes:
+        table.add_row("note", note)
+    Console().print(table)
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write.", show_default=False)],
+    train_count: Annotated[int, typer.Option("--train", help="Training pictures.", min=0)] = 2000,
+    val_count: Annotated[
+        int, typer.Option("--val", help="Val pictures (of the fixed val split).", min=0)
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the training pictures.", min=0)] = 0,
+) -> None:
+    """Write the built-in shapes pictures as a COCO-format folder (standard COCO layout).
+
+    The same pictures as `data.format: shapes` uses, so `data.format=coco data.root=OUT_DIR`
+    trains on exactly the same data through the COCO reader.
+
+    Examples:
+      ddetr data shapes shapes_coco --train 2000 --val 200
+      ddetr train recipes/shapes.yaml data.format=coco data.root=shapes_coco
+    """
+    from rich.progress import Progress
+
+    from ddetr_cli.data.export import write_shapes_coco
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("writing pictures", total=train_count + val_count)
+        written = write_shapes_coco(
+            out_dir, train_count, val_count, seed, on_picture=lambda: bar.advance(task)
+        )
+    for split, path in written.items():
+        typer.echo(f"{split}: {path}")

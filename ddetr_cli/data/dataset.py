@@ -1,0 +1,81 @@
+"""The dataset interface the engine uses: pictures in, (normalised picture, target) out.
+
+Augmentation randomness is seeded per sample from (seed, epoch, index), so a sample looks the
+same whatever the worker count, the process count or an interruption and resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ddetr_cli.data.transforms import eval_resize, finish, train_transform, wrap
+from ddetr_cli.errors import DdetrError
+
+log = logging.getLogger(__name__)
+_MAX_SUBSTITUTES = 20  # consecutive unreadable pictures before giving up on the dataset
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+
+class DetectionDataset(Dataset):
+    """Subclasses provide ``__len__``, ``image_id(i)`` and ``load(i) -> (uint8 (3, H, W),
+    xyxy boxes (N, 4), labels (N,))``, raising ``DdetrError`` for an unreadable picture."""
+
+    def __init__(
+        self, train: bool, augment: str, min_size: int, max_size: int, seed: int = 0
+    ) -> None:
+        self.train = train
+        self.transform = train_transform(augment) if train else None
+        self.min_size = min_size
+        self.max_size = max_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def image_id(self, index: int) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+        """``item``: an index, or (epoch, index) from ``ResumableBatchSampler`` so that
+        persistent workers know the epoch without being told."""
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
+        failures: list[str] = []
+        for attempt in range(_MAX_SUBSTITUTES):
+            # A bad picture is replaced by the next one, so batches keep their size and
+            # processes stay in step; the failure travels with the target to be reported.
+            current = (index + attempt) % len(self)
+            try:
+                image, boxes, labels = self.load(current)
+                break
+            except DdetrError as exc:
+                failures.append(str(exc))
+        else:
+            raise DdetrError(f"{_MAX_SUBSTITUTES} unreadable pictures in a row: {failures[-1]}")
+        height, width = image.shape[-2:]
+        image, boxes = wrap(image, boxes)
+        if self.train:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, current))
+                image, boxes = self.transform(image, boxes)
+        else:
+            image, boxes = eval_resize(image, boxes, self.min_size, self.max_size)
+        pixels, target = finish(image, boxes, labels)
+        target["image_id"] = self.image_id(current)
+        target["orig_size"] = torch.tensor([height, width])
+        target["failures"] = failures
+        return pixels, target

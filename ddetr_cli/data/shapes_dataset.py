@@ -1,0 +1,46 @@
+"""The built-in shapes data as datasets (no files) and as a COCO ground truth for evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import torch
+from pycocotools.coco import COCO
+from torch import Tensor
+
+from ddetr_cli.data import shapes
+from ddetr_cli.data.dataset import DetectionDataset
+
+
+class ShapesDataset(DetectionDataset):
+    """Pictures 0..count-1 of the shapes split with ``split_seed``; image ids start at 1."""
+
+    def __init__(self, split_seed: int, count: int, train: bool, augment: str = "flip") -> None:
+        super().__init__(train, augment, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, seed=split_seed)
+        self.split_seed = split_seed
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def image_id(self, index: int) -> int:
+        return index + 1
+
+    def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        picture = shapes.make_picture(self.split_seed, index)
+        image = torch.from_numpy(picture.image).permute(2, 0, 1).contiguous()
+        return image, torch.from_numpy(picture.boxes), torch.from_numpy(picture.labels)
+
+    def coco(self) -> COCO:
+        return coco_from_dict(shapes.coco_dict(self.split_seed, self.count))
+
+
+def coco_from_dict(data: dict[str, Any]) -> COCO:
+    """A pycocotools COCO object from an in-memory annotation dict (without its prints)."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
