@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.io import atomic_write
 
 FORMAT = "ddetr"
 # Keys some official files carry from a FLOPs profiler; they are not weights.
@@ -216,14 +215,6 @@ def save_checkpoint(
         "recipe": recipe,
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
     return path

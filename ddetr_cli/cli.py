@@ -246,10 +246,29 @@ def recipe_show(
     typer.echo(format_recipe(load_recipe(recipe, overrides or ())), nl=False)
 
 
-# `ddetr bench`: its many options and tables live in commands_bench.py; torch loads on use.
+# `ddetr bench [model options]` and `ddetr bench op`; bodies in commands_bench.py.
 from ddetr_cli.commands_bench import bench as _bench  # noqa: E402
+from ddetr_cli.commands_bench import bench_op as _bench_op  # noqa: E402
 
-app.command("bench")(_bench)
+
+class _BenchGroup(TyperGroup):
+    """`ddetr bench ...` runs the model benchmark unless the first word names a sub-command,
+    so `ddetr bench --fps model.two_stage=true` and `ddetr bench op` both work."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = ["model", *args]
+        return super().parse_args(ctx, args)
+
+
+bench_app = typer.Typer(
+    cls=_BenchGroup,
+    help="Benchmarks: the model (`ddetr bench [model] ...`) and the attention op (`bench op`).",
+    rich_markup_mode="rich",
+)
+bench_app.command("model")(_bench)
+bench_app.command("op")(_bench_op)
+app.add_typer(bench_app, name="bench")
 
 
 # Training and data commands live in their own module (bodies in commands_train.py).

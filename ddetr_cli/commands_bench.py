@@ -6,11 +6,8 @@ command runs, so ``ddetr --help`` stays instant.
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.io import write_json
 
 PARTS_LABELS = {
     "backbone": "backbone",
@@ -44,20 +42,6 @@ def _ints(values: list[str], option: str) -> list[int]:
         return [int(v) for v in values]
     except ValueError:
         raise DdetrError(f"{option}: expected whole numbers, got {','.join(values)}") from None
-
-
-def write_json(report: dict[str, Any], path: Path) -> None:
-    """Atomic write: a crash never leaves half a results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -258,5 +242,95 @@ def bench(
     report["command"] = "ddetr " + shlex.join(sys.argv[1:])  # how to reproduce a saved report
     print_report(report, stdout)
     if json_out is not None:
-        write_json(report, json_out)
+        write_json(report, json_out, indent=2)
+        stdout.print(f"report: {json_out}", highlight=False, soft_wrap=True)
+
+
+def bench_op(
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[
+        list[str] | None,
+        typer.Option("--batch-size", "-b", help="Batch sizes, e.g. 1,2,8 (default 1,2,8)."),
+    ] = None,
+    dtype: Annotated[
+        list[str] | None, typer.Option(help="fp32, fp16, bf16; several as fp32,bf16.")
+    ] = None,
+    part: Annotated[
+        list[str] | None, typer.Option(help="encoder and/or decoder (default both).")
+    ] = None,
+    attention_backend: Annotated[
+        str, typer.Option(help="all (each available one, side by side), reference or kernel.")
+    ] = "all",
+    locations: Annotated[
+        str,
+        typer.Option(help="local (points near their reference, as trained) or uniform."),
+    ] = "local",
+    repeats: Annotated[
+        int | None, typer.Option(help="Timed repeats per row (default 5 on CPU, 20 on GPU).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
+) -> None:
+    """The deformable attention op alone at the model's shapes (one 800x1333 picture): time per
+    backend, speed-up over the reference, and bandwidth against the memory floor.
+
+    The floor is the bytes the op must move (inputs read once, output written once; backward
+    also the gradients) over the device's measured copy bandwidth.
+
+    Examples:
+      ddetr bench op
+      ddetr bench op --device cuda --dtype fp32,fp16,bf16 --json op_h100.json
+    """
+    import torch
+
+    from ddetr_cli.bench_op import run_bench_op
+    from ddetr_cli.cli import stderr, stdout, usage_error
+
+    try:
+        batches = _ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1, 2, 8]
+        parts = _split_list(part, "--part") or ["encoder", "decoder"]
+        if set(parts) - {"encoder", "decoder"}:
+            raise DdetrError(f"--part: expected encoder or decoder, got {','.join(parts)}")
+        if locations not in ("local", "uniform"):
+            raise DdetrError(f"--locations {locations}: expected local or uniform")
+    except DdetrError as exc:
+        raise usage_error(str(exc)) from None
+    if threads:
+        torch.set_num_threads(threads)
+    report = run_bench_op(
+        device,
+        batches,
+        _split_list(dtype, "--dtype") or ["fp32"],
+        parts,
+        attention_backend,
+        locations,
+        repeats,
+        say=lambda message: stderr.print(Text(message, style="dim"), highlight=False),
+    )
+    report["command"] = "ddetr " + shlex.join(sys.argv[1:])
+    table = Table(
+        title=f"ms_deform_attn on {device} ({report['device'].get('gpu', report['device']['cpu'])}"
+        f", {report['threads']} threads; copy bandwidth {report['copy_bandwidth_gb_s']} GB/s)",
+        title_justify="left",
+        box=box.SIMPLE_HEAVY,
+    )
+    for column in ("part", "batch", "dtype", "pass", "backend", "ms", "vs reference", "floor ms",
+                   "GB/s", "x floor"):  # fmt: skip
+        left = column in ("part", "pass", "backend")
+        table.add_column(column, justify="left" if left else "right")
+    for row in report["results"]:
+        table.add_row(
+            row["part"], str(row["batch"]), row["dtype"], row["pass"], row["backend"],
+            f"{row['ms']:.2f}", f"{row['speedup']:.1f}x" if row["speedup"] else "",
+            f"{row['floor_ms']:.3f}", f"{row['gbytes_per_s']:.1f}",
+            f"{row['ms'] / row['floor_ms']:.1f}",
+        )  # fmt: skip
+    wide = Console(width=max(stdout.width, 110))  # never crop the numbers, e.g. in CI logs
+    wide.print(table)
+    note = f"protocol: {report['protocol']}; 'x floor' = time / memory floor"
+    stdout.print(note, highlight=False)
+    if json_out is not None:
+        write_json(report, json_out, indent=2)
         stdout.print(f"report: {json_out}", highlight=False, soft_wrap=True)

@@ -11,7 +11,6 @@ import copy
 import difflib
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -436,13 +435,7 @@ def format_recipe(recipe: Mapping[str, Any]) -> str:
 
 def dump_recipe(recipe: Mapping[str, Any], path: str | Path) -> None:
     """Write a recipe as YAML atomically (a temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(format_recipe(recipe))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ddetr_cli.io import atomic_write
+
+    with atomic_write(path) as fh:
+        fh.write(format_recipe(recipe))

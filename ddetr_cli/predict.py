@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +19,7 @@ from ddetr_cli.config import load_recipe
 from ddetr_cli.draw import draw_detections
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.images import eval_transform, list_images, load_image
+from ddetr_cli.io import write_json
 from ddetr_cli.model import post_process
 
 PREDICTIONS_FILE = "predictions.json"
@@ -114,18 +112,6 @@ def _coco_results(
             }
         )
     return results
-
-
-def _write_json_atomic(data: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_picture(image: torch.Tensor, path: Path) -> None:
@@ -227,7 +213,7 @@ def run_predict(
     elapsed = time.perf_counter() - started
 
     predictions_path = out_dir / PREDICTIONS_FILE
-    _write_json_atomic(results, predictions_path)
+    write_json(results, predictions_path, indent=1)
     return PredictSummary(
         n_images=len(paths),
         n_failed=len(failures),

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
 from ddetr_cli.data import shapes
-
-
-def _write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from ddetr_cli.io import write_json
 
 
 def write_shapes_coco(
@@ -48,6 +34,6 @@ def write_shapes_coco(
             if on_picture:
                 on_picture()
         path = out_dir / "annotations" / f"instances_{split}2017.json"
-        _write_json(shapes.coco_dict(split_seed, count), path)
+        write_json(shapes.coco_dict(split_seed, count), path)
         written[split] = path
     return written

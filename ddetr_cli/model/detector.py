@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddetr_cli.model.attention import MSDeformAttn
 from ddetr_cli.model.backbone import Backbone, ConvNetBackbone
 from ddetr_cli.model.position_encoding import PositionEmbeddingSine
 from ddetr_cli.model.transformer import DeformableTransformer, refine_boxes
@@ -111,8 +112,6 @@ class DeformableDETR(nn.Module):
 
     def set_attention_backend(self, backend: str | None) -> None:
         """Force every deformable attention onto one backend (None or 'auto': best available)."""
-        from ddetr_cli.model.attention import MSDeformAttn
-
         chosen = None if backend in (None, "auto") else backend
         for module in self.modules():
             if isinstance(module, MSDeformAttn):

@@ -1,0 +1,219 @@
+"""`ddetr bench op`: the attention op alone at Deformable DETR's shapes, every backend side by side.
+
+Shapes are those of one 800x1333 picture: 4 levels (100,167) (50,84) (25,42) (13,21), 8 heads x 32
+channels, 4 points; the encoder has a query per pixel (22,223), the decoder 300. Sampling points lie
+a few pixels around each query's reference point, as in a trained model ("uniform" scatters them
+over the whole map, the cache's worst case). Each row also gives the memory floor: the bytes the
+op must read and write at least over a measured copy bandwidth, the fastest it could possibly run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ddetr_cli.errors import DdetrError
+
+LEVELS_800x1333 = ((100, 167), (50, 84), (25, 42), (13, 21))
+HEADS, CHANNELS, POINTS = 8, 32, 4
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class OpResult:
+    part: str  # encoder | decoder
+    batch: int
+    dtype: str
+    pass_: str  # fwd | fwd+bwd
+    backend: str
+    ms: float
+    floor_ms: float
+    gbytes_per_s: float
+    speedup: float | None = None  # over the reference backend
+
+
+def _pixel_centres(h: int, w: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    return torch.stack([xs, ys], -1).reshape(-1, 2)
+
+
+def make_inputs(
+    part: str, batch: int, dtype: torch.dtype, device: torch.device, locations: str = "local"
+) -> tuple[torch.Tensor, ...]:
+    """value, spatial_shapes, level_start_index, sampling_locations, attention_weights."""
+    g = torch.Generator().manual_seed(0)
+    shapes = torch.tensor(LEVELS_800x1333, dtype=torch.int64)
+    areas = shapes[:, 0] * shapes[:, 1]
+    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    s, n_levels = int(areas.sum()), len(LEVELS_800x1333)
+    lq = s if part == "encoder" else 300
+    value = torch.randn(batch, s, HEADS, CHANNELS, generator=g)
+    if locations == "uniform":
+        loc = torch.rand(batch, lq, HEADS, n_levels, POINTS, 2, generator=g)
+    else:
+        if part == "encoder":  # query i sits at pixel i of the flattened pyramid
+            ref = torch.cat([_pixel_centres(h, w) for h, w in LEVELS_800x1333])
+            ref = ref.view(1, lq, 1, 1, 1, 2).expand(batch, -1, -1, -1, -1, -1)
+        else:
+            ref = torch.rand(batch, lq, 1, 1, 1, 2, generator=g)
+        size = shapes.flip(-1).to(torch.float32).view(1, 1, 1, n_levels, 1, 2)  # (W, H)
+        offsets = torch.randn(batch, lq, HEADS, n_levels, POINTS, 2, generator=g) * 2.0
+        loc = ref + offsets / size
+    weights = torch.rand(batch, lq, HEADS, n_levels * POINTS, generator=g).softmax(-1)
+    weights = weights.view(batch, lq, HEADS, n_levels, POINTS)
+    return tuple(
+        t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        for t in (value, shapes, starts, loc, weights)
+    )
+
+
+def floor_bytes(inputs: Sequence[torch.Tensor], backward: bool) -> int:
+    """Bytes the op must move at least: read every input once and write the output once
+    (backward: also read the output gradient and write the three input gradients)."""
+    value, _, _, loc, weights = inputs
+    n, _, m, d = value.shape
+    out = n * loc.shape[1] * m * d * value.element_size()
+    reads = sum(t.numel() * t.element_size() for t in (value, loc, weights))
+    forward = reads + out
+    return forward + (out + reads if backward else 0)
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 256) -> float:
+    """Best-of-5 device copy bandwidth in bytes/s (read + write), the practical peak."""
+    src = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        best = min(best, _time_ms(lambda: dst.copy_(src), device, repeats=1, warmup=1))
+    return 2 * src.numel() * 4 / (best / 1e3)
+
+
+def _time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median milliseconds; CUDA events with synchronisation on GPUs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _runner(inputs: Sequence[torch.Tensor], backend: str, backward: bool) -> Callable[[], Any]:
+    from ddetr_cli.ops import ms_deform_attn
+
+    value, shapes, starts, loc, weights = inputs
+    if not backward:
+
+        def forward() -> Any:
+            with torch.no_grad():
+                return ms_deform_attn(value, shapes, starts, loc, weights, backend=backend)
+
+        return forward
+    leaves = [t.detach().requires_grad_() for t in (value, loc, weights)]
+
+    def forward_backward() -> Any:
+        out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend=backend)
+        return torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+    return forward_backward
+
+
+def available_backends(device: torch.device, requested: str = "all") -> list[str]:
+    from ddetr_cli.ops import resolve_backend
+
+    if requested != "all":
+        try:
+            return [resolve_backend(device, requested)[0]]
+        except (RuntimeError, ValueError) as exc:
+            raise DdetrError(str(exc)) from None
+    backends = ["reference"]
+    if resolve_backend(device, "auto")[0] == "kernel":
+        backends.append("kernel")
+    return backends
+
+
+def run_bench_op(
+    device: str = "cpu",
+    batches: Sequence[int] = (1, 2, 8),
+    dtypes: Sequence[str] = ("fp32",),
+    parts: Sequence[str] = ("encoder", "decoder"),
+    backend: str = "all",
+    locations: str = "local",
+    repeats: int | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Time the op for every (part, batch, dtype, pass, backend); returns a JSON-ready report."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DdetrError(f"--device {device}: CUDA is not available on this machine")
+    for name in dtypes:
+        if name not in DTYPES:
+            raise DdetrError(f"--dtype {name}: expected one of {', '.join(DTYPES)}")
+    backends = available_backends(dev, backend)
+    repeats = repeats or (20 if dev.type == "cuda" else 5)
+    bandwidth = copy_bandwidth(dev)
+    results: list[OpResult] = []
+    for part in parts:
+        for batch in batches:
+            for dtype_name in dtypes:
+                inputs = make_inputs(part, batch, DTYPES[dtype_name], dev, locations)
+                for backward in (False, True):
+                    floor = floor_bytes(inputs, backward)
+                    label = "fwd+bwd" if backward else "fwd"
+                    for name in backends:
+                        say(f"{part} batch {batch} {dtype_name} {label} {name}")
+                        ms = _time_ms(_runner(inputs, name, backward), dev, repeats, warmup=1)
+                        results.append(
+                            OpResult(
+                                part,
+                                batch,
+                                dtype_name,
+                                label,
+                                name,
+                                round(ms, 3),
+                                round(floor / bandwidth * 1e3, 3),
+                                round(floor / ms / 1e6, 2),
+                            )  # fmt: skip
+                        )
+    reference = {
+        (r.part, r.batch, r.dtype, r.pass_): r.ms for r in results if r.backend == "reference"
+    }
+    for r in results:
+        ref_ms = reference.get((r.part, r.batch, r.dtype, r.pass_))
+        r.speedup = round(ref_ms / r.ms, 2) if ref_ms else None
+    from ddetr_cli.bench import machine_info
+
+    return {
+        "device": machine_info(dev),
+        "threads": torch.get_num_threads(),
+        "shapes": {
+            "levels": [list(s) for s in LEVELS_800x1333],
+            "heads": HEADS,
+            "channels": CHANNELS,
+            "points": POINTS,
+            "encoder_queries": sum(h * w for h, w in LEVELS_800x1333),
+            "decoder_queries": 300,
+            "locations": locations,
+        },
+        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "protocol": f"median of {repeats} after 1 warm-up"
+        + ("; CUDA events" if dev.type == "cuda" else "; wall clock"),
+        "results": [
+            {("pass" if k == "pass_" else k): v for k, v in asdict(r).items()} for r in results
+        ],
+    }
