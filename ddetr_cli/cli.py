@@ -278,6 +278,12 @@ app.command("train")(train)
 app.add_typer(data_app, name="data")
 
 
+# `ddetr evaluate`: COCO AP of a checkpoint or a results file (body in commands_evaluate.py).
+from ddetr_cli.commands_evaluate import evaluate as _evaluate  # noqa: E402
+
+app.command("evaluate")(_evaluate)
+
+
 # `ddetr ops build|info`: the attention kernels (bodies in commands_ops.py).
 from ddetr_cli.commands_ops import ops_app  # noqa: E402
 

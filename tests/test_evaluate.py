@@ -1,0 +1,206 @@
+"""`ddetr evaluate`: the numbers are exactly pycocotools'; bad input is one clear line."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from typer.testing import CliRunner
+
+from ddetr_cli.checkpoint import save_checkpoint
+from ddetr_cli.cli import app
+from ddetr_cli.config import load_recipe
+from ddetr_cli.data import shapes
+from ddetr_cli.evaluate import STAT_NAMES, evaluate_checkpoint, score_predictions
+from ddetr_cli.model import build_model
+
+
+def _ground_truth() -> dict:
+    images = [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 80} for i in (1, 2, 3)]
+    boxes = [(1, 1, [10, 10, 30, 20]), (1, 2, [50, 40, 20, 30]), (2, 1, [5, 5, 60, 60]),
+             (3, 2, [20, 10, 40, 40]), (3, 1, [70, 50, 25, 25])]  # fmt: skip
+    annotations = [
+        {"id": k + 1, "image_id": img, "category_id": cat, "bbox": box, "area": box[2] * box[3],
+         "iscrowd": 0}
+        for k, (img, cat, box) in enumerate(boxes)
+    ]  # fmt: skip
+    categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _results() -> list[dict]:
+    return [
+        {"image_id": 1, "category_id": 1, "bbox": [11, 10, 30, 21], "score": 0.9},
+        {"image_id": 1, "category_id": 2, "bbox": [48, 40, 22, 28], "score": 0.6},
+        {"image_id": 2, "category_id": 1, "bbox": [0, 0, 50, 50], "score": 0.8},
+        {"image_id": 3, "category_id": 2, "bbox": [20, 10, 40, 40], "score": 0.3},
+        {"image_id": 3, "category_id": 1, "bbox": [10, 10, 10, 10], "score": 0.7},
+    ]
+
+
+@pytest.fixture
+def files(tmp_path):
+    gt, results = tmp_path / "gt.json", tmp_path / "results.json"
+    gt.write_text(json.dumps(_ground_truth()))
+    results.write_text(json.dumps(_results()))
+    return gt, results
+
+
+def _pycocotools(gt_path, results_path) -> COCOeval:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        evaluator = COCOeval(gt, gt.loadRes(str(results_path)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def test_scoring_a_results_file_equals_pycocotools(files):
+    gt, results = files
+    expected = _pycocotools(gt, results)
+    report = score_predictions(results, gt)
+    assert list(report.stats) == list(STAT_NAMES)
+    assert list(report.stats.values()) == [max(float(v), 0.0) for v in expected.stats]
+    for k, category in enumerate(expected.params.catIds):
+        precision = expected.eval["precision"][:, :, k, 0, -1]
+        assert report.per_class[category] == pytest.approx(precision[precision > -1].mean())
+    assert report.stats["AP"] > 0.1 and report.class_names == {1: "cat", 2: "dog"}
+
+
+def test_cli_writes_metrics_json(files, tmp_path):
+    gt, results = files
+    out = tmp_path / "metrics.json"
+    args = ["evaluate", "--predictions", str(results), "--annotations", str(gt), "--json", str(out)]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert set(STAT_NAMES) <= metrics.keys()
+    assert [c["name"] for c in metrics["per_class"]] == ["cat", "dog"]
+    assert "AR100" in result.output and "dog" in result.output
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_gt", "annotations file not found"),
+        ("bad_json", "not a JSON results file"),
+        ("unknown_image", "names image_id 99, which the annotations do not have"),
+        ("not_a_list", "a COCO results file is a list of detections"),
+        ("no_annotations", "--predictions needs --annotations"),
+    ],
+)
+def test_bad_input_is_one_clear_line(files, tmp_path, case, message):
+    gt, results = files
+    if case == "missing_gt":
+        gt = tmp_path / "missing.json"
+    elif case == "bad_json":
+        results.write_text("[{")
+    elif case == "unknown_image":
+        results.write_text(json.dumps([{**_results()[0], "image_id": 99}]))
+    elif case == "not_a_list":
+        results.write_text(json.dumps({"image_id": 1}))
+    args = ["evaluate", "--predictions", str(results)]
+    if case != "no_annotations":
+        args += ["--annotations", str(gt)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_model_evaluation_equals_pycocotools_on_its_own_detections(tmp_path):
+    recipe = load_recipe(
+        "recipes/shapes.yaml",
+        ["model.enc_layers=1", "model.dec_layers=1", "model.hidden_dim=32",
+         "model.dim_feedforward=64", "data.shapes.val_images=6"],
+    )  # fmt: skip
+    weights = save_checkpoint(tmp_path / "ckpt.pth", build_model(recipe), recipe)
+    report = evaluate_checkpoint(weights, out_dir=tmp_path / "eval", batch_size=4)
+    # Top-k over queries x classes: 30 queries x 3 classes = 90 per picture.
+    assert report.num_images == 6 and report.num_detections == 6 * 90
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(shapes.coco_dict(shapes.VAL_SEED, 6)))
+    expected = _pycocotools(gt, report.detections_path)
+    np.testing.assert_allclose(
+        list(report.stats.values()), [max(float(v), 0.0) for v in expected.stats]
+    )
+    detections = json.loads(report.detections_path.read_text())
+    assert {d["image_id"] for d in detections} == set(range(1, 7))
+
+
+def test_model_evaluation_scores_perfect_detections_as_perfect(tmp_path, monkeypatch):
+    """The wiring (detections file, image ids, COCOeval) with non-trivial numbers: detections
+    equal to the ground truth score AP 1, and pycocotools agrees on the written file."""
+    import ddetr_cli.evaluate as evaluate
+
+    truth = shapes.coco_dict(shapes.VAL_SEED, 5)
+
+    def oracle(*args, **kwargs):
+        return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                 "score": 0.9} for a in truth["annotations"]]  # fmt: skip
+
+    monkeypatch.setattr(evaluate, "predict_coco_results", oracle)
+    recipe = load_recipe("recipes/shapes.yaml", ["data.shapes.val_images=5"])
+    weights = save_checkpoint(tmp_path / "ckpt.pth", build_model(recipe), recipe)
+    report = evaluate_checkpoint(weights, out_dir=tmp_path / "eval")
+    assert report.stats["AP"] == pytest.approx(1.0) and report.stats["AR100"] == pytest.approx(1.0)
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(truth))
+    expected = _pycocotools(gt, report.detections_path)
+    np.testing.assert_allclose(
+        list(report.stats.values()), [max(float(v), 0.0) for v in expected.stats]
+    )
+
+
+def test_model_evaluation_needs_data(tmp_path):
+    recipe = load_recipe(None, ["model.backbone=resnet18", "model.hidden_dim=32",
+                                "model.dim_feedforward=64", "model.enc_layers=1",
+                                "model.dec_layers=1"])  # fmt: skip
+    weights = save_checkpoint(tmp_path / "ckpt.pth", build_model(recipe), recipe)
+    result = CliRunner().invoke(app, ["evaluate", "-w", str(weights)])
+    assert result.exit_code == 1
+    assert "no evaluation data" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_torchrun_evaluation_equals_one_process(tmp_path):
+    """Two gloo processes over 5 pictures (the sampler repeats one to even the shares): process 0
+    gathers exactly the detections and numbers of a one-process run."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = load_recipe(
+        "recipes/shapes.yaml",
+        ["model.enc_layers=1", "model.dec_layers=1", "model.hidden_dim=32",
+         "model.dim_feedforward=64", "data.shapes.val_images=5"],
+    )  # fmt: skip
+    weights = save_checkpoint(tmp_path / "ckpt.pth", build_model(recipe), recipe)
+    single = evaluate_checkpoint(weights, out_dir=tmp_path / "one")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29547", "-m", "ddetr_cli", "evaluate", "-w", str(weights),
+           "-o", str(tmp_path / "two"), "--json", str(tmp_path / "two.json")]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def key(d):
+        return (d["image_id"], d["category_id"], d["score"])
+
+    one = sorted(json.loads((tmp_path / "one" / "detections.json").read_text()), key=key)
+    two = sorted(json.loads((tmp_path / "two" / "detections.json").read_text()), key=key)
+    assert len(one) == len(two) == 5 * 90
+    for a, b in zip(one, two, strict=True):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        np.testing.assert_allclose(
+            a["bbox"] + [a["score"]], b["bbox"] + [b["score"]], rtol=1e-4, atol=1e-3
+        )
+    metrics = json.loads((tmp_path / "two.json").read_text())
+    assert metrics["num_images"] == 5
+    for name in STAT_NAMES:
+        assert metrics[name] == pytest.approx(single.stats[name], abs=1e-6)
