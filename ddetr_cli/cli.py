@@ -284,6 +284,12 @@ from ddetr_cli.commands_evaluate import evaluate as _evaluate  # noqa: E402
 app.command("evaluate")(_evaluate)
 
 
+# `ddetr visualize ...`: pictures that explain the model (bodies in commands_visualize.py).
+from ddetr_cli.commands_visualize import visualize_app  # noqa: E402
+
+app.add_typer(visualize_app, name="visualize")
+
+
 # `ddetr ops build|info`: the attention kernels (bodies in commands_ops.py).
 from ddetr_cli.commands_ops import ops_app  # noqa: E402
 

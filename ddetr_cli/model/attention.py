@@ -34,6 +34,9 @@ class MSDeformAttn(nn.Module):
         self.n_points = n_points
         # None: the op picks the best backend for the tensors' device.
         self.backend: str | None = None
+        # When True, forward keeps its sampling locations and weights (for visualisation).
+        self.capture = False
+        self.captured: dict[str, Tensor] | None = None
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -95,6 +98,13 @@ class MSDeformAttn(nn.Module):
             raise ValueError(
                 f"reference_points must end in 2 or 4 coordinates, got {reference_points.shape}"
             )
+        if self.capture:
+            self.captured = {
+                "locations": locations.detach(),  # (N, Lq, M, L, P, 2), (x, y) in [0, 1]
+                "weights": weights.detach(),  # (N, Lq, M, L, P)
+                "reference_points": reference_points.detach(),
+                "spatial_shapes": spatial_shapes.detach(),
+            }
         output = ms_deform_attn(
             value, spatial_shapes, level_start_index, locations, weights, backend=self.backend
         )

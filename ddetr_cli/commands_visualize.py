@@ -1,0 +1,79 @@
+"""The ``ddetr visualize`` group (registered in cli.py): pictures that explain the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+visualize_app = typer.Typer(
+    help="Pictures that explain the model: where deformable attention samples.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+@visualize_app.command("attention")
+def visualize_attention(
+    image: Annotated[Path, typer.Argument(help="The picture.", show_default=False)],
+    weights: Annotated[
+        Path, typer.Option("--weights", "-w", help="Checkpoint (ddetr or official .pth).")
+    ],
+    recipe: Annotated[
+        Path | None, typer.Option("--recipe", "-r", help="Recipe (default: the checkpoint's).")
+    ] = None,
+    top: Annotated[int, typer.Option(help="How many top-scoring detections to draw.")] = 5,
+    decoder_layer: Annotated[
+        int, typer.Option(help="Decoder layer whose cross-attention is drawn (-1: the last).")
+    ] = -1,
+    pixel: Annotated[
+        tuple[int, int] | None,
+        typer.Option(help="Also draw what the encoder samples for this picture pixel: X Y."),
+    ] = None,
+    encoder_layer: Annotated[
+        int, typer.Option(help="Encoder layer for --pixel (-1: the last).")
+    ] = -1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pictures.")] = Path(
+        "visualize"
+    ),
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Deformable attention's sampling points for the top detections, on every feature level
+    (colour = level, size and opacity = attention weight), with each query's reference point
+    (white cross) and predicted box; optionally the encoder's points for one pixel.
+
+    Examples:
+      ddetr visualize attention photo.jpg -w checkpoint.pth
+      ddetr visualize attention photo.jpg -w checkpoint.pth --top 3 --decoder-layer 0
+      ddetr visualize attention photo.jpg -w checkpoint.pth --pixel 320 240
+    """
+    from ddetr_cli.checkpoint import load_model
+    from ddetr_cli.cli import usage_error
+    from ddetr_cli.config import load_recipe
+    from ddetr_cli.images import load_image
+    from ddetr_cli.predict import resolve_device
+    from ddetr_cli.visualize import attention_pictures
+
+    if top < 1:
+        raise usage_error(f"--top must be at least 1, got {top}")
+    picture = load_image(image)
+    resolved = load_recipe(recipe) if recipe is not None else None
+    model, resolved = load_model(weights, resolved, device=str(resolve_device(device)))
+    result = attention_pictures(
+        model, picture, image.stem, out, resolved["model"]["class_names"],
+        resolved["data"]["eval_min_size"], resolved["data"]["eval_max_size"], decoder_layer, top,
+        pixel, encoder_layer,
+    )  # fmt: skip
+    console = Console()
+    for detection in result.detections:
+        console.print(
+            f"query {detection['query']} (class {detection['label']}, score "
+            f"{detection['score']:.2f}): {detection['picture']}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if pixel is not None:
+        where = f"encoder at pixel {pixel[0]} {pixel[1]}: {result.paths[-1]}"
+        console.print(where, highlight=False, soft_wrap=True)

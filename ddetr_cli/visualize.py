@@ -1,0 +1,146 @@
+"""Pictures that explain the model: where deformable attention looks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+
+from ddetr_cli.errors import DdetrError
+
+# One colour per feature level (stride 8, 16, 32, 64, ...), distinct on most pictures.
+LEVEL_COLOURS = [(255, 64, 64), (255, 200, 0), (0, 200, 255), (200, 80, 255), (80, 255, 120)]
+
+
+@dataclass
+class AttentionPictures:
+    paths: list[Path] = field(default_factory=list)
+    detections: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _layer(layers: nn.ModuleList, index: int, what: str) -> nn.Module:
+    if not -len(layers) <= index < len(layers):
+        raise DdetrError(f"--{what}-layer {index}: the model has {len(layers)} {what} layers")
+    return layers[index]
+
+
+def _draw_points(
+    picture: Image.Image, locations: Tensor, weights: Tensor, reference: Tensor
+) -> Image.Image:
+    """Sampling points of one query: locations (M, L, P, 2) and weights (M, L, P) in [0, 1]
+    picture coordinates; each point's size and opacity follow its weight, colour = level."""
+    width, height = picture.size
+    overlay = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    top = float(weights.max()) or 1.0
+    order = weights.flatten().argsort()  # heaviest drawn last, on top
+    levels = weights.shape[1]
+    flat_loc = locations.reshape(-1, 2)
+    for i in order.tolist():
+        level = (i // weights.shape[2]) % levels
+        share = float(weights.flatten()[i]) / top
+        x, y = float(flat_loc[i, 0]) * width, float(flat_loc[i, 1]) * height
+        radius = 1.5 + 6.0 * share
+        colour = (*LEVEL_COLOURS[level % len(LEVEL_COLOURS)], int(90 + 165 * share))
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+    rx, ry = float(reference[0]) * width, float(reference[1]) * height
+    for dx, dy in ((-6, 0), (0, -6)):  # a white cross on the reference point
+        draw.line([rx + dx, ry + dy, rx - dx, ry - dy], fill=(255, 255, 255, 255), width=2)
+    return Image.alpha_composite(picture.convert("RGBA"), overlay)
+
+
+def _legend(picture: Image.Image, levels: int, title: str) -> Image.Image:
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle([0, 0, 12 + 70 * levels + 8 * len(title), 16], fill=(0, 0, 0, 160))
+    draw.text((4, 3), title, fill=(255, 255, 255, 255))
+    x = 8 + 7 * len(title)
+    for level in range(levels):
+        draw.ellipse([x, 4, x + 8, 12], fill=LEVEL_COLOURS[level % len(LEVEL_COLOURS)])
+        draw.text((x + 11, 3), f"level {level}", fill=(255, 255, 255, 255))
+        x += 70
+    return picture
+
+
+@torch.inference_mode()
+def attention_pictures(
+    model: nn.Module,
+    image: Tensor,
+    name: str,
+    out_dir: Path,
+    class_names: list[str] | None = None,
+    min_size: int = 800,
+    max_size: int = 1333,
+    decoder_layer: int = -1,
+    top: int = 5,
+    pixel: tuple[int, int] | None = None,
+    encoder_layer: int = -1,
+) -> AttentionPictures:
+    """For the `top` detections, the sampling points of one decoder layer's cross-attention on
+    every level, with the reference point and the predicted box; with `pixel` (x, y), also the
+    points an encoder layer samples for the stride-8 position under that pixel."""
+    from ddetr_cli.images import eval_transform
+
+    decoder_attn = _layer(model.transformer.decoder.layers, decoder_layer, "decoder").cross_attn
+    encoder_attn = _layer(model.transformer.encoder.layers, encoder_layer, "encoder").self_attn
+    height, width = image.shape[-2:]
+    if pixel is not None and not (0 <= pixel[0] < width and 0 <= pixel[1] < height):
+        raise DdetrError(f"--pixel {pixel[0]} {pixel[1]} is outside the {width}x{height} picture")
+    decoder_attn.capture = encoder_attn.capture = True
+    try:
+        device = next(model.parameters()).device
+        outputs = model([eval_transform(image, min_size, max_size).to(device)])
+        decoded, encoded = decoder_attn.captured, encoder_attn.captured
+    finally:
+        decoder_attn.capture = encoder_attn.capture = False
+        decoder_attn.captured = encoder_attn.captured = None
+    # The picture is alone in its batch, so normalised coordinates cover it exactly.
+    base = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+    result = AttentionPictures()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logits = outputs["pred_logits"][0].float()
+    num_classes = logits.shape[1]
+    scores, index = logits.sigmoid().flatten().topk(min(top, logits.numel()))
+    layer_name = decoder_layer % len(model.transformer.decoder.layers)
+    for rank, (score, flat) in enumerate(zip(scores.tolist(), index.tolist(), strict=True)):
+        query, label = divmod(flat, num_classes)
+        reference = decoded["reference_points"][0, query, 0].float().cpu()
+        picture = _draw_points(
+            base,
+            decoded["locations"][0, query].float().cpu(),
+            decoded["weights"][0, query].float().cpu(),
+            reference,
+        )
+        cx, cy, w, h = (outputs["pred_boxes"][0, query].float().cpu() * torch.tensor(
+            [width, height, width, height])).tolist()  # fmt: skip
+        draw = ImageDraw.Draw(picture)
+        draw.rectangle(
+            [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outline=(0, 255, 0), width=2
+        )
+        label_name = class_names[label] if class_names and label < len(class_names) else f"#{label}"
+        draw.text((cx - w / 2 + 3, cy - h / 2 + 2), f"{label_name} {score:.2f}", fill=(0, 255, 0))
+        picture = _legend(picture, decoded["locations"].shape[3], f"decoder layer {layer_name}")
+        path = out_dir / f"{name}_attention_{rank + 1}_query{query}.png"
+        picture.convert("RGB").save(path)
+        result.paths.append(path)
+        result.detections.append({"query": query, "label": label, "score": score,
+                                  "picture": str(path)})  # fmt: skip
+    if pixel is not None:
+        h0, w0 = (int(v) for v in encoded["spatial_shapes"][0])
+        query = int(pixel[1] * h0 / height) * w0 + int(pixel[0] * w0 / width)
+        picture = _draw_points(
+            base,
+            encoded["locations"][0, query].float().cpu(),
+            encoded["weights"][0, query].float().cpu(),
+            encoded["reference_points"][0, query, 0].float().cpu(),
+        )
+        levels = encoded["locations"].shape[3]
+        layer_name = encoder_layer % len(model.transformer.encoder.layers)
+        picture = _legend(picture, levels, f"encoder layer {layer_name}")
+        path = out_dir / f"{name}_encoder_x{pixel[0]}_y{pixel[1]}.png"
+        picture.convert("RGB").save(path)
+        result.paths.append(path)
+    return result

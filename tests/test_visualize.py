@@ -1,0 +1,90 @@
+"""`ddetr visualize attention`: sampling points drawn where the model samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ddetr_cli.checkpoint import save_checkpoint
+from ddetr_cli.cli import app
+from ddetr_cli.config import load_recipe
+from ddetr_cli.errors import DdetrError
+from ddetr_cli.model import build_model
+from ddetr_cli.visualize import attention_pictures
+
+TINY = ["model.enc_layers=1", "model.dec_layers=2", "model.hidden_dim=32",
+        "model.dim_feedforward=64"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)  # random weights, but the same ones every run
+    return build_model(load_recipe("recipes/shapes.yaml", TINY)).eval()
+
+
+def _picture() -> torch.Tensor:
+    return torch.full((3, 96, 128), 40, dtype=torch.uint8)
+
+
+def test_capture_is_off_by_default_and_keeps_the_official_shapes(model):
+    attn = model.transformer.decoder.layers[0].cross_attn
+    assert attn.capture is False and attn.captured is None
+    attn.capture = True
+    with torch.no_grad():
+        model([torch.randn(3, 64, 64)])
+    attn.capture = False
+    captured = attn.captured
+    assert captured["locations"].shape == (1, 30, 8, 3, 4, 2)
+    assert captured["weights"].shape == (1, 30, 8, 3, 4)
+    torch.testing.assert_close(captured["weights"].sum((-1, -2)), torch.ones(1, 30, 8))
+
+
+def test_points_are_drawn_where_the_model_samples(model, tmp_path):
+    picture = _picture()
+    result = attention_pictures(model, picture, "flat", tmp_path, min_size=96, max_size=128,
+                                top=2, pixel=(64, 48))  # fmt: skip
+    assert len(result.paths) == 3 and all(p.is_file() for p in result.paths)
+    assert [d["query"] for d in result.detections] != []
+    layer = model.transformer.decoder.layers[-1].cross_attn
+    layer.capture = True
+    from ddetr_cli.images import eval_transform
+
+    with torch.no_grad():
+        model([eval_transform(picture, 96, 128)])
+    layer.capture = False
+    query = result.detections[0]["query"]
+    locations = layer.captured["locations"][0, query].reshape(-1, 2)
+    weights = layer.captured["weights"][0, query].flatten()
+    pixels = (locations * torch.tensor([128, 96])).long()
+    # The heaviest point inside the picture and below the legend strip.
+    inside = [i for i in weights.argsort(descending=True).tolist()
+              if 0 <= pixels[i, 0] < 128 and 20 <= pixels[i, 1] < 96]  # fmt: skip
+    assert inside, "no sampling point inside the picture"
+    x, y = pixels[inside[0]].tolist()
+    drawn = np.asarray(Image.open(result.paths[0]).convert("RGB")).astype(int)
+    plain = picture.permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(drawn[y, x] - plain[y, x]).sum() > 0  # that point is drawn
+    assert (np.abs(drawn - plain).sum(-1) > 0).mean() < 0.9  # most of the picture is untouched
+
+
+def test_bad_layer_and_pixel_are_one_clear_line(model, tmp_path):
+    with pytest.raises(DdetrError, match="the model has 2 decoder layers"):
+        attention_pictures(model, _picture(), "x", tmp_path, decoder_layer=5)
+    with pytest.raises(DdetrError, match="outside the 128x96 picture"):
+        attention_pictures(model, _picture(), "x", tmp_path, pixel=(500, 10))
+
+
+def test_cli_writes_and_lists_the_pictures(tmp_path):
+    recipe = load_recipe("recipes/shapes.yaml", TINY)
+    weights = save_checkpoint(tmp_path / "ckpt.pth", build_model(recipe), recipe)
+    Image.new("RGB", (128, 128), (30, 60, 90)).save(tmp_path / "p.png")
+    args = ["visualize", "attention", str(tmp_path / "p.png"), "-w", str(weights), "--top", "2",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    result = CliRunner().invoke(app, args, terminal_width=300)
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(written) == 2 and all(name.startswith("p_attention_") for name in written)
+    assert all(name in result.output for name in written)
