@@ -77,3 +77,27 @@ def visualize_attention(
     if pixel is not None:
         where = f"encoder at pixel {pixel[0]} {pixel[1]}: {result.paths[-1]}"
         console.print(where, highlight=False, soft_wrap=True)
+
+
+@visualize_app.command("curves")
+def visualize_curves(
+    run: Annotated[
+        Path,
+        typer.Argument(help="A run folder (or its metrics.jsonl).", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write (default RUN/curves.png).")
+    ] = None,
+) -> None:
+    """Loss terms, learning rate and val AP over training steps, from a run's metrics.jsonl.
+
+    Examples:
+      ddetr visualize curves runs/shapes
+      ddetr visualize curves runs/shapes/metrics.jsonl -o curves.png
+    """
+    from ddetr_cli.visualize import curves_picture
+
+    metrics = run / "metrics.jsonl" if run.is_dir() else run
+    target = out or metrics.parent / "curves.png"
+    path, names = curves_picture(metrics, target)
+    Console().print(f"{', '.join(names)}: {path}", highlight=False, soft_wrap=True)

@@ -144,3 +144,85 @@ def attention_pictures(
         picture.convert("RGB").save(path)
         result.paths.append(path)
     return result
+
+
+# Curves drawn when the run logged them: (key, record type, title).
+CURVES = (
+    ("loss", "step", "total loss (weighted)"),
+    ("loss_ce", "step", "loss_ce (focal)"),
+    ("loss_bbox", "step", "loss_bbox (L1)"),
+    ("loss_giou", "step", "loss_giou"),
+    ("lr", "step", "learning rate"),
+    ("AP", "epoch", "val AP"),
+    ("AP50", "epoch", "val AP50"),
+)
+_PANEL = (360, 220)  # width, height of one curve
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, with one-line errors for unusable files."""
+    import json
+
+    if not path.is_file():
+        raise DdetrError(f"metrics file not found: {path}")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise DdetrError(f"{path}:{number}: not a JSON line") from None
+        if not isinstance(record, dict):
+            raise DdetrError(f"{path}:{number}: expected a JSON object per line")
+        records.append(record)
+    return records
+
+
+def _panel(title: str, xs: list[float], ys: list[float]) -> Image.Image:
+    width, height = _PANEL
+    left, right, top, bottom = 58, 12, 24, 26
+    panel = Image.new("RGB", _PANEL, (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    draw.text((left, 5), title, fill=(0, 0, 0))
+    draw.rectangle([left, top, width - right, height - bottom], outline=(160, 160, 160))
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + abs(y0) * 0.1 + 1e-9)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        u = left + (x - x0) / (x1 - x0) * (width - left - right)
+        v = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+        return u, v
+
+    for value, v in ((y1, top), (y0, height - bottom)):
+        draw.text((4, v - 6), f"{value:.3g}", fill=(80, 80, 80))
+    draw.text((left, height - bottom + 6), f"step {x0:g}", fill=(80, 80, 80))
+    draw.text((width - right - 70, height - bottom + 6), f"step {x1:g}", fill=(80, 80, 80))
+    points = [at(x, y) for x, y in zip(xs, ys, strict=True)]
+    if len(points) > 1:
+        draw.line(points, fill=(30, 90, 200), width=2)
+    for u, v in points if len(points) <= 30 else points[-1:]:
+        draw.ellipse([u - 2.5, v - 2.5, u + 2.5, v + 2.5], fill=(30, 90, 200))
+    return panel
+
+
+def curves_picture(metrics: Path, out: Path, columns: int = 3) -> tuple[Path, list[str]]:
+    """Loss terms, learning rate and val AP over steps from a run's metrics.jsonl, as one PNG
+    of small panels; returns the picture and the curves it holds."""
+    records = read_metrics(metrics)
+    panels, names = [], []
+    for key, kind, title in CURVES:
+        rows = [r for r in records if r.get("type") == kind and isinstance(r.get(key), int | float)]
+        if rows and all(isinstance(r.get("step"), int | float) for r in rows):
+            panels.append(_panel(title, [r["step"] for r in rows], [r[key] for r in rows]))
+            names.append(key)
+    if not panels:
+        raise DdetrError(f"{metrics}: no step or epoch records with losses, lr or AP to draw")
+    rows_count = -(-len(panels) // columns)
+    sheet = Image.new("RGB", (_PANEL[0] * columns, _PANEL[1] * rows_count), (255, 255, 255))
+    for i, panel in enumerate(panels):
+        sheet.paste(panel, ((i % columns) * _PANEL[0], (i // columns) * _PANEL[1]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out, names

@@ -88,3 +88,40 @@ def test_cli_writes_and_lists_the_pictures(tmp_path):
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(written) == 2 and all(name.startswith("p_attention_") for name in written)
     assert all(name in result.output for name in written)
+
+
+def _write_metrics(path, lines):
+    import json
+
+    path.write_text("\n".join(json.dumps(r) if isinstance(r, dict) else r for r in lines) + "\n")
+    return path
+
+
+def test_curves_draw_every_logged_series(tmp_path):
+    from ddetr_cli.visualize import curves_picture
+
+    steps = [{"type": "step", "step": s, "lr": 1e-4, "loss": 10 / s, "loss_ce": 1 / s}
+             for s in range(10, 110, 10)]  # fmt: skip
+    epochs = [{"type": "epoch", "step": 50, "AP": 0.2}, {"type": "epoch", "step": 100, "AP": 0.5}]
+    metrics = _write_metrics(tmp_path / "metrics.jsonl", [*steps, *epochs])
+    path, names = curves_picture(metrics, tmp_path / "curves.png")
+    assert names == ["loss", "loss_ce", "lr", "AP"]
+    sheet = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert sheet.shape == (2 * 220, 3 * 360, 3)
+    blue = np.abs(sheet - [30, 90, 200]).sum(-1) < 30
+    for i in range(len(names)):  # every panel has its curve drawn
+        row, column = divmod(i, 3)
+        assert blue[row * 220 : (row + 1) * 220, column * 360 : (column + 1) * 360].sum() > 20
+    assert blue[220:, 360:].sum() == 0  # and the unused panels stay empty
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [(["{not json"], "metrics.jsonl:1: not a JSON line"),
+     ([{"type": "step", "step": 1}], "no step or epoch records with losses, lr or AP")],
+)  # fmt: skip
+def test_curves_bad_metrics_are_one_clear_line(tmp_path, lines, message):
+    _write_metrics(tmp_path / "metrics.jsonl", lines)
+    result = CliRunner().invoke(app, ["visualize", "curves", str(tmp_path)])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and message in result.output
