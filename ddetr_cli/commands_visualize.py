@@ -101,3 +101,76 @@ def visualize_curves(
     target = out or metrics.parent / "curves.png"
     path, names = curves_picture(metrics, target)
     Console().print(f"{', '.join(names)}: {path}", highlight=False, soft_wrap=True)
+
+
+@visualize_app.command("predictions")
+def visualize_predictions(
+    images: Annotated[
+        list[Path], typer.Argument(help="Pictures and/or folders.", show_default=False)
+    ],
+    weights: Annotated[
+        Path, typer.Option("--weights", "-w", help="Checkpoint (ddetr or official .pth).")
+    ],
+    threshold: Annotated[float, typer.Option("--threshold", "-t", help="Minimum score.")] = 0.5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pictures.")] = Path(
+        "visualize"
+    ),
+    columns: Annotated[int, typer.Option(help="Pictures per row of the sheet.")] = 4,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Pictures with their predicted boxes, labels and scores (as `ddetr predict` draws them),
+    and one sheet with all of them as thumbnails.
+
+    Examples:
+      ddetr visualize predictions shapes_coco/val2017 -w runs/shapes/checkpoint_best.pth -t 0.3
+    """
+    from ddetr_cli.cli import usage_error
+    from ddetr_cli.images import list_images
+    from ddetr_cli.predict import output_names, run_predict
+    from ddetr_cli.visualize import contact_sheet
+
+    if columns < 1:
+        raise usage_error(f"--columns must be at least 1, got {columns}")
+    summary = run_predict(images, weights, threshold=threshold, out_dir=out, device=device)
+    drawn = [out / name for name in output_names(list_images(images)) if (out / name).is_file()]
+    sheet = contact_sheet(drawn, out / "sheet.png", columns)
+    Console().print(
+        f"{len(drawn)} pictures with {summary.n_detections} detections in {out}/; sheet: {sheet}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if summary.n_failed:
+        raise typer.Exit(1)
+
+
+@visualize_app.command("dataset")
+def visualize_dataset(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Dotted key=value overrides, e.g. data.root=/data/coco.", show_default=False
+        ),
+    ] = None,
+    count: Annotated[int, typer.Option(help="How many training pictures.")] = 8,
+    epoch: Annotated[int, typer.Option(help="Which epoch's augmentation to show.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pictures.")] = Path(
+        "visualize"
+    ),
+) -> None:
+    """Ground-truth boxes on training pictures as stored (left) and after the recipe's
+    augmentation (right), to check annotations and augmentation.
+
+    Examples:
+      ddetr visualize dataset recipes/shapes.yaml --count 4
+      ddetr visualize dataset recipes/refine.yaml data.root=/data/coco --epoch 3
+    """
+    from ddetr_cli.cli import usage_error
+    from ddetr_cli.config import load_recipe
+    from ddetr_cli.visualize import dataset_pictures
+
+    if count < 1 or epoch < 0:
+        raise usage_error("--count must be at least 1 and --epoch at least 0")
+    paths = dataset_pictures(load_recipe(recipe, overrides or []), out, count, epoch)
+    Console().print(f"{len(paths)} pictures (stored | augmented) in {out}/", highlight=False,
+                    soft_wrap=True)  # fmt: skip

@@ -226,3 +226,67 @@ def curves_picture(metrics: Path, out: Path, columns: int = 3) -> tuple[Path, li
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out, names
+
+
+def _side_by_side(pictures: list[Image.Image], gap: int = 8) -> Image.Image:
+    width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
+    sheet = Image.new("RGB", (width, max(p.height for p in pictures)), (255, 255, 255))
+    x = 0
+    for picture in pictures:
+        sheet.paste(picture, (x, 0))
+        x += picture.width + gap
+    return sheet
+
+
+def _to_pil(image: Tensor) -> Image.Image:
+    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+
+
+def dataset_pictures(
+    recipe: dict[str, Any], out_dir: Path, count: int = 8, epoch: int = 0
+) -> list[Path]:
+    """Ground-truth boxes on the first `count` training pictures as stored (left) and as one
+    augmented training sample of `epoch` (right), to check data and augmentation."""
+    from torchvision.ops import box_convert
+
+    from ddetr_cli.data import build_datasets
+    from ddetr_cli.draw import draw_detections
+    from ddetr_cli.images import IMAGENET_MEAN, IMAGENET_STD
+
+    splits = build_datasets(recipe, train=True)
+    dataset, names = splits.train, splits.class_names or None
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(min(count, len(dataset))):
+        raw, boxes, labels = dataset.load(index)
+        left = draw_detections(raw, boxes, labels, torch.ones(len(labels)), names)
+        pixels, target = dataset[(epoch, index)]
+        augmented = ((pixels * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+        h, w = augmented.shape[-2:]
+        xyxy = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
+        right = draw_detections(
+            augmented, xyxy, target["labels"], torch.ones(len(target["labels"])), names
+        )
+        path = out_dir / f"{dataset.image_id(index)}_dataset.png"
+        _side_by_side([_to_pil(left), _to_pil(right)]).save(path)
+        paths.append(path)
+    return paths
+
+
+def contact_sheet(pictures: list[Path], out: Path, columns: int = 4, cell: int = 320) -> Path:
+    """Thumbnails of `pictures` in a grid, for a look at many predictions at once."""
+    if not pictures:
+        raise DdetrError("no pictures to put on a sheet")
+    rows = -(-len(pictures) // columns)
+    sheet = Image.new("RGB", (columns * cell, rows * cell), (255, 255, 255))
+    for i, path in enumerate(pictures):
+        with Image.open(path) as picture:
+            thumb = picture.convert("RGB")
+            thumb.thumbnail((cell - 6, cell - 6))
+        x, y = (i % columns) * cell + 3, (i // columns) * cell + 3
+        sheet.paste(thumb, (x, y))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

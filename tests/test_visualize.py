@@ -125,3 +125,39 @@ def test_curves_bad_metrics_are_one_clear_line(tmp_path, lines, message):
     result = CliRunner().invoke(app, ["visualize", "curves", str(tmp_path)])
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1 and message in result.output
+
+
+def test_dataset_view_draws_the_ground_truth_on_both_sides(tmp_path):
+    from ddetr_cli.data import build_datasets
+    from ddetr_cli.visualize import dataset_pictures
+
+    recipe = load_recipe("recipes/shapes.yaml", ["data.augment=paper"])
+    paths = dataset_pictures(recipe, tmp_path, count=2)
+    assert [p.name for p in paths] == ["1_dataset.png", "2_dataset.png"]
+    raw, boxes, _ = build_datasets(recipe).train.load(0)
+    sheet = np.asarray(Image.open(paths[0]).convert("RGB")).astype(int)
+    stored = sheet[: raw.shape[1], : raw.shape[2]]
+    plain = raw.permute(1, 2, 0).numpy().astype(int)
+    x1, y1 = (int(v) - 1 for v in boxes[0, 2:])  # the box's bottom-right corner is outlined
+    assert np.abs(stored[y1, x1] - plain[y1, x1]).sum() > 0
+    assert sheet.shape[1] > raw.shape[2] + 8  # the augmented sample stands beside it
+
+
+def test_predictions_view_writes_pictures_and_a_sheet(tmp_path):
+    recipe = load_recipe("recipes/shapes.yaml", TINY)
+    torch.manual_seed(0)
+    weights = save_checkpoint(tmp_path / "ckpt.pth", build_model(recipe), recipe)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i in range(3):
+        Image.new("RGB", (128, 96), (40 * i, 60, 90)).save(pictures / f"{i}.png")
+    args = ["visualize", "predictions", str(pictures), "-w", str(weights), "-t", "0",
+            "-o", str(tmp_path / "out"), "--columns", "2"]  # fmt: skip
+    result = CliRunner().invoke(app, args, terminal_width=300)
+    assert result.exit_code == 0, result.output
+    sheet = np.asarray(Image.open(tmp_path / "out" / "sheet.png").convert("RGB")).astype(int)
+    assert sheet.shape == (2 * 320, 2 * 320, 3)
+    for row, column in ((0, 0), (0, 1), (1, 0)):  # three thumbnails, each with boxes drawn
+        cell = sheet[row * 320 + 3 : row * 320 + 99, column * 320 + 3 : column * 320 + 131]
+        assert len(np.unique(cell.reshape(-1, 3), axis=0)) > 2
+    assert (sheet[320:, 320:] == 255).all()  # the fourth cell is empty
