@@ -158,9 +158,9 @@ def run_bench_op(
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Time the op for every (part, batch, dtype, pass, backend); returns a JSON-ready report."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DdetrError(f"--device {device}: CUDA is not available on this machine")
+    from ddetr_cli.predict import resolve_device
+
+    dev = resolve_device(device)
     for name in dtypes:
         if name not in DTYPES:
             raise DdetrError(f"--dtype {name}: expected one of {', '.join(DTYPES)}")

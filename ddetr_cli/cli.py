@@ -20,6 +20,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from ddetr_cli import __version__
+from ddetr_cli.cli_args import Overrides
 from ddetr_cli.errors import DdetrError
 
 stdout = Console()
@@ -226,12 +227,7 @@ app.add_typer(recipe_app, name="recipe")
 @recipe_app.command("show")
 def recipe_show(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Dotted key=value overrides, e.g. train.epochs=12.", show_default=False
-        ),
-    ] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Print a recipe fully resolved: bases merged, overrides applied, defaults filled.
 

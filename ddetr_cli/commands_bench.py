@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ddetr_cli.cli_args import Overrides
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.io import write_json
 
@@ -136,13 +137,7 @@ def _print_speed(speed: dict[str, Any], console: Console) -> None:
 
 
 def bench(
-    overrides: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Dotted key=value recipe overrides, e.g. model.two_stage=true.",
-            show_default=False,
-        ),
-    ] = None,
+    overrides: Overrides = None,
     weights: Annotated[
         Path | None,
         typer.Option("--weights", "-w", help="Checkpoint to measure (default: random weights)."),

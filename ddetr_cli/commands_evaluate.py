@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ddetr_cli.cli_args import Overrides
 from ddetr_cli.errors import DdetrError
 
 # What each of COCOeval.summarize()'s 12 numbers is, in its order.
@@ -26,12 +27,7 @@ _MEANINGS = [
 
 
 def evaluate(
-    overrides: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Dotted key=value recipe overrides, e.g. data.root=/data/coco.", show_default=False
-        ),
-    ] = None,
+    overrides: Overrides = None,
     weights: Annotated[
         Path | None,
         typer.Option("--weights", "-w", help="Checkpoint to evaluate (ddetr or official .pth)."),

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ddetr_cli.cli_args import Overrides
+
 data_app = typer.Typer(
     help="Datasets: write the built-in shapes data as a COCO-format folder.",
     no_args_is_help=True,
@@ -26,12 +28,7 @@ def _sets_num_classes(recipe: Path, overrides: list[str]) -> bool:
 
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Dotted key=value overrides, e.g. train.epochs=12.", show_default=False
-        ),
-    ] = None,
+    overrides: Overrides = None,
     weights: Annotated[
         Path | None,
         typer.Option(

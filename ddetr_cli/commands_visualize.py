@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ddetr_cli.cli_args import Overrides
+
 visualize_app = typer.Typer(
     help="Pictures that explain the model: where deformable attention samples.",
     no_args_is_help=True,
@@ -146,12 +148,7 @@ def visualize_predictions(
 @visualize_app.command("dataset")
 def visualize_dataset(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
-    overrides: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Dotted key=value overrides, e.g. data.root=/data/coco.", show_default=False
-        ),
-    ] = None,
+    overrides: Overrides = None,
     count: Annotated[int, typer.Option(help="How many training pictures.")] = 8,
     epoch: Annotated[int, typer.Option(help="Which epoch's augmentation to show.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pictures.")] = Path(

@@ -24,7 +24,8 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # fmt: skip
 
 
-def _autocast(device: torch.device, amp: str):
+def amp_autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The autocast context for a recipe's train.amp (off, bf16, fp16)."""
     if amp == "off":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -48,7 +49,7 @@ def predict_coco_results(
     try:
         for images, targets in data_loader:
             images = [img.to(device, non_blocking=True) for img in images]
-            with _autocast(device, amp):
+            with amp_autocast(device, amp):
                 outputs = model(images)
             outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}
             sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
@@ -226,6 +227,7 @@ def evaluate_checkpoint(
     detections, writes them and returns the report; the other processes return None.
     """
     from ddetr_cli.config import load_recipe
+    from ddetr_cli.predict import resolve_device
     from ddetr_cli.train import distributed
 
     if batch_size < 1:
@@ -237,9 +239,7 @@ def evaluate_checkpoint(
         data_overrides = ["data.format=coco", "data.root=null", f"data.val.images={images}",
                           f"data.val.annotations={annotations}"]  # fmt: skip
     recipe = load_recipe(recipe_path, [*overrides, *data_overrides]) if recipe_path else None
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DdetrError(f"--device {device}: CUDA is not available on this machine")
+    dev = resolve_device(device)
     ctx = distributed.setup(dev.type)
     try:
         return _evaluate_checkpoint(

@@ -98,7 +98,7 @@ def attention_pictures(
         decoder_attn.capture = encoder_attn.capture = False
         decoder_attn.captured = encoder_attn.captured = None
     # The picture is alone in its batch, so normalised coordinates cover it exactly.
-    base = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+    base = _to_pil(image.cpu())
     result = AttentionPictures()
     out_dir.mkdir(parents=True, exist_ok=True)
     logits = outputs["pred_logits"][0].float()

@@ -8,7 +8,6 @@ epoch and every process's RNG state, so ``resume`` continues as if the run never
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -28,7 +27,7 @@ from ddetr_cli.checkpoint import load_state_dict, save_checkpoint
 from ddetr_cli.config import dump_recipe
 from ddetr_cli.data import ResumableBatchSampler, build_datasets, collate
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.evaluate import evaluate_coco
+from ddetr_cli.evaluate import amp_autocast, evaluate_coco
 from ddetr_cli.model import build_model
 from ddetr_cli.train import distributed
 from ddetr_cli.train.checkpointing import (
@@ -61,12 +60,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 class _Metrics:
@@ -330,7 +323,7 @@ def _train_step(model, criterion, optimizer, scaler, images, targets, device, cf
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device)}
                for t in targets]  # fmt: skip
-    with _autocast(device, cfg["amp"]):
+    with amp_autocast(device, cfg["amp"]):
         outputs = model(images)
     losses = criterion(outputs, targets)
     total = criterion.total(losses)
