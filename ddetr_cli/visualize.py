@@ -34,6 +34,8 @@ def _draw_points(
     """Sampling points of one query: locations (M, L, P, 2) and weights (M, L, P) in [0, 1]
     picture coordinates; each point's size and opacity follow its weight, colour = level."""
     width, height = picture.size
+    # Dots and cross keep their look on large pictures: sizes grow with the shorter side.
+    grow = max(1.0, min(width, height) / 400)
     overlay = Image.new("RGBA", picture.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     top = float(weights.max()) or 1.0
@@ -44,25 +46,49 @@ def _draw_points(
         level = (i // weights.shape[2]) % levels
         share = float(weights.flatten()[i]) / top
         x, y = float(flat_loc[i, 0]) * width, float(flat_loc[i, 1]) * height
-        radius = 1.5 + 6.0 * share
+        radius = (1.5 + 6.0 * share) * grow
         colour = (*LEVEL_COLOURS[level % len(LEVEL_COLOURS)], int(90 + 165 * share))
         draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
     rx, ry = float(reference[0]) * width, float(reference[1]) * height
-    for dx, dy in ((-6, 0), (0, -6)):  # a white cross on the reference point
-        draw.line([rx + dx, ry + dy, rx - dx, ry - dy], fill=(255, 255, 255, 255), width=2)
+    arm, line = 6 * grow, round(2 * grow)
+    for dx, dy in ((-arm, 0), (0, -arm)):  # a white cross on the reference point
+        draw.line([rx + dx, ry + dy, rx - dx, ry - dy], fill=(255, 255, 255, 255), width=line)
     return Image.alpha_composite(picture.convert("RGBA"), overlay)
 
 
 def _legend(picture: Image.Image, levels: int, title: str) -> Image.Image:
-    draw = ImageDraw.Draw(picture)
-    draw.rectangle([0, 0, 12 + 70 * levels + 8 * len(title), 16], fill=(0, 0, 0, 160))
-    draw.text((4, 3), title, fill=(255, 255, 255, 255))
-    x = 8 + 7 * len(title)
-    for level in range(levels):
-        draw.ellipse([x, 4, x + 8, 12], fill=LEVEL_COLOURS[level % len(LEVEL_COLOURS)])
-        draw.text((x + 11, 3), f"level {level}", fill=(255, 255, 255, 255))
-        x += 70
-    return picture
+    """The picture below a strip with `title` and the colour of every level; the strip wraps
+    its entries onto more rows when the picture is narrow, so nothing is cut or covered."""
+    from ddetr_cli.draw import drawing_sizes, font
+
+    size = drawing_sizes(*picture.size)[1]
+    face = font(size)
+    pad, dot = max(2, size // 3), max(6, round(size * 0.8))
+    entries = [(None, title)] + [
+        (LEVEL_COLOURS[level % len(LEVEL_COLOURS)], f"level {level}") for level in range(levels)
+    ]
+    measure = ImageDraw.Draw(picture)
+    _, top, _, bottom = measure.textbbox((0, 0), "Ag", font=face)
+    row_height = bottom - top + 2 * pad
+    placed, x, row = [], pad, 0
+    for colour, text in entries:
+        width = measure.textlength(text, font=face) + (dot + pad if colour else 0)
+        if x > pad and x + width > picture.width - pad:
+            x, row = pad, row + 1
+        placed.append((x, row, colour, text))
+        x += width + 2 * pad
+    strip = row_height * (row + 1)
+    framed = Image.new(picture.mode, (picture.width, picture.height + strip), (0, 0, 0, 255))
+    framed.paste(picture, (0, strip))
+    draw = ImageDraw.Draw(framed)
+    for x, row, colour, text in placed:
+        y = row * row_height + pad
+        if colour is not None:
+            middle = y + (bottom - top) / 2
+            draw.ellipse([x, middle - dot / 2, x + dot, middle + dot / 2], fill=colour)
+            x += dot + pad
+        draw.text((x, y - top), text, fill=(255, 255, 255, 255), font=face)
+    return framed
 
 
 @torch.inference_mode()
@@ -82,6 +108,7 @@ def attention_pictures(
     """For the `top` detections, the sampling points of one decoder layer's cross-attention on
     every level, with the reference point and the predicted box; with `pixel` (x, y), also the
     points an encoder layer samples for the stride-8 position under that pixel."""
+    from ddetr_cli.draw import draw_label, drawing_sizes, label_text
     from ddetr_cli.images import eval_transform
 
     decoder_attn = _layer(model.transformer.decoder.layers, decoder_layer, "decoder").cross_attn
@@ -117,11 +144,11 @@ def attention_pictures(
         cx, cy, w, h = (outputs["pred_boxes"][0, query].float().cpu() * torch.tensor(
             [width, height, width, height])).tolist()  # fmt: skip
         draw = ImageDraw.Draw(picture)
-        draw.rectangle(
-            [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outline=(0, 255, 0), width=2
-        )
-        label_name = class_names[label] if class_names and label < len(class_names) else f"#{label}"
-        draw.text((cx - w / 2 + 3, cy - h / 2 + 2), f"{label_name} {score:.2f}", fill=(0, 255, 0))
+        line, size = drawing_sizes(width, height)
+        x0, y0 = cx - w / 2, cy - h / 2
+        draw.rectangle([x0, y0, cx + w / 2, cy + h / 2], outline=(0, 255, 0), width=line)
+        text = label_text(label, score, class_names)
+        draw_label(draw, picture.size, (x0, y0), text, (0, 255, 0), size, y0 + line)
         picture = _legend(picture, decoded["locations"].shape[3], f"decoder layer {layer_name}")
         path = out_dir / f"{name}_attention_{rank + 1}_query{query}.png"
         picture.convert("RGB").save(path)
@@ -156,7 +183,6 @@ CURVES = (
     ("AP", "epoch", "val AP"),
     ("AP50", "epoch", "val AP50"),
 )
-_PANEL = (360, 220)  # width, height of one curve
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -179,53 +205,27 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _panel(title: str, xs: list[float], ys: list[float]) -> Image.Image:
-    width, height = _PANEL
-    left, right, top, bottom = 58, 12, 24, 26
-    panel = Image.new("RGB", _PANEL, (255, 255, 255))
-    draw = ImageDraw.Draw(panel)
-    draw.text((left, 5), title, fill=(0, 0, 0))
-    draw.rectangle([left, top, width - right, height - bottom], outline=(160, 160, 160))
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + abs(y0) * 0.1 + 1e-9)
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        u = left + (x - x0) / (x1 - x0) * (width - left - right)
-        v = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-        return u, v
-
-    for value, v in ((y1, top), (y0, height - bottom)):
-        draw.text((4, v - 6), f"{value:.3g}", fill=(80, 80, 80))
-    draw.text((left, height - bottom + 6), f"step {x0:g}", fill=(80, 80, 80))
-    draw.text((width - right - 70, height - bottom + 6), f"step {x1:g}", fill=(80, 80, 80))
-    points = [at(x, y) for x, y in zip(xs, ys, strict=True)]
-    if len(points) > 1:
-        draw.line(points, fill=(30, 90, 200), width=2)
-    for u, v in points if len(points) <= 30 else points[-1:]:
-        draw.ellipse([u - 2.5, v - 2.5, u + 2.5, v + 2.5], fill=(30, 90, 200))
-    return panel
-
-
 def curves_picture(metrics: Path, out: Path, columns: int = 3) -> tuple[Path, list[str]]:
     """Loss terms, learning rate and val AP over steps from a run's metrics.jsonl, as one PNG
-    of small panels; returns the picture and the curves it holds."""
+    of small matplotlib charts; returns the picture and the curves it holds.
+
+    ``out`` is the picture, or a folder (an existing one, or a path without a picture suffix)
+    to hold ``curves.png``.
+    """
+    from ddetr_cli.plots import curves_figure
+
     records = read_metrics(metrics)
     panels, names = [], []
     for key, kind, title in CURVES:
         rows = [r for r in records if r.get("type") == kind and isinstance(r.get(key), int | float)]
         if rows and all(isinstance(r.get("step"), int | float) for r in rows):
-            panels.append(_panel(title, [r["step"] for r in rows], [r[key] for r in rows]))
+            panels.append((title, [r["step"] for r in rows], [r[key] for r in rows]))
             names.append(key)
     if not panels:
         raise DdetrError(f"{metrics}: no step or epoch records with losses, lr or AP to draw")
-    rows_count = -(-len(panels) // columns)
-    sheet = Image.new("RGB", (_PANEL[0] * columns, _PANEL[1] * rows_count), (255, 255, 255))
-    for i, panel in enumerate(panels):
-        sheet.paste(panel, ((i % columns) * _PANEL[0], (i // columns) * _PANEL[1]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out, names
+    if out.is_dir() or out.suffix.lower() not in {".png", ".jpg", ".jpeg", ".pdf", ".svg"}:
+        out = out / "curves.png"
+    return curves_figure(panels, out, columns), names
 
 
 def _side_by_side(pictures: list[Image.Image], gap: int = 8) -> Image.Image:
@@ -261,14 +261,13 @@ def dataset_pictures(
     paths = []
     for index in range(min(count, len(dataset))):
         raw, boxes, labels = dataset.load(index)
-        left = draw_detections(raw, boxes, labels, torch.ones(len(labels)), names)
+        # Ground truth has no score: class names only.
+        left = draw_detections(raw, boxes, labels, class_names=names)
         pixels, target = dataset[(epoch, index)]
         augmented = ((pixels * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
         h, w = augmented.shape[-2:]
         xyxy = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
-        right = draw_detections(
-            augmented, xyxy, target["labels"], torch.ones(len(target["labels"])), names
-        )
+        right = draw_detections(augmented, xyxy, target["labels"], class_names=names)
         path = out_dir / f"{dataset.image_id(index)}_dataset.png"
         _side_by_side([_to_pil(left), _to_pil(right)]).save(path)
         paths.append(path)
@@ -276,16 +275,28 @@ def dataset_pictures(
 
 
 def contact_sheet(pictures: list[Path], out: Path, columns: int = 4, cell: int = 320) -> Path:
-    """Thumbnails of `pictures` in a grid, for a look at many predictions at once."""
+    """Thumbnails of `pictures` in a grid of square cells, for a look at many predictions at once.
+
+    Each picture is scaled so that its longer side fills its cell (aspect kept). Cells are at most
+    `cell` pixels, and no larger than the largest picture, so small pictures are not blown up."""
     if not pictures:
         raise DdetrError("no pictures to put on a sheet")
+    gap = 3  # white border around each thumbnail
+    thumbs = []
+    for path in pictures:
+        with Image.open(path) as picture:
+            thumbs.append(picture.convert("RGB"))
+    inner = min(cell - 2 * gap, max(max(t.size) for t in thumbs))
+    cell = inner + 2 * gap
     rows = -(-len(pictures) // columns)
     sheet = Image.new("RGB", (columns * cell, rows * cell), (255, 255, 255))
-    for i, path in enumerate(pictures):
-        with Image.open(path) as picture:
-            thumb = picture.convert("RGB")
-            thumb.thumbnail((cell - 6, cell - 6))
-        x, y = (i % columns) * cell + 3, (i // columns) * cell + 3
+    for i, thumb in enumerate(thumbs):
+        scale = inner / max(thumb.size)
+        size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
+        if size != thumb.size:
+            thumb = thumb.resize(size, Image.Resampling.LANCZOS)
+        x = (i % columns) * cell + gap + (inner - thumb.width) // 2
+        y = (i // columns) * cell + gap + (inner - thumb.height) // 2
         sheet.paste(thumb, (x, y))
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
