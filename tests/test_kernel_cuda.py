@@ -83,9 +83,10 @@ def test_matches_reference(ext, dtype, rtol, atol):
     check(dtype, rtol, atol)
 
 
-@pytest.mark.parametrize("d", [1, 2, 8, 30, 32, 64, 72, 256])
+@pytest.mark.parametrize("d", [1, 2, 8, 24, 30, 32, 40, 64, 72, 256])
 def test_channel_counts(ext, d):
-    """Vector path (D % 8 == 0, shuffle or atomic reduction) and the scalar path (other D)."""
+    """Vector path (D % 8 == 0; groups of D / 8: xor-shuffle or segmented reduction) and the scalar
+    path (other D; groups of D)."""
     check(torch.float32, 1e-4, 1e-4, n=1, lq=7, m=2, d=d)
     check(torch.float64, 1e-10, 1e-12, n=1, lq=7, m=2, d=d)
 
@@ -152,3 +153,170 @@ def test_empty_and_errors(ext):
 def test_is_available(ext):
     ok, reason = kernel.is_available(torch.device("cuda"))
     assert ok, reason
+
+
+def misaligned(t):
+    """A contiguous copy of t whose data pointer is not 16-byte aligned (the scalar path)."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    shifted = flat[1:].view(t.shape)
+    shifted.copy_(t)
+    assert shifted.data_ptr() % 16 != 0
+    return shifted
+
+
+@pytest.mark.parametrize("d", [32, 256])
+@pytest.mark.parametrize("which", ["value", "grad_out"])
+def test_backward_on_misaligned_inputs(ext, d, which):
+    """Misaligned fp32 D=256 runs groups of 256 threads (segmented reduction over 8 warps)."""
+    value, spatial, start, loc, attn, shapes = make_inputs(n=2, lq=9, m=2, d=d)
+    value, loc, attn = (t.float() for t in (value, loc, attn))
+    grad_out = torch.randn(2, 9, 2 * d, device="cuda")
+    if which == "value":
+        value = misaligned(value)
+    else:
+        grad_out = misaligned(grad_out)
+    _, ref_grads = reference(value, shapes, loc, attn, grad_out)
+    grads = kernel.backward(value, spatial, start, loc, attn, grad_out)
+    for name, got, want in zip(("value", "loc", "attn"), grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [30, 256])
+def test_half_precision_channel_counts(ext, dtype, d):
+    tol = 2e-2 if dtype == torch.float16 else 5e-2
+    check(dtype, tol, tol, n=1, lq=7, m=2, d=d)
+
+
+def test_unsampled_points_with_inf_weights_get_zero_gradient(ext):
+    """Points outside their level sample nothing: their gradients are 0 even for an inf weight."""
+    for d in (32, 30, 72):  # shuffle, scalar segmented, vector segmented
+        value, spatial, start, loc, attn, _ = make_inputs(n=1, lq=6, m=2, d=d)
+        value, loc, attn = (t.float() for t in (value, loc, attn))
+        loc[..., 0, :2, :] = 3.0
+        attn[..., 0, :2] = float("inf")
+        grad_out = torch.randn(1, 6, 2 * d, device="cuda")
+        out = kernel.forward(value, spatial, start, loc, attn)
+        grads = kernel.backward(value, spatial, start, loc, attn, grad_out)
+        assert torch.isfinite(out).all()
+        for name, g in zip(("value", "loc", "attn"), grads, strict=True):
+            assert torch.isfinite(g).all(), (d, name)
+        assert (grads[1][..., 0, :2, :] == 0).all() and (grads[2][..., 0, :2] == 0).all()
+
+
+def test_non_default_stream(ext):
+    value, spatial, start, loc, attn, shapes = make_inputs(n=2, lq=50)
+    value, loc, attn = (t.float() for t in (value, loc, attn))
+    grad_out = torch.randn(2, 50, value.shape[2] * value.shape[3], device="cuda")
+    want_out = kernel.forward(value, spatial, start, loc, attn)
+    want_grads = kernel.backward(value, spatial, start, loc, attn, grad_out)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        # A long op first on the side stream: results read too early would be stale.
+        torch.cuda._sleep(10_000_000)
+        out = kernel.forward(value, spatial, start, loc, attn)
+        grads = kernel.backward(value, spatial, start, loc, attn, grad_out)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(out, want_out)
+    for got, want in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_more_than_2_31_output_elements(ext):
+    """64-bit indexing: (N, Lq, M*D) with more than 2^31 elements (about 4 GiB in float16)."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs 24 GiB of GPU memory")
+    lq, m, d, shapes = (1 << 23) + 3, 8, 32, ((6, 5),)
+    assert lq * m * d > 2**31
+    g = torch.Generator(device="cuda").manual_seed(0)
+    value = torch.randn(1, 30, m, d, device="cuda", generator=g).half()
+    loc = torch.rand(1, lq, m, 1, 1, 2, device="cuda", generator=g).half()
+    attn = torch.rand(1, lq, m, 1, 1, device="cuda", generator=g).half()
+    spatial = torch.tensor(shapes, device="cuda")
+    start = torch.zeros(1, dtype=torch.long, device="cuda")
+    out = kernel.forward(value, spatial, start, loc, attn)
+    assert out.shape == (1, lq, m * d)
+    # Queries are independent: the last ones (past 2^31 elements) against the reference.
+    tail = slice(lq - 5, lq)
+    want = ms_deform_attn_reference(
+        value.double(), list(shapes), loc[:, tail].double(), attn[:, tail].double()
+    )
+    torch.testing.assert_close(out[:, tail].double(), want, rtol=2e-2, atol=2e-2)
+    grad_out = torch.zeros_like(out)
+    grad_out[:, tail] = 1
+    del out
+    grad_value, grad_loc, grad_attn = kernel.backward(value, spatial, start, loc, attn, grad_out)
+    leaves = [value.double().requires_grad_(), loc[:, tail].double().requires_grad_()]
+    leaves.append(attn[:, tail].double().requires_grad_())
+    ms_deform_attn_reference(leaves[0], list(shapes), leaves[1], leaves[2]).sum().backward()
+    torch.testing.assert_close(grad_value.double(), leaves[0].grad, rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(grad_attn[:, tail].double(), leaves[2].grad, rtol=2e-2, atol=2e-2)
+    assert (grad_attn[:, : lq - 5] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_bit_identical_across_runs(ext, dtype):
+    value, spatial, start, loc, attn, _ = make_inputs(n=2, lq=300, d=32)
+    value, loc, attn = (t.to(dtype) for t in (value, loc, attn))
+    first = kernel.forward(value, spatial, start, loc, attn)
+    for _ in range(5):
+        assert torch.equal(kernel.forward(value, spatial, start, loc, attn), first)
+
+
+def test_deterministic_algorithms_raise_in_backward(ext):
+    value, spatial, start, loc, attn, _ = make_inputs(n=1, lq=4)
+    grad_out = torch.ones(1, 4, value.shape[2] * value.shape[3], device="cuda", dtype=value.dtype)
+    was, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    try:
+        torch.use_deterministic_algorithms(True)
+        kernel.forward(value, spatial, start, loc, attn)  # the forward is deterministic
+        with pytest.raises(RuntimeError, match="ms_deform_attn_backward_cuda"):
+            kernel.backward(value, spatial, start, loc, attn, grad_out)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="ms_deform_attn_backward_cuda"):
+            kernel.backward(value, spatial, start, loc, attn, grad_out)
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
+def _op_inputs(dtype=torch.float32):
+    value, spatial, start, loc, attn, shapes = make_inputs(n=2, lq=30, d=32)
+    leaves = [t.to(dtype).requires_grad_() for t in (value, loc, attn)]
+    return leaves, spatial, start, shapes
+
+
+def test_full_op_autograd_matches_reference(ext):
+    from ddetr_cli.ops import ms_deform_attn
+
+    (value, loc, attn), spatial, start, _ = _op_inputs()
+    outs, grads = {}, {}
+    for backend in ("kernel", "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
+        out = ms_deform_attn(leaves[0], spatial, start, leaves[1], leaves[2], backend=backend)
+        out.square().sum().backward()
+        outs[backend], grads[backend] = out.detach(), [t.grad for t in leaves]
+    torch.testing.assert_close(outs["kernel"], outs["reference"], rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads["kernel"], grads["reference"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_full_op_under_torch_compile(ext):
+    from ddetr_cli.ops import ms_deform_attn
+
+    (value, loc, attn), spatial, start, _ = _op_inputs()
+
+    def f(v, lo, a):
+        return ms_deform_attn(v, spatial, start, lo, a, backend="kernel").square().sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    eager_leaves = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
+    f(*eager_leaves).backward()
+    loss = compiled(value, loc, attn)
+    loss.backward()
+    torch.testing.assert_close(loss, f(*[t.detach() for t in eager_leaves]), rtol=1e-5, atol=1e-4)
+    for got, want in zip((value, loc, attn), eager_leaves, strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-4)

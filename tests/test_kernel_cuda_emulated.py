@@ -1,14 +1,19 @@
-"""The CUDA kernels' arithmetic, run on the CPU: no GPU needed.
+"""The CUDA kernels' arithmetic and launch decision, run on the CPU: no GPU needed.
 
-The kernel bodies of csrc/ms_deform_attn_cuda.cu are compiled as host C++ with small stand-ins for
-the CUDA built-ins (blockIdx, __ldg, atomicAdd, __shfl_xor_sync). Each emulated warp runs its 32
-lanes as real threads that meet at every shuffle, so the warp reductions, the grid-stride loops,
-the vector/scalar channel paths and all four dtypes are checked against the reference. What this
-cannot check (memory model, sm_90 vector atomics, real alignment faults) is left to the GPU tests.
+The kernel bodies of csrc/ms_deform_attn_cuda.cu are compiled as host C++ (with warnings on) with
+small stand-ins for the CUDA built-ins (blockIdx & co. as 32-bit unsigned like on the GPU, __ldg,
+atomicAdd, __shfl_xor_sync, __shfl_down_sync). Each emulated warp runs its 32 lanes as real threads
+that meet at every shuffle, so the warp reductions (xor butterfly and segmented), the grid-stride
+loops, the vector/scalar channel paths, both index types and all four dtypes are checked against
+the reference. The launch decision (csrc/ms_deform_attn_launch.h: plan_launch and dispatch_plan) is
+compiled in too: the kernels run here are chosen by the same code as on the GPU, and the plan is
+checked for many shapes, dtypes and alignments. What this cannot check (memory model, sm_90 vector
+atomics, real alignment faults) is left to the GPU tests.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -31,15 +36,21 @@ PRELUDE = r"""
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <thread>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 #include "ms_deform_attn_cuda.h"
+#include "ms_deform_attn_launch.h"
+// Kernels become plain functions (the CUDA headers define these for nvcc's host pass).
+#undef __global__
+#undef __launch_bounds__
 #define __global__
 #define __launch_bounds__(x)
-struct EmuDim { int64_t x = 0; };
+// 32-bit unsigned like uint3 / dim3 on the GPU, so an overflowing product shows here too.
+struct EmuDim { unsigned int x = 0; };
 thread_local EmuDim blockIdx, threadIdx;
 EmuDim blockDim, gridDim;
 template <class T> T __ldg(const T* p) { return *p; }
@@ -58,23 +69,35 @@ template <class V> V __shfl_xor_sync(unsigned, V v, int off) {
   emu_warp->bar.arrive_and_wait();
   return r;
 }
+template <class V> V __shfl_down_sync(unsigned, V v, int off) {
+  emu_warp->slot[emu_lane] = static_cast<double>(v);
+  emu_warp->bar.arrive_and_wait();
+  V r = emu_lane + off < 32 ? static_cast<V>(emu_warp->slot[emu_lane + off]) : v;
+  emu_warp->bar.arrive_and_wait();
+  return r;
+}
 using std::floor;
 using std::fma;
+using std::memcpy;
 namespace ddetr {
 namespace {
 """
 
 DRIVER = r"""
 template <class F> void run_grid(int64_t blocks, int64_t threads, F f) {
-  gridDim.x = blocks;
-  blockDim.x = threads;
+  gridDim.x = static_cast<unsigned int>(blocks);
+  blockDim.x = static_cast<unsigned int>(threads);
   for (int64_t b = 0; b < blocks; ++b) {
     for (int64_t w = 0; w < threads / 32; ++w) {
       EmuWarp warp;
       std::vector<std::thread> lanes;
       for (int l = 0; l < 32; ++l) {
         lanes.emplace_back([&, l] {
-          blockIdx.x = b; threadIdx.x = w * 32 + l; emu_warp = &warp; emu_lane = l; f();
+          blockIdx.x = static_cast<unsigned int>(b);
+          threadIdx.x = static_cast<unsigned int>(w * 32 + l);
+          emu_warp = &warp;
+          emu_lane = l;
+          f();
         });
       }
       for (auto& t : lanes) t.join();
@@ -82,65 +105,105 @@ template <class F> void run_grid(int64_t blocks, int64_t threads, F f) {
   }
 }
 
-template <class T, int CPT, int LS, int PS, bool SHFL>
-void run_typed(const at::Tensor& v, const at::Tensor& sh, const at::Tensor& st,
-               const at::Tensor& lo, const at::Tensor& at_, const at::Tensor& go, at::Tensor& out,
-               at::Tensor& gv, at::Tensor& gl, at::Tensor& ga, int64_t blocks) {
+template <class T>
+void run_plan(const LaunchPlan& plan, const MsdaDims& d, const at::Tensor& v, const at::Tensor& sh,
+              const at::Tensor& st, const at::Tensor& lo, const at::Tensor& at_,
+              const at::Tensor& go, at::Tensor& out, at::Tensor& gv, at::Tensor& gl,
+              at::Tensor& ga, int64_t blocks, int64_t threads) {
   using A = typename AccOf<T>::type;
-  const MsdaDims d{v.size(0), v.size(1), v.size(2), v.size(3), lo.size(1), lo.size(3), lo.size(4)};
   const auto* sp = sh.data_ptr<int64_t>();
   const auto* tp = st.data_ptr<int64_t>();
-  run_grid(blocks, 64, [&] {
-    msda_forward_kernel<T, CPT, LS, PS>((const T*)v.data_ptr(), sp, tp, (const T*)lo.data_ptr(),
-                                        (const T*)at_.data_ptr(), (T*)out.data_ptr(), d);
-  });
-  run_grid(blocks, 64, [&] {
-    msda_backward_kernel<T, CPT, LS, PS, SHFL>(
-        (const T*)v.data_ptr(), sp, tp, (const T*)lo.data_ptr(), (const T*)at_.data_ptr(),
-        (const T*)go.data_ptr(), (A*)gv.data_ptr(), (A*)gl.data_ptr(), (A*)ga.data_ptr(), d);
+  // The same switch from plan to kernel variant as the CUDA launchers.
+  dispatch_plan<vector_cpt<T>()>(plan, [&](auto cpt, auto lp, auto reduce, auto index) {
+    using I = typename decltype(index)::type;
+    constexpr int C = decltype(cpt)::value, LP = decltype(lp)::value;
+    run_grid(blocks, threads, [&] {
+      msda_forward_kernel<T, C, LP, LP, I>((const T*)v.data_ptr(), sp, tp,
+                                           (const T*)lo.data_ptr(), (const T*)at_.data_ptr(),
+                                           (T*)out.data_ptr(), d);
+    });
+    run_grid(blocks, threads, [&] {
+      msda_backward_kernel<T, C, LP, LP, decltype(reduce)::value, I>(
+          (const T*)v.data_ptr(), sp, tp, (const T*)lo.data_ptr(), (const T*)at_.data_ptr(),
+          (const T*)go.data_ptr(), (A*)gv.data_ptr(), (A*)gl.data_ptr(), (A*)ga.data_ptr(), d);
+    });
   });
 }
 
-// path: 0 scalar (CPT 1), 1 vector with runtime L/P, 2 vector with L = P = 4.
-template <class T>
-void dispatch(int64_t path, bool shfl, const at::Tensor& v, const at::Tensor& sh,
-              const at::Tensor& st, const at::Tensor& lo, const at::Tensor& at_,
-              const at::Tensor& go, at::Tensor& out, at::Tensor& gv, at::Tensor& gl,
-              at::Tensor& ga, int64_t blocks) {
-  constexpr int K = vector_cpt<T>();
-#define EMU_RUN(C, L, P) \
-  (shfl ? run_typed<T, C, L, P, true>(v, sh, st, lo, at_, go, out, gv, gl, ga, blocks) \
-        : run_typed<T, C, L, P, false>(v, sh, st, lo, at_, go, out, gv, gl, ga, blocks))
-  if (path == 0) EMU_RUN(1, 0, 0);
-  if (path == 1) EMU_RUN(K, 0, 0);
-  if (path == 2) EMU_RUN(K, 4, 4);
-#undef EMU_RUN
+DType dtype_of(at::ScalarType t) {
+  if (t == at::kDouble) return DType::kFloat64;
+  if (t == at::kHalf) return DType::kFloat16;
+  if (t == at::kBFloat16) return DType::kBFloat16;
+  return DType::kFloat32;
+}
+
+template <class I> std::vector<int64_t> probe_indices() {
+  return {static_cast<int64_t>(block_start<I>()), static_cast<int64_t>(grid_stride<I>())};
 }
 }  // namespace
 }  // namespace ddetr
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emulate(
+using ddetr::LaunchPlan;
+
+std::vector<int64_t> plan_fields(const LaunchPlan& p) {
+  return {p.cpt, p.fixed_lp, p.group, static_cast<int64_t>(p.reduce), p.index32, p.total, p.blocks};
+}
+
+// The plan for a dtype name ("float32", ...), dims (N, S, M, D, Lq, L, P) and alignment.
+std::vector<int64_t> plan(std::string dtype, std::vector<int64_t> dims, bool aligned) {
+  const ddetr::DType t = dtype == "float64" ? ddetr::DType::kFloat64
+                         : dtype == "float16" ? ddetr::DType::kFloat16
+                         : dtype == "bfloat16" ? ddetr::DType::kBFloat16
+                                               : ddetr::DType::kFloat32;
+  const ddetr::MsdaDims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6]};
+  return plan_fields(ddetr::plan_launch(t, d, aligned));
+}
+
+// Runs the kernels the launcher would choose for these tensors, with `aligned` standing for the
+// pointer check; index64 forces 64-bit indexing (small tests would always get 32-bit).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>> emulate(
     at::Tensor v, at::Tensor sh, at::Tensor st, at::Tensor lo, at::Tensor at_, at::Tensor go,
-    int64_t path, bool shfl, int64_t blocks) {
+    bool aligned, bool index64, int64_t blocks, int64_t threads) {
   auto out = at::zeros({v.size(0), lo.size(1), v.size(2) * v.size(3)}, v.options());
   auto acc = v.options().dtype(v.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   auto gv = at::zeros(v.sizes(), acc), gl = at::zeros(lo.sizes(), acc);
   auto ga = at::zeros(at_.sizes(), acc);
+  const ddetr::MsdaDims d{v.size(0), v.size(1), v.size(2), v.size(3),
+                          lo.size(1), lo.size(3), lo.size(4)};
+  LaunchPlan p = ddetr::plan_launch(ddetr::dtype_of(v.scalar_type()), d, aligned);
+  if (index64) p.index32 = false;
 #define EMU_TYPE(S, T)   \
   if (v.scalar_type() == S) \
-    ddetr::dispatch<T>(path, shfl, v, sh, st, lo, at_, go, out, gv, gl, ga, blocks);
+    ddetr::run_plan<T>(p, d, v, sh, st, lo, at_, go, out, gv, gl, ga, blocks, threads);
   EMU_TYPE(at::kFloat, float)
   EMU_TYPE(at::kDouble, double)
   EMU_TYPE(at::kHalf, __half)
   EMU_TYPE(at::kBFloat16, __nv_bfloat16)
-  return {out, gv, gl, ga};
+#undef EMU_TYPE
+  return {out, gv, gl, ga, plan_fields(p)};
+}
+
+// block_start / grid_stride of the given (32-bit unsigned) built-ins, in int32 and int64.
+std::vector<int64_t> index_probe(int64_t block, int64_t block_dim, int64_t grid_dim) {
+  blockIdx.x = static_cast<unsigned int>(block);
+  blockDim.x = static_cast<unsigned int>(block_dim);
+  gridDim.x = static_cast<unsigned int>(grid_dim);
+  auto a = ddetr::probe_indices<int64_t>();
+  auto b = ddetr::probe_indices<int32_t>();
+  return {a[0], a[1], b[0], b[1]};
 }
 
 TORCH_LIBRARY(ddetr_cuda_emulated, m) {
-  m.def("emulate(Tensor v, Tensor sh, Tensor st, Tensor lo, Tensor at, Tensor go, int path, "
-        "bool shfl, int blocks) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("plan(str dtype, int[] dims, bool aligned) -> int[]");
+  m.def("emulate(Tensor v, Tensor sh, Tensor st, Tensor lo, Tensor at, Tensor go, bool aligned, "
+        "bool index64, int blocks, int threads) -> (Tensor, Tensor, Tensor, Tensor, int[])");
+  m.def("index_probe(int block, int block_dim, int grid_dim) -> int[]");
 }
 TORCH_LIBRARY_IMPL(ddetr_cuda_emulated, CPU, m) { m.impl("emulate", &emulate); }
+TORCH_LIBRARY_IMPL(ddetr_cuda_emulated, CompositeExplicitAutograd, m) {
+  m.impl("plan", &plan);
+  m.impl("index_probe", &index_probe);
+}
 """
 
 
@@ -152,7 +215,7 @@ def emulated(tmp_path_factory):
     if shutil.which("ninja") is None:
         pytest.skip("ninja is not installed")
     source = (build.CSRC / "ms_deform_attn_cuda.cu").read_text()
-    start, end = source.index("constexpr int kThreads"), source.index("// ---- launchers")
+    start, end = source.index("// ---- device code"), source.index("// ---- launchers")
     folder = tmp_path_factory.mktemp("cuda_emulated")
     cpp = folder / "emulated.cpp"
     cpp.write_text(PRELUDE + source[start:end] + DRIVER)
@@ -161,13 +224,22 @@ def emulated(tmp_path_factory):
     load(
         name="ddetr_cuda_emulated",
         sources=[str(cpp)],
-        extra_include_paths=[str(Path(home) / "include"), str(build.CSRC)],
-        extra_cflags=["-O1", "-w"],
+        extra_include_paths=[str(build.CSRC)],
+        # Warnings on and fatal (the CUDA and torch headers are system headers: -isystem), except
+        # `#pragma unroll`, which is for nvcc.
+        extra_cflags=[
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-unknown-pragmas",
+            f"-isystem{Path(home) / 'include'}",
+        ],
         build_directory=str(folder),
         is_python_module=False,
         verbose=False,
     )
-    return torch.ops.ddetr_cuda_emulated.emulate
+    return torch.ops.ddetr_cuda_emulated
 
 
 LEVELS = [(5, 6), (3, 4), (2, 2), (1, 1)]
@@ -195,37 +267,153 @@ def make_inputs(n, lq, m, d, p, shapes, dtype):
 
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16"}
+DTYPE_NAMES[torch.bfloat16] = "bfloat16"
+SHUFFLE, SEGMENTED = 0, 1
+
+
+def run(emulated, inputs, aligned, index64=False, blocks=3, threads=64):
+    value, spatial, start, loc, attn, grad_out = inputs
+    out, gv, gl, ga, plan = emulated.emulate(
+        value, spatial, start, loc, attn, grad_out, aligned, index64, blocks, threads
+    )
+    return (out, gv, gl, ga), dict(zip(PLAN_FIELDS, plan, strict=True))
+
+
+def reference_grads(inputs, shapes):
+    value, _, _, loc, attn, grad_out = inputs
+    leaves = [t.double().requires_grad_() for t in (value, loc, attn)]
+    want = ms_deform_attn_reference(leaves[0], shapes, leaves[1], leaves[2])
+    want.backward(grad_out.double())
+    return want.detach(), leaves[0].grad, leaves[1].grad, leaves[2].grad
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 @pytest.mark.parametrize(
-    "path, shfl, channels, points, levels, batch",
+    "aligned, channels, points, levels, batch, index64, cpt, fixed_lp, reduce",
     [
-        (2, True, 4, 4, 4, 3),  # the model's path (D = 4 * vector width, L = P = 4), warp shuffles
-        (2, False, 4, 4, 4, 3),  # same, atomic reduction of the partial sums
-        (1, True, 2, 3, 3, 3),  # runtime L/P
-        (1, False, 3, 2, 2, 3),  # group of 3 threads: not a power of two
-        (1, True, 32, 4, 1, 1),  # a full-warp group
-        (0, False, 30, 2, 3, 3),  # scalar path, D = 30
-        (0, True, 1, 2, 4, 20),  # D = 1, and enough work for the grid-stride loop to wrap
+        # the model's path (D = 4 * vector width, L = P = 4): xor butterfly over 4 lanes
+        (True, 4, 4, 4, 3, False, "vector", True, SHUFFLE),
+        (True, 4, 4, 4, 3, True, "vector", True, SHUFFLE),  # same with 64-bit indices
+        (True, 3, 4, 4, 3, False, "vector", True, SEGMENTED),  # groups of 3 straddle warps
+        (True, 2, 3, 3, 3, False, "vector", False, SHUFFLE),  # runtime L/P
+        (True, 9, 2, 2, 2, False, "vector", False, SEGMENTED),  # fp32 D = 72: groups of 9
+        (True, 32, 4, 1, 1, False, "vector", False, SHUFFLE),  # a full-warp group
+        (False, 30, 2, 3, 3, False, "scalar", False, SEGMENTED),  # scalar path, D = 30
+        (False, 30, 2, 3, 3, True, "scalar", False, SEGMENTED),  # same with 64-bit indices
+        (False, 40, 1, 2, 1, False, "scalar", False, SEGMENTED),  # a group over two warps
+        (False, 1, 2, 4, 20, False, "scalar", False, SHUFFLE),  # D = 1, grid-stride loop wraps
     ],
 )
 def test_emulated_cuda_kernels_match_reference(
-    emulated, dtype, path, shfl, channels, points, levels, batch
+    emulated, dtype, aligned, channels, points, levels, batch, index64, cpt, fixed_lp, reduce
 ):
     width = 4 if dtype == torch.float64 else 8  # channels per thread on the vector paths
-    d = channels if path == 0 else channels * width
+    d = channels * width if cpt == "vector" else channels
     shapes = LEVELS[:levels]
-    value, spatial, start, loc, attn, grad_out = make_inputs(batch, 5, 2, d, points, shapes, dtype)
-    out, gv, gl, ga = emulated(value, spatial, start, loc, attn, grad_out, path, shfl, 3)
-    leaves = [t.double().requires_grad_() for t in (value, loc, attn)]
-    want = ms_deform_attn_reference(leaves[0], shapes, leaves[1], leaves[2])
-    want.backward(grad_out.double())
+    inputs = make_inputs(batch, 5, 2, d, points, shapes, dtype)
+    got, plan = run(emulated, inputs, aligned, index64)
+    assert plan["cpt"] == (width if cpt == "vector" else 1)
+    assert (plan["fixed_lp"], plan["reduce"], plan["index32"]) == (fixed_lp, reduce, not index64)
     tol = TOLERANCE[dtype]
-    for name, got, ref in [
-        ("output", out, want.detach()),
-        ("grad value", gv, leaves[0].grad),
-        ("grad loc", gl, leaves[1].grad),
-        ("grad attn", ga, leaves[2].grad),
-    ]:
-        torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol, msg=name)
+    names = ("output", "grad value", "grad loc", "grad attn")
+    for name, g, ref in zip(names, got, reference_grads(inputs, shapes), strict=True):
+        torch.testing.assert_close(g.double(), ref, rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize(
+    "aligned, d", [(True, 32), (True, 24), (True, 72), (False, 30), (False, 1), (False, 40)]
+)
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_unsampled_points_with_bad_weights_give_zero_gradients(emulated, aligned, d, bad):
+    """A point outside its level, or on a level whose metadata does not fit in S (skipped), gets
+    gradient 0 whatever its weight: `weight * 0` would be NaN for an inf or NaN weight."""
+    shapes = LEVELS[:4] if d % 8 == 0 and d // 8 in (4, 3) else LEVELS[:3]
+    value, spatial, start, loc, attn, grad_out = make_inputs(2, 5, 2, d, 4, shapes, torch.float32)
+    loc = loc.clone()
+    loc[..., 0, :2, :] = 3.0  # points 0 and 1 of level 0: far outside
+    start = start.clone()
+    start[1] = value.shape[1]  # level 1 does not fit in S: skipped
+    bad_points = torch.zeros(attn.shape, dtype=torch.bool)
+    bad_points[..., 0, :2] = True
+    bad_points[..., 1, :] = True
+    clean = torch.where(bad_points, torch.zeros_like(attn), attn)
+    poisoned = torch.where(bad_points, torch.full_like(attn, bad), attn)
+    want, _ = run(emulated, (value, spatial, start, loc, clean, grad_out), aligned)
+    got, plan = run(emulated, (value, spatial, start, loc, poisoned, grad_out), aligned)
+    assert plan["reduce"] == (SHUFFLE if d in (32, 1) else SEGMENTED)
+    names = ("output", "grad value", "grad loc", "grad attn")
+    for name, g, w in zip(names, got, want, strict=True):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=name)
+    assert (got[2][bad_points] == 0).all() and (got[3][bad_points] == 0).all()
+
+
+PLAN_FIELDS = ("cpt", "fixed_lp", "group", "reduce", "index32", "total", "blocks")
+
+
+def expected_plan(dtype, dims, aligned):
+    """The launch rule, written out independently of the C++."""
+    n, s, m, d, lq, levels, points = dims
+    width = 4 if dtype == "float64" else 8
+    cpt = width if aligned and d % width == 0 else 1
+    group = d // cpt
+    pow2 = group <= 32 and group & (group - 1) == 0
+    total = n * lq * m * group
+    blocks = min(-(-total // 256), 1 << 30)
+    largest = max(n * s * m * d, n * lq * m * d, n * lq * m * levels * points * 2, blocks * 256)
+    return {
+        "cpt": cpt,
+        "fixed_lp": cpt > 1 and levels == 4 and points == 4,
+        "group": group,
+        "reduce": SHUFFLE if pow2 else SEGMENTED,
+        "index32": largest <= 1 << 30,
+        "total": total,
+        "blocks": blocks,
+    }
+
+
+ENCODER = (2, 20197, 8, 32, 20197, 4, 4)  # 800 x 1333 picture, batch 2: N, S, M, D, Lq, L, P
+DECODER = (2, 20197, 8, 32, 300, 4, 4)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_NAMES.values()))
+def test_launch_plan(emulated, dtype):
+    width = 4 if dtype == "float64" else 8
+    dims_list = [ENCODER, DECODER, (1, 6, 1, 1, 1, 1, 1), (0, 5, 8, 32, 10, 4, 4)]
+    for d, lp in itertools.product(
+        (1, 2, 3, 8, 16, 24, 30, 32, 64, 72, 128, 256, 264, 1024), ((4, 4), (3, 2))
+    ):
+        dims_list.append((2, 100, 8, d, 50, *lp))
+    # Past the 32-bit limits: outputs over 2^31 elements, a huge value, many threads, many blocks.
+    dims_list += [
+        (1, 10, 8, 32, (1 << 23) + 1, 1, 1),
+        (1, 1 << 28, 8, 32, 10, 4, 4),
+        (4, 100, 8, 1, 1 << 25, 1, 1),
+        (64, 10, 8, 1024, 1 << 22, 4, 4),
+        (1, 10, 1, 1, (1 << 30) + 1, 1, 1),  # exactly past the limit by one thread block
+    ]
+    for dims in dims_list:
+        for aligned in (True, False):
+            got = dict(zip(PLAN_FIELDS, emulated.plan(dtype, list(dims), aligned), strict=True))
+            assert got == expected_plan(dtype, dims, aligned), (dims, aligned)
+    # Spot checks of the rule itself.
+    enc = dict(zip(PLAN_FIELDS, emulated.plan(dtype, list(ENCODER), True), strict=True))
+    want = (width, True, 32 // width, SHUFFLE)
+    assert (enc["cpt"], enc["fixed_lp"], enc["group"], enc["reduce"]) == want
+    assert enc["index32"]
+    assert emulated.plan(dtype, list(ENCODER), False)[:4] == [1, 0, 32, SHUFFLE]
+    assert emulated.plan(dtype, [1, 10, 8, 32, (1 << 23) + 1, 1, 1], True)[4] == 0  # int64
+    if dtype != "float64":
+        assert emulated.plan(dtype, [1, 10, 8, 72, 10, 4, 4], True)[2:4] == [9, SEGMENTED]
+        assert emulated.plan(dtype, [1, 10, 8, 256, 10, 4, 4], False)[2:4] == [256, SEGMENTED]
+    assert emulated.plan(dtype, [1, 10, 8, 30, 10, 4, 4], True)[:4] == [1, 0, 30, SEGMENTED]
+    assert emulated.plan(dtype, [0, 10, 8, 32, 10, 4, 4], True)[5:] == [0, 0]  # nothing to launch
+
+
+def test_thread_indices_do_not_overflow(emulated):
+    """blockIdx.x * blockDim.x of the 32-bit unsigned built-ins, widened before multiplying."""
+    block = (1 << 31) + 5
+    start, stride, start32, stride32 = emulated.index_probe(block, 256, (1 << 31) + 7)
+    assert start == block * 256 and stride == ((1 << 31) + 7) * 256
+    assert emulated.index_probe(1000, 256, 4000)[2:] == [256_000, 1_024_000]

@@ -35,12 +35,13 @@ _SOURCES = {
 }
 _HEADERS = {
     "cpu": ["ms_deform_attn_common.h"],
-    "cuda": ["ms_deform_attn_common.h", "ms_deform_attn_cuda.h"],
+    "cuda": ["ms_deform_attn_common.h", "ms_deform_attn_cuda.h", "ms_deform_attn_launch.h"],
 }
 # -fopenmp: at::parallel_for is header-inline OpenMP; libgomp resolves to the copy torch loaded.
 _CFLAGS = ["-O3", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
-_NVCC_FLAGS = ["-O3", "-std=c++17"]
+# No -std flag: cpp_extension passes the standard torch itself was built with.
+_NVCC_FLAGS = ["-O3"]
 
 _loaded: dict[str, Any] = {}
 _info: dict[str, dict[str, Any]] = {}

@@ -28,21 +28,48 @@ def _device_type(device: torch.device | str) -> str:
     return torch.device(device).type
 
 
+# The smoke test runs the model's configuration: D = 32 channels (the vector path, the shuffle
+# reduction, the float4 atomics on sm_90+), L = P = 4 (the compiled-in loop bounds), float32.
+_SMOKE_SHAPES = ((6, 7), (3, 4), (2, 2), (1, 1))
+
+
+def _smoke_inputs(dev: torch.device) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    n, lq, m, d, p = 2, 5, 2, 32, 4
+    levels = len(_SMOKE_SHAPES)
+    s = sum(h * w for h, w in _SMOKE_SHAPES)
+    value = torch.randn(n, s, m, d, generator=g)
+    # Some points fall outside their level (sampled as zeros), as in the model.
+    loc = torch.rand(n, lq, m, levels, p, 2, generator=g) * 1.2 - 0.1
+    attn = torch.rand(n, lq, m, levels, p, generator=g)
+    grad_out = torch.randn(n, lq, m * d, generator=g)
+    shapes = torch.tensor(_SMOKE_SHAPES, dtype=torch.long)
+    areas = shapes[:, 0] * shapes[:, 1]
+    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    return tuple(t.to(dev) for t in (value, shapes, starts, loc, attn, grad_out))
+
+
 def _smoke_test(ext: Any, device_type: str) -> None:
-    """One tiny forward/backward, so a binary that loads but cannot run (e.g. built for another GPU
-    architecture) is caught here rather than in the middle of a model."""
-    dev = torch.device(device_type)
-    value = torch.ones(1, 2, 1, 1, device=dev)
-    shapes = torch.tensor([[1, 2]], dtype=torch.long, device=dev)
-    starts = torch.zeros(1, dtype=torch.long, device=dev)
-    loc = torch.full((1, 1, 1, 1, 1, 2), 0.5, device=dev)
-    attn = torch.ones(1, 1, 1, 1, 1, device=dev)
+    """Forward and backward on the model's path (D = 32, L = P = 4, float32) against the reference
+    backend, so a binary that loads but cannot run (e.g. built for another GPU architecture) or
+    computes wrong numbers is caught here rather than in the middle of a model."""
+    from ddetr_cli.ops.reference import ms_deform_attn_reference
+
+    value, shapes, starts, loc, attn, grad_out = _smoke_inputs(torch.device(device_type))
     out = ext.forward(value, shapes, starts, loc, attn)
-    ext.backward(value, shapes, starts, loc, attn, torch.ones_like(out))
+    grads = ext.backward(value, shapes, starts, loc, attn, grad_out)
     if device_type == "cuda":
         torch.cuda.synchronize()
-    if not torch.allclose(out.cpu(), torch.ones(1, 1, 1)):
-        raise RuntimeError(f"smoke test gave {out.flatten().tolist()} instead of [1.0]")
+    leaves = [t.detach().double().cpu().requires_grad_() for t in (value, loc, attn)]
+    want = ms_deform_attn_reference(leaves[0], list(_SMOKE_SHAPES), leaves[1], leaves[2])
+    want.backward(grad_out.double().cpu())
+    pairs = [("output", out, want.detach())]
+    for k, a, b in zip(("value", "loc", "attn"), grads, leaves, strict=True):
+        pairs.append((f"grad {k}", a, b.grad))
+    for name, got, ref in pairs:
+        err = (got.double().cpu() - ref).abs().max().item() if got.numel() else 0.0
+        if not err <= 1e-3 * (1.0 + ref.abs().max().item()):  # NaN fails too
+            raise RuntimeError(f"smoke test: {name} differs from the reference by {err:.3g}")
 
 
 def is_available(device: torch.device | str) -> tuple[bool, str]:

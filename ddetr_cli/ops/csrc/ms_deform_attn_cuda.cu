@@ -5,11 +5,17 @@
 //   consecutive channels. It resolves every point's location, bilinear weights and validity once
 //   and reads each corner row slice with 16-byte loads (CPT = 8 for float/half/bf16, 4 for double;
 //   any D not divisible by that, or a misaligned pointer, takes the CPT = 1 path).
+// - The launch decision (CPT, L = P = 4 compiled in, reduction, index type, blocks) is the pure host
+//   function plan_launch() in ms_deform_attn_launch.h, tested on the CPU for many shapes.
 // - Accumulation in float (double for float64). Forward writes each output once: deterministic.
 // - Backward: grad_value by atomicAdd into an accumulation-type buffer (vector float4 atomics on
-//   sm_90+); the per-point grad_attn / grad_loc partial sums are reduced over the group with warp
-//   shuffles when G is a power of two <= 32 (group aligned inside a warp), else with atomics.
-// - 64-bit indexing throughout; grid-stride loops, so any batch size runs in one launch.
+//   sm_90+): not deterministic, so it reports itself to torch.use_deterministic_algorithms (in the
+//   bindings). The per-point grad_attn / grad_loc partial sums are reduced over the group first:
+//   with an xor butterfly when G is a power of two <= 32 (the group is aligned inside a warp; lane
+//   0 of the group stores), else with a segmented warp reduction whose segment heads (one per warp
+//   the group touches: one or two for G <= 32) add atomically. Only sampled points store anything.
+// - Index arithmetic in int32 when every element count fits (chosen at launch), else int64;
+//   grid-stride loops, so any batch size runs in one launch.
 // - Levels whose (H, W, start) do not fit inside S are skipped, so bad metadata cannot read out of
 //   bounds (the CPU kernel raises for them; checking here would need a device sync).
 
@@ -18,18 +24,19 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "ms_deform_attn_cuda.h"
+#include "ms_deform_attn_launch.h"
 
 namespace ddetr {
 namespace {
 
-constexpr int kThreads = 256;
+// ---- device code (tests/test_kernel_cuda_emulated.py compiles from here to the launchers) ------
 
-// Channels per thread on the vector path: 32 bytes for float/double, 16 for half/bf16.
+// Channels per thread on the vector path; equals vector_width() of the plan for the same dtype.
 template <typename T>
 constexpr int vector_cpt() {
   return std::is_same<T, double>::value ? 4 : 8;
@@ -68,7 +75,18 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// Thread indices in the index type. The built-ins are 32-bit unsigned: convert before multiplying.
+template <typename I>
+__device__ __forceinline__ I block_start() {
+  return static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x);
+}
+template <typename I>
+__device__ __forceinline__ I grid_stride() {
+  return static_cast<I>(gridDim.x) * static_cast<I>(blockDim.x);
+}
+
 // CPT consecutive elements, converted to the accumulation type; 16-byte loads when they tile.
+// Elements are copied out of the uint4 with memcpy (no type-punned pointer: strict aliasing).
 template <typename T, int CPT, typename A>
 __device__ __forceinline__ void load_row(const T* __restrict__ p, A (&out)[CPT]) {
   constexpr int kBytes = CPT * static_cast<int>(sizeof(T));
@@ -77,7 +95,9 @@ __device__ __forceinline__ void load_row(const T* __restrict__ p, A (&out)[CPT])
 #pragma unroll
     for (int i = 0; i < kBytes / 16; ++i) {
       const uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + i);
-      const T* e = reinterpret_cast<const T*>(&u);
+      static_assert(std::is_trivially_copyable<T>::value, "element bytes are copied");
+      T e[kPer];
+      memcpy(static_cast<void*>(e), &u, sizeof(u));  // T is trivially copyable
 #pragma unroll
       for (int j = 0; j < kPer; ++j) out[i * kPer + j] = to_acc(e[j]);
     }
@@ -94,10 +114,11 @@ __device__ __forceinline__ void store_row(T* __restrict__ p, const A (&in)[CPT])
     constexpr int kPer = 16 / static_cast<int>(sizeof(T));
 #pragma unroll
     for (int i = 0; i < kBytes / 16; ++i) {
-      uint4 u;
-      T* e = reinterpret_cast<T*>(&u);
+      T e[kPer];
 #pragma unroll
       for (int j = 0; j < kPer; ++j) e[j] = from_acc<T>(in[i * kPer + j]);
+      uint4 u;
+      memcpy(&u, static_cast<const void*>(e), sizeof(u));
       reinterpret_cast<uint4*>(p)[i] = u;
     }
   } else {
@@ -125,37 +146,50 @@ __device__ __forceinline__ void atomic_add_row(A* __restrict__ p, A w, const A (
 }
 
 // Where a sampling point falls: pix = loc * size - 0.5 (grid_sample, align_corners=False).
-template <typename A>
+template <typename A, typename I>
 struct Point {
-  bool inside;     // -1 < h < H and -1 < w < W: anything to sample at all
-  int64_t h0, w0;  // top-left corner
-  A lh, lw;        // fractional offsets
+  bool inside;  // -1 < h < H and -1 < w < W: anything to sample at all
+  I h0, w0;     // top-left corner
+  A lh, lw;     // fractional offsets
 };
 
-template <typename A>
-__device__ __forceinline__ Point<A> locate(A x, A y, int64_t H, int64_t W) {
-  Point<A> pt;
+template <typename I, typename A>
+__device__ __forceinline__ Point<A, I> locate(A x, A y, I H, I W) {
+  Point<A, I> pt;
   const A h_im = y * static_cast<A>(H) - A(0.5);
   const A w_im = x * static_cast<A>(W) - A(0.5);
   // NaN fails every comparison, and huge values never reach the integer conversion.
   pt.inside = h_im > A(-1) && w_im > A(-1) && h_im < static_cast<A>(H) && w_im < static_cast<A>(W);
   const A hf = pt.inside ? floor(h_im) : A(0);
   const A wf = pt.inside ? floor(w_im) : A(0);
-  pt.h0 = static_cast<int64_t>(hf);
-  pt.w0 = static_cast<int64_t>(wf);
+  pt.h0 = static_cast<I>(hf);
+  pt.w0 = static_cast<I>(wf);
   pt.lh = pt.inside ? h_im - hf : A(0);
   pt.lw = pt.inside ? w_im - wf : A(0);
   return pt;
 }
 
-__device__ __forceinline__ bool level_fits(int64_t H, int64_t W, int64_t start, int64_t S) {
-  return H >= 0 && W >= 0 && start >= 0 && start + H * W <= S;
+// Level metadata, checked in int64 before anything is narrowed to the index type.
+struct Level {
+  bool fits;
+  int64_t H, W, start;
+};
+
+__device__ __forceinline__ Level load_level(const int64_t* __restrict__ shapes,
+                                            const int64_t* __restrict__ starts, int l, int64_t S) {
+  Level v;
+  v.H = __ldg(shapes + 2 * l);
+  v.W = __ldg(shapes + 2 * l + 1);
+  v.start = __ldg(starts + l);
+  v.fits = v.H >= 0 && v.W >= 0 && v.start >= 0 && v.H <= S && v.W <= S && v.start <= S &&
+           v.start + v.H * v.W <= S;
+  return v;
 }
 
 // ---- forward -----------------------------------------------------------------------------------
 
-// LS / PS: compile-time levels / points (0 = read from dims).
-template <typename T, int CPT, int LS, int PS>
+// LS / PS: compile-time levels / points (0 = read from dims). I: index type (int32 or int64).
+template <typename T, int CPT, int LS, int PS, typename I>
 __global__ void __launch_bounds__(kThreads)
     msda_forward_kernel(const T* __restrict__ value, const int64_t* __restrict__ shapes,
                         const int64_t* __restrict__ starts, const T* __restrict__ loc,
@@ -163,17 +197,18 @@ __global__ void __launch_bounds__(kThreads)
   using A = typename AccOf<T>::type;
   const int L = LS > 0 ? LS : static_cast<int>(d.L);
   const int P = PS > 0 ? PS : static_cast<int>(d.P);
-  const int64_t G = d.D / CPT;
-  const int64_t MD = d.M * d.D;
-  const int64_t total = d.N * d.Lq * d.M * G;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += stride) {
-    const int64_t g = idx % G;
-    const int64_t qm = idx / G;  // (n, q, m) flattened
-    const int64_t m = qm % d.M;
-    const int64_t n = qm / (d.M * d.Lq);
-    const T* head = value + n * d.S * MD + m * d.D + g * CPT;
+  const I D = static_cast<I>(d.D), M = static_cast<I>(d.M), Lq = static_cast<I>(d.Lq);
+  const I S = static_cast<I>(d.S);
+  const I G = D / CPT;
+  const I MD = M * D;
+  const I total = static_cast<I>(d.N) * Lq * M * G;
+  const I stride = grid_stride<I>();
+  for (I idx = block_start<I>() + static_cast<I>(threadIdx.x); idx < total; idx += stride) {
+    const I g = idx % G;
+    const I qm = idx / G;  // (n, q, m) flattened
+    const I m = qm % M;
+    const I n = qm / (M * Lq);
+    const T* head = value + n * S * MD + m * D + g * CPT;
     const T* lp = loc + qm * L * P * 2;
     const T* ap = attn + qm * L * P;
     A acc[CPT];
@@ -181,21 +216,20 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < CPT; ++c) acc[c] = A(0);
 #pragma unroll
     for (int l = 0; l < L; ++l) {
-      const int64_t H = __ldg(shapes + 2 * l);
-      const int64_t W = __ldg(shapes + 2 * l + 1);
-      const int64_t start = __ldg(starts + l);
-      if (!level_fits(H, W, start, d.S)) continue;
-      const T* lvl = head + start * MD;
+      const Level lv = load_level(shapes, starts, l, d.S);
+      if (!lv.fits) continue;
+      const I H = static_cast<I>(lv.H), W = static_cast<I>(lv.W);
+      const T* lvl = head + static_cast<I>(lv.start) * MD;
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int i = l * P + p;
-        const Point<A> pt = locate(to_acc(lp[2 * i]), to_acc(lp[2 * i + 1]), H, W);
+        const Point<A, I> pt = locate(to_acc(lp[2 * i]), to_acc(lp[2 * i + 1]), H, W);
         if (!pt.inside) continue;
         const A aw = to_acc(ap[i]);
         const A hh = A(1) - pt.lh, hw = A(1) - pt.lw;
         const bool h0_ok = pt.h0 >= 0, w0_ok = pt.w0 >= 0;
         const bool h1_ok = pt.h0 + 1 < H, w1_ok = pt.w0 + 1 < W;
-        const int64_t r0 = pt.h0 * W + pt.w0;
+        const I r0 = pt.h0 * W + pt.w0;
         A v[CPT];
         if (h0_ok && w0_ok) {
           load_row<T, CPT>(lvl + r0 * MD, v);
@@ -223,7 +257,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    store_row<T, CPT>(out + qm * d.D + g * CPT, acc);
+    store_row<T, CPT>(out + qm * D + g * CPT, acc);
   }
 }
 
@@ -242,9 +276,20 @@ __device__ __forceinline__ A corner_backward(const T* __restrict__ v_row, A* __r
   return dot;
 }
 
-// SHFL: reduce the per-point partial sums over the G-thread group with warp shuffles (requires G
-// a power of two <= 32); otherwise every thread atomically adds its partials.
-template <typename T, int CPT, int LS, int PS, bool SHFL>
+// Sum over lanes [lane, seg_end) of the warp, left in the segment's first lane (all 32 lanes
+// call it together; seg_end is lane + the number of group lanes from this one to the warp's end).
+template <typename A>
+__device__ __forceinline__ A segmented_warp_sum(A v, int lane, int seg_end) {
+#pragma unroll
+  for (int off = 1; off < kWarp; off *= 2) {
+    const A other = __shfl_down_sync(0xffffffffu, v, off);
+    if (lane + off < seg_end) v += other;
+  }
+  return v;
+}
+
+// RED: how the per-point partial sums are reduced over the G-thread group (see Reduce).
+template <typename T, int CPT, int LS, int PS, Reduce RED, typename I>
 __global__ void __launch_bounds__(kThreads)
     msda_backward_kernel(const T* __restrict__ value, const int64_t* __restrict__ shapes,
                          const int64_t* __restrict__ starts, const T* __restrict__ loc,
@@ -255,46 +300,56 @@ __global__ void __launch_bounds__(kThreads)
   using A = typename AccOf<T>::type;
   const int L = LS > 0 ? LS : static_cast<int>(d.L);
   const int P = PS > 0 ? PS : static_cast<int>(d.P);
-  const int64_t G = d.D / CPT;
-  const int64_t MD = d.M * d.D;
-  const int64_t total = d.N * d.Lq * d.M * G;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const I D = static_cast<I>(d.D), M = static_cast<I>(d.M), Lq = static_cast<I>(d.Lq);
+  const I S = static_cast<I>(d.S);
+  const I G = D / CPT;
+  const I MD = M * D;
+  const I total = static_cast<I>(d.N) * Lq * M * G;
+  const I stride = grid_stride<I>();
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
   // The loop bound is uniform across the block so that every lane reaches the shuffles; lanes
-  // past the end redo the last item without writing (their groups are whole, since G | 32).
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x; base < total; base += stride) {
-    const int64_t raw = base + threadIdx.x;
+  // past the end redo the last item without writing (each is a segment of its own: g = G - 1).
+  for (I base = block_start<I>(); base < total; base += stride) {
+    const I raw = base + static_cast<I>(threadIdx.x);
     const bool active = raw < total;
-    const int64_t idx = active ? raw : total - 1;
-    const int64_t g = idx % G;
-    const int64_t qm = idx / G;
-    const int64_t m = qm % d.M;
-    const int64_t n = qm / (d.M * d.Lq);
-    const T* head = value + n * d.S * MD + m * d.D + g * CPT;
-    A* ghead = grad_value + n * d.S * MD + m * d.D + g * CPT;
+    const I idx = active ? raw : total - 1;
+    const I g = idx % G;
+    const I qm = idx / G;
+    const I m = qm % M;
+    const I n = qm / (M * Lq);
+    // Segmented reduction: this lane's group continues for G - g lanes (up to the warp's end).
+    const int seg_end = static_cast<int>(
+        (G - g) < static_cast<I>(kWarp - lane) ? static_cast<I>(lane) + (G - g) : kWarp);
+    const bool seg_head = lane == 0 || g == 0;
+    const T* head = value + n * S * MD + m * D + g * CPT;
+    A* ghead = grad_value + n * S * MD + m * D + g * CPT;
     const T* lp = loc + qm * L * P * 2;
     const T* ap = attn + qm * L * P;
     A go[CPT];
-    load_row<T, CPT>(grad_out + qm * d.D + g * CPT, go);
+    load_row<T, CPT>(grad_out + qm * D + g * CPT, go);
 #pragma unroll
     for (int l = 0; l < L; ++l) {
-      const int64_t H = __ldg(shapes + 2 * l);
-      const int64_t W = __ldg(shapes + 2 * l + 1);
-      const int64_t start = __ldg(starts + l);
-      const bool fits = level_fits(H, W, start, d.S);
-      const T* lvl = head + start * MD;
-      A* glvl = ghead + start * MD;
+      const Level lv = load_level(shapes, starts, l, d.S);
+      // Sizes of a level that does not fit are never used (its points are not sampled).
+      const I H = lv.fits ? static_cast<I>(lv.H) : I(0);
+      const I W = lv.fits ? static_cast<I>(lv.W) : I(0);
+      const I start = lv.fits ? static_cast<I>(lv.start) : I(0);
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int i = l * P + p;
-        const Point<A> pt = locate(to_acc(lp[2 * i]), to_acc(lp[2 * i + 1]), H, W);
+        const Point<A, I> pt = locate(to_acc(lp[2 * i]), to_acc(lp[2 * i + 1]), H, W);
+        // The same for every thread of the group (same point, same level).
+        const bool sampled = lv.fits && pt.inside;
         const A aw = to_acc(ap[i]);
         // Partial sums over this thread's channels: grad_attn, d out / d w_im, d out / d h_im.
         A s_attn = A(0), s_w = A(0), s_h = A(0);
-        if (fits && pt.inside) {
+        if (sampled) {
+          const T* lvl = head + start * MD;
+          A* glvl = ghead + start * MD;
           const A hh = A(1) - pt.lh, hw = A(1) - pt.lw;
           const bool h0_ok = pt.h0 >= 0, w0_ok = pt.w0 >= 0;
           const bool h1_ok = pt.h0 + 1 < H, w1_ok = pt.w0 + 1 < W;
-          const int64_t r0 = pt.h0 * W + pt.w0;
+          const I r0 = pt.h0 * W + pt.w0;
           if (h0_ok && w0_ok) {
             const A w = hh * hw;
             const A s = corner_backward<T, CPT>(lvl + r0 * MD, glvl + r0 * MD, w * aw, go, active);
@@ -327,22 +382,29 @@ __global__ void __launch_bounds__(kThreads)
             s_h += pt.lw * s;
           }
         }
-        const int64_t flat = qm * L * P + i;
-        if constexpr (SHFL) {
+        const I flat = qm * L * P + i;
+        if constexpr (RED == Reduce::kShuffle) {
           for (int off = static_cast<int>(G) / 2; off > 0; off /= 2) {
             s_attn += __shfl_xor_sync(0xffffffffu, s_attn, off);
             s_w += __shfl_xor_sync(0xffffffffu, s_w, off);
             s_h += __shfl_xor_sync(0xffffffffu, s_h, off);
           }
-          if (active && g == 0) {
+          // Unsampled points keep the zeros the buffers start with: aw * 0 would be NaN for an
+          // infinite or NaN weight.
+          if (active && g == 0 && sampled) {
             grad_attn[flat] = s_attn;
             grad_loc[2 * flat] = aw * s_w * static_cast<A>(W);
             grad_loc[2 * flat + 1] = aw * s_h * static_cast<A>(H);
           }
-        } else if (active && fits && pt.inside) {
-          atomicAdd(grad_attn + flat, s_attn);
-          atomicAdd(grad_loc + 2 * flat, aw * s_w * static_cast<A>(W));
-          atomicAdd(grad_loc + 2 * flat + 1, aw * s_h * static_cast<A>(H));
+        } else {
+          s_attn = segmented_warp_sum(s_attn, lane, seg_end);
+          s_w = segmented_warp_sum(s_w, lane, seg_end);
+          s_h = segmented_warp_sum(s_h, lane, seg_end);
+          if (active && seg_head && sampled) {
+            atomicAdd(grad_attn + flat, s_attn);
+            atomicAdd(grad_loc + 2 * flat, aw * s_w * static_cast<A>(W));
+            atomicAdd(grad_loc + 2 * flat + 1, aw * s_h * static_cast<A>(H));
+          }
         }
       }
     }
@@ -353,81 +415,41 @@ __global__ void __launch_bounds__(kThreads)
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-unsigned int num_blocks(int64_t total) {
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(std::min<int64_t>(blocks, int64_t{1} << 30));
-}
-
-template <typename T, int CPT, int LS, int PS>
-void forward_launch(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc,
-                    const T* attn, T* out, const MsdaDims& d, cudaStream_t stream) {
-  const int64_t total = d.N * d.Lq * d.M * (d.D / CPT);
-  if (total == 0) return;
-  msda_forward_kernel<T, CPT, LS, PS>
-      <<<num_blocks(total), kThreads, 0, stream>>>(value, shapes, starts, loc, attn, out, d);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 template <typename T>
 void forward_typed(const void* value, const int64_t* shapes, const int64_t* starts, const void* loc,
-                   const void* attn, void* out, const MsdaDims& d, cudaStream_t stream) {
-  const T* v = static_cast<const T*>(value);
-  const T* lo = static_cast<const T*>(loc);
-  const T* at = static_cast<const T*>(attn);
-  T* o = static_cast<T*>(out);
-  constexpr int kCpt = vector_cpt<T>();
-  if (d.D % kCpt == 0 && aligned16(value) && aligned16(out)) {
-    if (d.L == 4 && d.P == 4) {
-      forward_launch<T, kCpt, 4, 4>(v, shapes, starts, lo, at, o, d, stream);
-    } else {
-      forward_launch<T, kCpt, 0, 0>(v, shapes, starts, lo, at, o, d, stream);
-    }
-  } else {
-    forward_launch<T, 1, 0, 0>(v, shapes, starts, lo, at, o, d, stream);
-  }
-}
-
-template <typename T, int CPT, int LS, int PS>
-void backward_launch(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc,
-                     const T* attn, const T* grad_out, typename AccOf<T>::type* gv,
-                     typename AccOf<T>::type* gl, typename AccOf<T>::type* ga, const MsdaDims& d,
-                     cudaStream_t stream) {
-  const int64_t G = d.D / CPT;
-  const int64_t total = d.N * d.Lq * d.M * G;
-  if (total == 0) return;
-  const bool shfl = G <= 32 && (G & (G - 1)) == 0;
-  if (shfl) {
-    msda_backward_kernel<T, CPT, LS, PS, true><<<num_blocks(total), kThreads, 0, stream>>>(
-        value, shapes, starts, loc, attn, grad_out, gv, gl, ga, d);
-  } else {
-    msda_backward_kernel<T, CPT, LS, PS, false><<<num_blocks(total), kThreads, 0, stream>>>(
-        value, shapes, starts, loc, attn, grad_out, gv, gl, ga, d);
-  }
+                   const void* attn, void* out, const MsdaDims& d, DType dtype,
+                   cudaStream_t stream) {
+  const LaunchPlan plan = plan_launch(dtype, d, aligned16(value) && aligned16(out));
+  if (plan.blocks == 0) return;
+  dispatch_plan<vector_cpt<T>()>(plan, [&](auto cpt, auto lp, auto /*reduce*/, auto index) {
+    using I = typename decltype(index)::type;
+    msda_forward_kernel<T, decltype(cpt)::value, decltype(lp)::value, decltype(lp)::value, I>
+        <<<static_cast<unsigned int>(plan.blocks), kThreads, 0, stream>>>(
+            static_cast<const T*>(value), shapes, starts, static_cast<const T*>(loc),
+            static_cast<const T*>(attn), static_cast<T*>(out), d);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
 void backward_typed(const void* value, const int64_t* shapes, const int64_t* starts,
                     const void* loc, const void* attn, const void* grad_out, void* grad_value,
-                    void* grad_loc, void* grad_attn, const MsdaDims& d, cudaStream_t stream) {
+                    void* grad_loc, void* grad_attn, const MsdaDims& d, DType dtype,
+                    cudaStream_t stream) {
   using A = typename AccOf<T>::type;
-  const T* v = static_cast<const T*>(value);
-  const T* lo = static_cast<const T*>(loc);
-  const T* at = static_cast<const T*>(attn);
-  const T* go = static_cast<const T*>(grad_out);
-  A* gv = static_cast<A*>(grad_value);
-  A* gl = static_cast<A*>(grad_loc);
-  A* ga = static_cast<A*>(grad_attn);
-  constexpr int kCpt = vector_cpt<T>();
-  if (d.D % kCpt == 0 && aligned16(value) && aligned16(grad_out) && aligned16(grad_value)) {
-    if (d.L == 4 && d.P == 4) {
-      backward_launch<T, kCpt, 4, 4>(v, shapes, starts, lo, at, go, gv, gl, ga, d, stream);
-    } else {
-      backward_launch<T, kCpt, 0, 0>(v, shapes, starts, lo, at, go, gv, gl, ga, d, stream);
-    }
-  } else {
-    backward_launch<T, 1, 0, 0>(v, shapes, starts, lo, at, go, gv, gl, ga, d, stream);
-  }
+  const bool aligned = aligned16(value) && aligned16(grad_out) && aligned16(grad_value);
+  const LaunchPlan plan = plan_launch(dtype, d, aligned);
+  if (plan.blocks == 0) return;
+  dispatch_plan<vector_cpt<T>()>(plan, [&](auto cpt, auto lp, auto reduce, auto index) {
+    using I = typename decltype(index)::type;
+    msda_backward_kernel<T, decltype(cpt)::value, decltype(lp)::value, decltype(lp)::value,
+                         decltype(reduce)::value, I>
+        <<<static_cast<unsigned int>(plan.blocks), kThreads, 0, stream>>>(
+            static_cast<const T*>(value), shapes, starts, static_cast<const T*>(loc),
+            static_cast<const T*>(attn), static_cast<const T*>(grad_out),
+            static_cast<A*>(grad_value), static_cast<A*>(grad_loc), static_cast<A*>(grad_attn), d);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -437,13 +459,14 @@ void launch_forward(DType dtype, const void* value, const int64_t* shapes, const
                     cudaStream_t stream) {
   switch (dtype) {
     case DType::kFloat32:
-      return forward_typed<float>(value, shapes, starts, loc, attn, out, dims, stream);
+      return forward_typed<float>(value, shapes, starts, loc, attn, out, dims, dtype, stream);
     case DType::kFloat64:
-      return forward_typed<double>(value, shapes, starts, loc, attn, out, dims, stream);
+      return forward_typed<double>(value, shapes, starts, loc, attn, out, dims, dtype, stream);
     case DType::kFloat16:
-      return forward_typed<__half>(value, shapes, starts, loc, attn, out, dims, stream);
+      return forward_typed<__half>(value, shapes, starts, loc, attn, out, dims, dtype, stream);
     case DType::kBFloat16:
-      return forward_typed<__nv_bfloat16>(value, shapes, starts, loc, attn, out, dims, stream);
+      return forward_typed<__nv_bfloat16>(value, shapes, starts, loc, attn, out, dims, dtype,
+                                          stream);
   }
   TORCH_CHECK(false, "ms_deform_attn (cuda): unsupported dtype");
 }
@@ -454,16 +477,16 @@ void launch_backward(DType dtype, const void* value, const int64_t* shapes, cons
   switch (dtype) {
     case DType::kFloat32:
       return backward_typed<float>(value, shapes, starts, loc, attn, grad_out, grad_value, grad_loc,
-                                   grad_attn, dims, stream);
+                                   grad_attn, dims, dtype, stream);
     case DType::kFloat64:
       return backward_typed<double>(value, shapes, starts, loc, attn, grad_out, grad_value,
-                                    grad_loc, grad_attn, dims, stream);
+                                    grad_loc, grad_attn, dims, dtype, stream);
     case DType::kFloat16:
       return backward_typed<__half>(value, shapes, starts, loc, attn, grad_out, grad_value,
-                                    grad_loc, grad_attn, dims, stream);
+                                    grad_loc, grad_attn, dims, dtype, stream);
     case DType::kBFloat16:
       return backward_typed<__nv_bfloat16>(value, shapes, starts, loc, attn, grad_out, grad_value,
-                                           grad_loc, grad_attn, dims, stream);
+                                           grad_loc, grad_attn, dims, dtype, stream);
   }
   TORCH_CHECK(false, "ms_deform_attn (cuda): unsupported dtype");
 }

@@ -1,6 +1,7 @@
 // Host side of the CUDA kernels: argument checks, allocation, dtype dispatch, and registration as
 // torch.ops.ddetr_cuda_kernel.{forward, backward} (dispatcher ops, no pybind11: fast to compile).
 
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -69,6 +70,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   check_cuda(value_in);
   ddetr::check_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
   ddetr::check_grad_output(value_in, loc_in, grad_out_in);
+  // grad_value (and grad_loc / grad_attn for groups that span warps) accumulate with atomics, so
+  // the result may differ in the last bits between runs: like torch's own kernels of that kind,
+  // raise (or warn, with warn_only=True) under torch.use_deterministic_algorithms(True).
+  at::globalContext().alertNotDeterministic("ms_deform_attn_backward_cuda");
   const c10::cuda::CUDAGuard guard(value_in.device());
   const auto value = value_in.contiguous();
   const auto shapes = shapes_in.contiguous();
