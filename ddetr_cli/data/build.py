@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,11 @@ from pycocotools.coco import COCO
 from ddetr_cli.data import shapes
 from ddetr_cli.data.coco import CocoDataset
 from ddetr_cli.data.dataset import DetectionDataset
+from ddetr_cli.data.formats import data_classes, load_source, warn_problems
 from ddetr_cli.data.shapes_dataset import ShapesDataset
-from ddetr_cli.errors import DdetrError
+
+log = logging.getLogger(__name__)
+__all__ = ["Splits", "build_datasets", "coco_paths", "data_classes"]
 
 
 @dataclass
@@ -20,8 +24,11 @@ class Splits:
     train: DetectionDataset | None
     val: DetectionDataset | None
     val_coco: COCO | None
-    num_classes: int  # the smallest class count the labels fit in (max category id + 1)
-    class_names: list[str]  # one per class index; "N/A" where no category has that id
+    # The class count the labels need (YOLO's names, COCO's max category id + 1, VOC's names,
+    # or model.class_names when the recipe sets it) and one name per class index ("N/A" where
+    # no category has that index).
+    num_classes: int
+    class_names: list[str]
 
 
 def coco_paths(data: dict[str, Any], split: str) -> tuple[str | None, str | None]:
@@ -35,43 +42,37 @@ def coco_paths(data: dict[str, Any], split: str) -> tuple[str | None, str | None
     return images, annotations
 
 
-def _names(coco: COCO, count: int) -> list[str]:
-    by_id = {c["id"]: str(c.get("name", c["id"])) for c in coco.loadCats(coco.getCatIds())}
-    return [by_id.get(i, "N/A") for i in range(count)]
-
-
 def build_datasets(recipe: dict[str, Any], train: bool = True) -> Splits:
-    """The training split (when ``train``) and the val split (if the recipe names one)."""
+    """The training split (when ``train``) and the val split (if the data has one), of any
+    format ``data.format`` names or ``auto`` finds in ``data.root`` (see ``formats.py``)."""
     data, seed = recipe["data"], recipe["train"]["seed"]
     if data["format"] == "shapes":
         cfg = data["shapes"]
+        task = cfg["task"]
         train_set = (
-            ShapesDataset(cfg["seed"], cfg["train_images"], train=True, augment=data["augment"])
+            ShapesDataset(
+                cfg["seed"], cfg["train_images"], train=True, augment=data["augment"], task=task
+            )  # fmt: skip
             if train
             else None
         )
-        val_set = ShapesDataset(shapes.VAL_SEED, cfg["val_images"], train=False)
-        return Splits(train_set, val_set, val_set.coco(), len(shapes.CLASS_NAMES),
-                      list(shapes.CLASS_NAMES))  # fmt: skip
+        val_set = ShapesDataset(shapes.VAL_SEED, cfg["val_images"], train=False, task=task)
+        names = list(shapes.TASKS[task])
+        return Splits(train_set, val_set, val_set.coco(), len(names), names)
+    classes = recipe["model"]["class_names"]
+    source = load_source(data, classes, ("train", "val") if train else ("val",))
+    for note in source.notes:
+        log.info("%s", note)
+    warn_problems(source)
     train_set = val_set = None
-    num_classes, names_from = 0, None
     if train:
-        images, annotations = coco_paths(data, "train")
-        if images is None or annotations is None:
-            raise DdetrError(
-                "no training data: set data.root (COCO layout) or data.train.images and "
-                "data.train.annotations"
-            )
-        train_set = CocoDataset(images, annotations, train=True, augment=data["augment"],
-                                seed=seed)  # fmt: skip
-        num_classes, names_from = train_set.max_category + 1, train_set.coco
-    images, annotations = coco_paths(data, "val")
-    if images is not None and annotations is not None:
-        val_set = CocoDataset(images, annotations, train=False, min_size=data["eval_min_size"],
-                              max_size=data["eval_max_size"])  # fmt: skip
-        if val_set.max_category + 1 > num_classes:
-            num_classes, names_from = val_set.max_category + 1, val_set.coco
-    elif (images is None) != (annotations is None):
-        raise DdetrError("data.val needs both images and annotations (or neither)")
-    names = _names(names_from, num_classes) if names_from is not None else []
-    return Splits(train_set, val_set, val_set.coco if val_set else None, num_classes, names)
+        split = source.splits["train"]
+        train_set = CocoDataset(split.image_root, split.coco, train=True,
+                                augment=data["augment"], seed=seed, name=split.source)  # fmt: skip
+    split = source.splits.get("val")
+    if split is not None:
+        val_set = CocoDataset(split.image_root, split.coco, train=False,
+                              min_size=data["eval_min_size"], max_size=data["eval_max_size"],
+                              name=split.source)  # fmt: skip
+    return Splits(train_set, val_set, val_set.coco if val_set else None, source.num_classes,
+                  list(source.class_names))  # fmt: skip

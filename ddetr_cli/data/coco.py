@@ -1,5 +1,10 @@
 """COCO-format detection datasets read with pycocotools (FIDELITY §5.2 target preparation).
 
+Also the COCO readers of ``data.root``: the standard layout (train2017/, val2017/,
+annotations/instances_{train,val}2017.json) and Roboflow's export (train/, valid/, test/, each
+holding _annotations.coco.json beside its pictures). Every other format is converted to the
+same COCO-style dict (see ``formats.py``), so ``CocoDataset`` reads all of them.
+
 Checked up front, with one warning per kind of problem: annotations with a malformed, zero or
 negative size box or an unknown category are skipped; images whose file is missing are
 skipped. Pictures that exist but cannot be decoded are found while training: each is replaced
@@ -10,18 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from pycocotools.coco import COCO
 from torch import Tensor
 
 from ddetr_cli.data.dataset import DetectionDataset
+from ddetr_cli.data.formats import (
+    SPLITS,
+    DataSource,
+    Problem,
+    SplitData,
+    index_by_name,
+    names_by_index,
+)
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.files import read_json
 from ddetr_cli.images import load_image
 
 log = logging.getLogger(__name__)
@@ -29,13 +43,25 @@ log = logging.getLogger(__name__)
 
 def read_coco(annotations: str | Path) -> COCO:
     """pycocotools COCO from a JSON file, with one-line errors for unreadable files."""
-    path = Path(annotations)
-    if not path.is_file():
-        raise DdetrError(f"annotations file not found: {path}")
+    return coco_object(read_coco_dict(annotations), str(annotations))
+
+
+def coco_object(data: dict[str, Any], name: str) -> COCO:
+    """pycocotools COCO of an in-memory dict (no prints); ``name`` is used in errors."""
+    coco = COCO()
+    coco.dataset = data
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DdetrError(f"{path}: not a JSON annotations file ({exc})") from None
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    except (KeyError, TypeError) as exc:
+        raise DdetrError(f"{name}: malformed COCO entry (missing {exc})") from None
+    return coco
+
+
+def read_coco_dict(annotations: str | Path) -> dict[str, Any]:
+    """The checked JSON dict of a COCO annotations file (images, annotations, categories)."""
+    path = Path(annotations)
+    data = read_json(path, "annotations file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DdetrError(f"{path}: not COCO format (no 'images' list)")
     data.setdefault("annotations", [])
@@ -43,14 +69,11 @@ def read_coco(annotations: str | Path) -> COCO:
     for key in ("annotations", "categories"):
         if not isinstance(data[key], list):
             raise DdetrError(f"{path}: '{key}' must be a list")
-    coco = COCO()
-    coco.dataset = data
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-    except (KeyError, TypeError) as exc:
-        raise DdetrError(f"{path}: malformed COCO entry (missing {exc})") from None
-    return coco
+    for key in ("images", "annotations", "categories"):
+        for entry in data[key]:
+            if not isinstance(entry, dict) or "id" not in entry:
+                raise DdetrError(f"{path}: malformed COCO entry in '{key}' (missing 'id')")
+    return data
 
 
 def _box_problem(ann: dict, categories: set[int]) -> str | None:
@@ -72,19 +95,26 @@ class CocoDataset(DetectionDataset):
     def __init__(
         self,
         images_dir: str | Path,
-        annotations: str | Path,
+        annotations: str | Path | dict[str, Any],
         train: bool,
         augment: str = "paper",
         min_size: int = 800,
         max_size: int = 1333,
         seed: int = 0,
+        name: str | None = None,
     ) -> None:
+        """``annotations``: a COCO JSON file or an in-memory COCO-style dict (any format
+        converted by ``formats.load_source``); ``name`` names it in messages."""
         super().__init__(train, augment, min_size, max_size, seed)
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():
             raise DdetrError(f"images folder not found: {self.images_dir}")
-        self.coco = read_coco(annotations)
-        name = Path(annotations).name
+        if isinstance(annotations, dict):
+            name = name or "annotations"
+            self.coco = coco_object(annotations, name)
+        else:
+            self.coco = read_coco(annotations)
+            name = name or Path(annotations).name
         categories = set(self.coco.getCatIds())
         if any(not isinstance(c, int) or c < 0 for c in categories):
             raise DdetrError(f"{name}: category ids must be integers >= 0")
@@ -142,3 +172,113 @@ class CocoDataset(DetectionDataset):
              boxes[:, 3].clamp(0, h)], dim=1,
         )  # fmt: skip
         return image, boxes, labels
+
+
+# --- data.root readers: the standard layout, Roboflow's export, explicit paths ---------------
+
+_ROBOFLOW_SPLITS = {"train": "train", "val": "valid", "test": "test"}
+
+
+def drop_unused_supercategory(data: dict[str, Any]) -> str | None:
+    """Roboflow exports a category 0 named after the dataset that no annotation uses and that
+    every other category has as its supercategory. Drop it (it would be a class never seen);
+    returns a note, or None when the dict has no such category."""
+    cats = data["categories"]
+    zero = [c for c in cats if c.get("id") == 0]
+    others = [c for c in cats if c.get("id") != 0]
+    if len(zero) != 1 or not others:
+        return None
+    name = zero[0].get("name")
+    if any(a.get("category_id") == 0 for a in data["annotations"]):
+        return None
+    if not all(c.get("supercategory") == name for c in others):
+        return None
+    data["categories"] = others
+    return f"dropped category 0 '{name}': Roboflow's dataset-name supercategory, unused"
+
+
+def _coco_split_files(data: dict[str, Any], root: Path | None) -> tuple[str, dict[str, tuple]]:
+    """(flavour, {split: (images folder, annotations file)}) of the COCO data a recipe names."""
+    if root is not None and not (root / "annotations").is_dir():
+        found = {
+            split: (root / folder, root / folder / "_annotations.coco.json")
+            for split, folder in _ROBOFLOW_SPLITS.items()
+            if (root / folder / "_annotations.coco.json").is_file()
+        }
+        if found:
+            return "Roboflow", found
+    out = {}
+    for split in SPLITS:
+        if split in ("train", "val"):
+            images, annotations = data[split]["images"], data[split]["annotations"]
+        else:
+            images = annotations = None
+        if root is not None:
+            images = images or str(root / f"{split}2017")
+            annotations = annotations or str(root / "annotations" / f"instances_{split}2017.json")
+        if images is None and annotations is None:
+            continue
+        if (images is None) != (annotations is None):
+            raise DdetrError(f"data.{split} needs both images and annotations (or neither)")
+        if split == "test" and not Path(annotations).is_file():
+            continue  # the test split is optional
+        out[split] = (Path(images), Path(annotations))
+    return "", out
+
+
+def _remap_by_name(data: dict[str, Any], class_names: list[str], source: str) -> list[Problem]:
+    """Make category ids the index of each category's name in ``class_names``; annotations of
+    a category not in the list keep an unknown id (skipped by training, reported)."""
+    wanted = index_by_name(class_names)
+    new_id, problems = {}, []
+    for cat in data["categories"]:
+        if cat.get("name") in wanted:
+            new_id[cat["id"]] = wanted[cat["name"]]
+    missing = [c.get("name") for c in data["categories"] if c["id"] not in new_id]
+    if data["categories"] and not new_id:
+        raise DdetrError(
+            f"{source}: none of its category names ({', '.join(map(str, missing[:5]))}) is in "
+            "model.class_names"
+        )
+    for name in missing:
+        problems.append(Problem(source, f"category '{name}' is not in model.class_names",
+                                "class"))  # fmt: skip
+    for ann in data["annotations"]:
+        cat = ann.get("category_id")
+        ann["category_id"] = new_id.get(cat, -1)
+    data["categories"] = [{**c, "id": new_id[c["id"]]} for c in data["categories"]
+                          if c["id"] in new_id]  # fmt: skip
+    return problems
+
+
+def load_coco_source(
+    data: dict[str, Any], class_names: list[str] | None, splits: tuple[str, ...]
+) -> DataSource:
+    """COCO data: data.root in the standard or Roboflow layout, or explicit data.{split}
+    paths (which win over data.root's)."""
+    root = Path(data["root"]) if data["root"] is not None else None
+    flavour, files = _coco_split_files(data, root)
+    out, notes, by_id = {}, [], {}
+    for split in splits:
+        if split not in files:
+            continue
+        images, annotations = files[split]
+        if split != "train" and not images.is_dir() and not annotations.is_file():
+            continue  # no such split
+        coco = read_coco_dict(annotations)
+        note = drop_unused_supercategory(coco)
+        if note and note not in notes:
+            notes.append(note)
+        problems = _remap_by_name(coco, class_names, str(annotations)) if class_names else []
+        for cat in coco["categories"]:
+            if not isinstance(cat["id"], int) or cat["id"] < 0:
+                raise DdetrError(f"{annotations}: category ids must be integers >= 0")
+            by_id.setdefault(cat["id"], str(cat.get("name", cat["id"])))
+        out[split] = SplitData(split, images, coco, str(annotations), problems)
+    if "train" in splits and "train" not in out:
+        raise DdetrError(
+            "no training data: set data.root (COCO layout) or data.train.images and "
+            "data.train.annotations"
+        )
+    names = list(class_names) if class_names else names_by_index(by_id)
+    return DataSource("coco", root, out, names, notes, flavour)

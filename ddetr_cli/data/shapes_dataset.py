@@ -17,10 +17,18 @@ from ddetr_cli.data.dataset import DetectionDataset
 class ShapesDataset(DetectionDataset):
     """Pictures 0..count-1 of the shapes split with ``split_seed``; image ids start at 1."""
 
-    def __init__(self, split_seed: int, count: int, train: bool, augment: str = "flip") -> None:
+    def __init__(
+        self,
+        split_seed: int,
+        count: int,
+        train: bool,
+        augment: str = "flip",
+        task: str = "shapes3",
+    ) -> None:
         super().__init__(train, augment, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, seed=split_seed)
         self.split_seed = split_seed
         self.count = count
+        self.task = task
 
     def __len__(self) -> int:
         return self.count
@@ -29,12 +37,12 @@ class ShapesDataset(DetectionDataset):
         return index + 1
 
     def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        picture = shapes.make_picture(self.split_seed, index)
+        picture = shapes.make_picture(self.split_seed, index, self.task)
         image = torch.from_numpy(picture.image).permute(2, 0, 1).contiguous()
         return image, torch.from_numpy(picture.boxes), torch.from_numpy(picture.labels)
 
     def coco(self) -> COCO:
-        return coco_from_dict(shapes.coco_dict(self.split_seed, self.count))
+        return coco_from_dict(shapes.coco_dict(self.split_seed, self.count, task=self.task))
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:

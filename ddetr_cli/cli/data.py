@@ -1,0 +1,135 @@
+"""The ``ddetr data`` group: check a dataset, convert it to COCO, write the built-in shapes.
+
+Registered in ``cli/__init__.py`` as ``app.add_typer(data_app, name="data")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ddetr_cli.cli.console import group, print_line
+from ddetr_cli.cli.options import JsonOut, Overrides
+from ddetr_cli.errors import DdetrError, UsageError
+
+data_app = group(
+    "Datasets: check your own (COCO, Roboflow, YOLO, Pascal VOC), convert one to COCO, write "
+    "the built-in shapes."
+)
+
+Target = Annotated[
+    Path,
+    typer.Argument(help="A dataset folder (data.root) or a recipe file.", show_default=False),
+]
+
+
+@data_app.command("check")
+def data_check(
+    target: Target,
+    overrides: Overrides = None,
+    json_out: JsonOut = None,
+    decode: Annotated[
+        bool, typer.Option(help="Decode every picture (--no-decode: only look for the files).")
+    ] = True,
+) -> None:
+    """Report what a dataset holds and every problem training would skip or refuse.
+
+    Prints the format found, per split the pictures, boxes, boxes per class and COCO's
+    small / medium / large counts, then each problem on one line naming its file. Exit status
+    1 when there is any problem.
+
+    Examples:
+      ddetr data check datasets/mine
+      ddetr data check recipes/mine.yaml model.class_names=[cat,dog]
+      ddetr data check datasets/voc data.format=voc --json check.json
+    """
+    from ddetr_cli.data.check import check_data, recipe_for
+    from ddetr_cli.files import write_json
+
+    report = check_data(recipe_for(target, overrides or []), decode=decode)
+    for line in report.lines():
+        print_line(line)
+    if json_out is not None:
+        write_json(report.to_dict(), json_out)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Target,
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write.", show_default=False)],
+    overrides: Overrides = None,
+    to: Annotated[str, typer.Option("--to", help="Output format (coco).")] = "coco",
+    copy: Annotated[
+        bool, typer.Option("--copy", help="Copy the pictures (default: hard links).")
+    ] = False,
+) -> None:
+    """Write any dataset (COCO, Roboflow, YOLO, VOC) as a COCO folder in the standard layout.
+
+    OUT_DIR gets {train,val,test}2017/ (the pictures, hard-linked where possible) and
+    annotations/instances_{split}2017.json with the class indices as category ids.
+
+    Examples:
+      ddetr data convert datasets/yolo datasets/yolo_coco --to coco
+    """
+    from ddetr_cli.data.check import recipe_for
+    from ddetr_cli.data.export import write_coco
+    from ddetr_cli.data.formats import load_source
+
+    if to != "coco":
+        raise UsageError(f"--to: only coco is written, got {to!r}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DdetrError(f"{out_dir}: exists and is not empty")
+    recipe = recipe_for(source, overrides or [])
+    data = load_source(recipe["data"], recipe["model"]["class_names"], ("train", "val", "test"))
+    written = write_coco(data, out_dir, link=not copy)
+    for problem in data.problems:
+        print_line(f"skipped: {problem}")
+    for split, path in written.items():
+        print_line(f"{split}: {path}")
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write.", show_default=False)],
+    train_count: Annotated[int, typer.Option("--train", help="Training pictures.", min=0)] = 2000,
+    val_count: Annotated[
+        int, typer.Option("--val", help="Val pictures (of the fixed val split).", min=0)
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the training pictures.", min=0)] = 0,
+    task: Annotated[
+        str, typer.Option(help="shapes3 (3 classes) or shapes6 (adds ellipse, star, cross).")
+    ] = "shapes3",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an earlier set in OUT_DIR.")
+    ] = False,
+) -> None:
+    """Write the built-in shapes pictures as a COCO-format folder (standard COCO layout).
+
+    The same pictures as `data.format: shapes` uses, so `data.root=OUT_DIR` trains on exactly
+    the same data through the COCO reader. An OUT_DIR holding an earlier set is refused unless
+    --force, which removes the earlier split folders first.
+
+    Examples:
+      ddetr data shapes shapes_coco --train 2000 --val 200
+      ddetr train recipes/shapes.yaml data.format=coco data.root=shapes_coco
+    """
+    from rich.progress import Progress
+
+    from ddetr_cli.data.export import prepare_shapes_folder, write_shapes_coco
+    from ddetr_cli.data.shapes import TASKS
+
+    if task not in TASKS:
+        raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    prepare_shapes_folder(out_dir, force)
+    with Progress(transient=True) as bar:
+        progress = bar.add_task("writing pictures", total=train_count + val_count)
+        written = write_shapes_coco(
+            out_dir, train_count, val_count, seed, on_picture=lambda: bar.advance(progress),
+            task=task,
+        )  # fmt: skip
+    for split, path in written.items():
+        print_line(f"{split}: {path}")

@@ -1,0 +1,207 @@
+"""Your own data: find the format of a folder and read every split as one COCO-style dict.
+
+Every format (COCO, Roboflow's COCO export, YOLO, Pascal VOC) becomes, per split, a
+``SplitData``: a pictures folder and a COCO-style dict (images, annotations, categories) whose
+``category_id`` is already the class index the model learns. One dataset class
+(``CocoDataset``) then trains on any of them, and pycocotools evaluates any of them.
+
+Class indices: YOLO's ids as they are; otherwise the recipe's ``model.class_names`` order when
+it is set (by name), else COCO's category ids and VOC's names sorted alphabetically.
+
+Reading does not stop at a bad label: each problem becomes a ``Problem`` naming its file, the
+dataset skips what training cannot use, and ``ddetr data check`` lists them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ddetr_cli.errors import DdetrError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("coco", "yolo", "voc")
+# Picture suffixes looked for in folders (lower case; matched case-insensitively).
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the data, named by its file (and line, where there is one)."""
+
+    file: str
+    message: str
+    kind: str  # missing picture, undecodable picture, orphan label, unparsable, class, box, ...
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+@dataclass
+class SplitData:
+    """One split. ``coco["images"][i]["file_name"]`` is relative to ``image_root`` (or
+    absolute); annotations may carry a ``source`` ("labels/a.txt:3") naming their origin."""
+
+    name: str
+    image_root: Path
+    coco: dict[str, Any]
+    source: str  # the annotations file or folder, for messages
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class DataSource:
+    format: str  # coco, yolo, voc
+    root: Path | None
+    splits: dict[str, SplitData]
+    class_names: list[str]  # one per class index; "N/A" where no class has that index
+    notes: list[str] = field(default_factory=list)
+    flavour: str = ""  # "Roboflow" for Roboflow's COCO export
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for split in self.splits.values() for p in split.problems]
+
+
+def is_picture(path: Path) -> bool:
+    return path.suffix.lower() in PICTURE_SUFFIXES
+
+
+def pictures_in(folder: Path) -> list[Path]:
+    """Every picture under ``folder`` (recursively), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_picture(p))
+
+
+def picture_size(path: Path) -> tuple[int, int]:
+    """(width, height) as ``load_image`` will see it (EXIF rotation applied), from the header
+    only; ``DdetrError`` for a missing or unreadable file."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise DdetrError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DdetrError(f"{path}: cannot read the picture ({exc})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def detect_format(root: str | Path) -> str:
+    """coco, yolo or voc from the layout of ``root``; ``DdetrError`` saying what was looked
+    for when none fits."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DdetrError(f"data.root: no such folder: {root}")
+    if (root / "data.yaml").is_file() or (root / "data.yml").is_file():
+        return "yolo"
+    if (root / "Annotations").is_dir() and (root / "JPEGImages").is_dir():
+        return "voc"
+    if (root / "annotations").is_dir() or any(
+        (root / f"{split}2017").is_dir() for split in ("train", "val")
+    ):
+        return "coco"
+    if any((root / split / "_annotations.coco.json").is_file() for split in ("train", "valid")):
+        return "coco"  # Roboflow's export
+    raise DdetrError(
+        f"data.root {root}: unknown layout (looked for data.yaml (YOLO), Annotations/ and "
+        "JPEGImages/ (Pascal VOC), annotations/instances_train2017.json (COCO), "
+        "train/_annotations.coco.json (Roboflow)); set data.format or the data.train paths"
+    )
+
+
+def load_source(
+    data: dict[str, Any],
+    class_names: list[str] | None = None,
+    splits: tuple[str, ...] = ("train", "val"),
+) -> DataSource:
+    """The splits (those of ``splits`` the data has) of a recipe's ``data`` section.
+
+    ``class_names``: the recipe's ``model.class_names`` (class indices by name), or None.
+    """
+    fmt = data["format"]
+    root = Path(data["root"]) if data["root"] is not None else None
+    explicit = any(data[s]["images"] or data[s]["annotations"] for s in ("train", "val"))
+    if fmt == "shapes":
+        raise DdetrError("data.format shapes is generated in memory: there are no files to read")
+    if fmt == "auto":
+        if root is not None:
+            fmt = detect_format(root)
+        elif explicit:
+            fmt = "coco"
+        else:
+            raise DdetrError(
+                "no data: set data.root (a COCO, YOLO or VOC folder), data.train.images and "
+                "data.train.annotations, or data.format=shapes"
+            )
+    if fmt != "coco" and root is None:
+        raise DdetrError(f"data.format {fmt} needs data.root (the dataset folder)")
+    if fmt == "coco":
+        from ddetr_cli.data.coco import load_coco_source
+
+        return load_coco_source(data, class_names, splits)
+    if fmt == "yolo":
+        from ddetr_cli.data.yolo import load_yolo
+
+        return load_yolo(root, splits)
+    if fmt == "voc":
+        from ddetr_cli.data.voc import load_voc
+
+        return load_voc(root, class_names, splits)
+    raise DdetrError(f"data.format must be one of auto, {', '.join(FORMATS)}, shapes; got {fmt}")
+
+
+def data_classes(recipe: dict[str, Any]) -> tuple[int, list[str]]:
+    """(class count, class names) the recipe's data needs: ``model.class_names`` when set;
+    else the built-in task's names, YOLO's names, COCO's category ids (names by id, "N/A" in
+    the gaps) or VOC's sorted names. Reads annotations only, never pictures."""
+    names = recipe["model"]["class_names"]
+    if names is not None:
+        return len(names), list(names)
+    data = recipe["data"]
+    if data["format"] == "shapes":
+        from ddetr_cli.data import shapes
+
+        names = list(shapes.TASKS[data["shapes"]["task"]])
+        return len(names), names
+    source = load_source(data, None)
+    return source.num_classes, list(source.class_names)
+
+
+def names_by_index(by_index: dict[int, str]) -> list[str]:
+    """A list with one name per index 0..max, "N/A" in the gaps."""
+    count = max(by_index, default=-1) + 1
+    return [by_index.get(i, "N/A") for i in range(count)]
+
+
+def index_by_name(class_names: list[str]) -> dict[str, int]:
+    """Class index of each name (the first, where a name repeats, as "N/A" does in COCO's)."""
+    out: dict[str, int] = {}
+    for i, name in enumerate(class_names):
+        out.setdefault(name, i)
+    return out
+
+
+def categories_of(class_names: list[str]) -> list[dict[str, Any]]:
+    """COCO categories for class indices 0..n-1, leaving out the "N/A" gaps."""
+    return [{"id": i, "name": n} for i, n in enumerate(class_names) if n != "N/A"]
+
+
+def warn_problems(source: DataSource) -> None:
+    """One warning per split and kind of problem (training), pointing at ddetr data check."""
+    for split in source.splits.values():
+        kinds: dict[str, int] = {}
+        for p in split.problems:
+            kinds[p.kind] = kinds.get(p.kind, 0) + 1
+        if kinds:
+            detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda x: -x[1]))
+            log.warning("%s: %s (ddetr data check lists them)", split.source, detail)
