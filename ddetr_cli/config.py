@@ -88,6 +88,10 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda
         "log_every": 20,  # steps between metrics.jsonl lines
         "max_steps": 0,  # stop after this many optimiser steps in all (0: epochs decide)
+        "accumulate": 1,  # batches whose gradients add up to one optimiser step
+        "ema": 0.0,  # decay of an exponential moving average of the weights (0: off)
+        "patience": 0,  # stop after this many evaluations without a better val AP (0: off)
+        "tensorboard": False,  # TensorBoard event files in the run folder
     },
 }
 
@@ -96,6 +100,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 # Keys whose default is null, and what they accept once set.
 _STR_LIST = "a list of strings"
 _NULLABLE: dict[str, Any] = {
+    "model.num_classes": int,  # null: from the data (training); default 91 (COCO ids)
     "model.class_names": _STR_LIST,
     "data.root": str,
     "data.train.images": str,
@@ -152,6 +157,9 @@ _MINIMUM: dict[str, float] = {
     "data.shapes.seed": 0,
     "train.log_every": 1,
     "train.max_steps": 0,
+    "train.accumulate": 1,
+    "train.ema": 0,
+    "train.patience": 0,
 }
 
 
@@ -214,6 +222,8 @@ def _describe(value: Any) -> str:
 def _check_leaf(dotted: str, value: Any, source: str) -> Any:
     """The value, type-checked against the schema; ints become floats where floats are expected."""
     default = _SCHEMA[dotted]
+    if value is None and dotted in _NULLABLE:
+        return None
     if default is None:
         kind = _NULLABLE[dotted]
         if value is None:
@@ -294,7 +304,7 @@ def _check_ranges(recipe: dict[str, Any], source: str) -> None:
             )
     for dotted, low in _MINIMUM.items():
         value = _get(recipe, dotted)
-        if value < low:
+        if value is not None and value < low:
             raise DdetrError(f"{source}: {dotted} must be >= {low}, got {value!r}")
     model = recipe["model"]
     if not 0.0 <= model["dropout"] < 1.0:
@@ -313,8 +323,8 @@ def _check_ranges(recipe: dict[str, Any], source: str) -> None:
             f"{source}: model.two_stage requires model.with_box_refine: true "
             "(two-stage uses the refinement heads)"
         )
-    names = model["class_names"]
-    if names is not None and len(names) != model["num_classes"]:
+    names, count = model["class_names"], model["num_classes"]
+    if names is not None and count is not None and len(names) != count:
         raise DdetrError(
             f"{source}: model.class_names has {len(names)} names but model.num_classes is "
             f"{model['num_classes']} (one name per class index)"

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddetr_cli.checkpoint import read_checkpoint, save_checkpoint
 from ddetr_cli.config import load_recipe
 from ddetr_cli.model import build_model
-from ddetr_cli.train.checkpointing import load_initial_weights
+from ddetr_cli.train.checkpointing import find_resume, load_initial_weights
 from ddetr_cli.train.engine import train
 from ddetr_cli.train.optim import build_optimizer
+from ddetr_cli.weights import read_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 # A tiny two-stage model on 6 built-in shapes pictures: 3 steps per epoch at batch 2.
@@ -53,7 +53,7 @@ def test_run_folder_and_exact_resume(tmp_path):
     # Stop mid-epoch after 4 steps (as Ctrl-C would), then resume to the end.
     train(_recipe(tmp_path / "b", "train.max_steps=4"), progress=False)
     assert read_checkpoint(tmp_path / "b" / "checkpoint_last.pth")["batch"] == 1
-    resumed = train(_recipe(tmp_path / "b"), resume=True, progress=False)
+    resumed = train(_recipe(tmp_path / "b"), resume=find_resume(tmp_path / "b"), progress=False)
     assert resumed.steps == 6
     a, b = _weights(run / "checkpoint_last.pth"), _weights(tmp_path / "b" / "checkpoint_last.pth")
     assert a.keys() == b.keys()

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddetr_cli.checkpoint import load_state_dict, read_checkpoint
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.weights import load_state_dict, read_checkpoint
 
 log = logging.getLogger(__name__)
 _CLASS_HEADS = ("class_embed.", "transformer.decoder.class_embed.")
@@ -48,7 +48,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     """Load weights to start training from. Class heads of another class count are left at
-    their fresh initialisation; returns a line saying what was done."""
+    their fresh initialisation; returns a line saying what was done. A run folder means its
+    best checkpoint."""
+    from ddetr_cli.weights import resolve_weights_path
+
+    path = resolve_weights_path(path)
     ckpt = read_checkpoint(path)
     state = dict(ckpt["model"])
     own = model.state_dict()
@@ -66,16 +70,13 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     return f"loaded {path}"
 
 
-def find_resume(resume: str | Path | bool, output_dir: Path) -> Path:
-    """The checkpoint --resume names: a path, or the output dir's checkpoint_last.pth."""
-    if resume is True or resume in ("", "last"):
-        path = output_dir / "checkpoint_last.pth"
-        if not path.is_file():
-            raise DdetrError(f"nothing to resume: {path} does not exist")
-        return path
-    path = Path(resume)
+def find_resume(target: str | Path) -> Path:
+    """The checkpoint a resume continues from: a run folder's checkpoint_last.pth, or a file."""
+    path = Path(target)
     if path.is_dir():
         path = path / "checkpoint_last.pth"
+        if not path.is_file():
+            raise DdetrError(f"nothing to resume: {path} does not exist")
     if not path.is_file():
         raise DdetrError(f"resume checkpoint not found: {path}")
     return path

@@ -105,8 +105,13 @@ class SetCriterion(nn.Module):
         losses["cardinality_error"] = self.cardinality_error(logits, targets)
         return {f"{k}{suffix}": v for k, v in losses.items()}
 
-    def forward(self, outputs: dict[str, Any], targets: Targets) -> dict[str, Tensor]:
-        num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
+    def forward(
+        self, outputs: dict[str, Any], targets: Targets, num_boxes: float | None = None
+    ) -> dict[str, Tensor]:
+        """The losses, normalised by ``num_boxes`` (default: this batch's target boxes; gradient
+        accumulation passes those of all the batches one optimiser step adds up)."""
+        if num_boxes is None:
+            num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
         losses = self._one_level(outputs, targets, num_boxes, "", log=True)
         for i, aux in enumerate(outputs.get("aux_outputs", ())):
             losses.update(self._one_level(aux, targets, num_boxes, f"_{i}", log=False))

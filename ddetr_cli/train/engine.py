@@ -1,15 +1,17 @@
-"""The training loop: one function from a resolved recipe to a run folder.
+"""The training loop: from a resolved recipe to a run folder.
 
 The run folder (train.output_dir) holds recipe.yaml, metrics.jsonl (one JSON object per logged
-step and per epoch), checkpoint_last.pth and checkpoint_best.pth (best val AP), all written
-atomically by process 0. Checkpoints carry the optimiser, scheduler, scaler, position in the
-epoch and every process's RNG state, so ``resume`` continues as if the run never stopped.
+step and per epoch), checkpoint_last.pth and checkpoint_best.pth (best val AP; the EMA weights
+when train.ema is on), all written atomically by process 0. Checkpoints carry the whole
+``TrainState`` (optimiser, scheduler, scaler, EMA, position in the epoch, best AP, patience)
+and every process's RNG state, so a resume continues as if the run never stopped. A new run
+never overwrites a folder that holds one (see ``train.plan``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import logging
 import math
 import random
@@ -23,25 +25,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ddetr_cli.checkpoint import load_state_dict, save_checkpoint
+from ddetr_cli import runtime
 from ddetr_cli.config import dump_recipe
 from ddetr_cli.data import ResumableBatchSampler, build_datasets, collate
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.evaluate import amp_autocast, evaluate_coco
+from ddetr_cli.evaluate import evaluate_coco
 from ddetr_cli.model import build_model
-from ddetr_cli.train import distributed
+from ddetr_cli.runtime import amp_autocast
 from ddetr_cli.train.checkpointing import (
-    find_resume,
     load_initial_weights,
     read_training_state,
     rng_state,
-    set_rng_state,
 )
+from ddetr_cli.train.classes import resolve_classes
 from ddetr_cli.train.criterion import build_criterion
-from ddetr_cli.train.optim import build_optimizer, build_scheduler, param_groups
+from ddetr_cli.train.plan import claim_folder
+from ddetr_cli.train.report import Reporter, duration, short_losses
+from ddetr_cli.train.state import TrainState
+from ddetr_cli.weights import load_state_dict, save_checkpoint
 
 log = logging.getLogger(__name__)
-SHOWN_LOSSES = ("loss_ce", "loss_bbox", "loss_giou")
 
 
 @dataclass
@@ -53,7 +56,32 @@ class TrainResult:
     best_ap: float | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    stopped_early: str | None = None  # why patience ended the run
     notes: list[str] = field(default_factory=list)
+
+
+def train(
+    recipe: dict[str, Any],
+    *,
+    weights: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    next_free_folder: bool = False,
+    notes: list[str] | tuple[str, ...] = (),
+) -> TrainResult | None:
+    """Train the model a resolved recipe describes; see the module docstring.
+
+    ``resume``: the checkpoint to continue from (``checkpointing.find_resume`` turns a run
+    folder into one). ``next_free_folder``: a train.output_dir that already holds a run becomes
+    the next free name instead of an error. Returns the summary in process 0, None in the other
+    processes of a distributed run."""
+    recipe = copy.deepcopy(recipe)
+    ctx = runtime.setup_distributed(recipe["train"]["device"])
+    try:
+        trainer = Trainer(recipe, ctx, weights, resume, progress, next_free_folder, list(notes))
+        return trainer.run()
+    finally:
+        runtime.cleanup_distributed()
 
 
 def _seed_everything(seed: int) -> None:
@@ -62,116 +90,23 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _Metrics:
-    """Appends JSON lines to metrics.jsonl (process 0 only)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-
-
-def _resolve_classes(recipe: dict[str, Any], splits, classes_explicit: bool) -> None:
-    model = recipe["model"]
-    needed = splits.num_classes
-    if recipe["data"]["format"] == "shapes":
-        needed = len(splits.class_names)
-        classes_explicit = True
-    if not classes_explicit and needed > 0:
-        model["num_classes"] = needed
-    elif needed > model["num_classes"]:
-        raise DdetrError(
-            f"the annotations use category ids up to {needed - 1} but model.num_classes is "
-            f"{model['num_classes']}; set model.num_classes={needed} (or leave it unset)"
-        )
-    if model["class_names"] is None and splits.class_names:
-        names = list(splits.class_names)[: model["num_classes"]]
-        names += ["N/A"] * (model["num_classes"] - len(names))
-        model["class_names"] = names
+def _claim(cfg: dict[str, Any], ctx: runtime.Dist, next_free: bool) -> tuple[Path, str | None]:
+    """Process 0 picks the run folder; every process gets its choice (or its error)."""
+    decided: tuple[str, str | None] | str = ""
+    if ctx.is_main:
+        try:
+            folder, note = claim_folder(Path(cfg["output_dir"]), next_free)
+            decided = (str(folder), note)
+        except DdetrError as exc:
+            decided = str(exc)
+    decided = runtime.all_gather_object(decided)[0]
+    if isinstance(decided, str):
+        raise DdetrError(decided)
+    return Path(decided[0]), decided[1]
 
 
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[speed]}"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[losses]}"),
-        disable=not enabled,
-        transient=False,
-    )
-
-
-def train(
-    recipe: dict[str, Any],
-    *,
-    weights: str | Path | None = None,
-    resume: str | Path | bool | None = None,
-    classes_explicit: bool = True,
-    progress: bool = True,
-) -> TrainResult | None:
-    """Train the model a resolved recipe describes; see the module docstring. Returns the
-    summary in process 0, None in the other processes of a distributed run."""
-    recipe = copy.deepcopy(recipe)
-    cfg = recipe["train"]
-    ctx = distributed.setup(cfg["device"])
-    try:
-        return _train(recipe, ctx, weights, resume, classes_explicit, progress)
-    finally:
-        distributed.cleanup()
-
-
-def _train(recipe, ctx, weights, resume, classes_explicit, progress) -> TrainResult | None:
-    cfg = recipe["train"]
-    device = ctx.device
-    output_dir = Path(cfg["output_dir"])
-    result = TrainResult(output_dir)
-    _seed_everything(cfg["seed"] + ctx.rank)
-
-    resume_path = find_resume(resume, output_dir) if resume not in (None, False) else None
-    state = read_training_state(resume_path) if resume_path else None
-
-    splits = build_datasets(recipe)
-    _resolve_classes(recipe, splits, classes_explicit)
-    if cfg["amp"] == "fp16" and device.type == "cpu":
-        log.warning("train.amp=fp16 on CPU is slow and rarely useful; consider bf16")
-
-    model = build_model(recipe).to(device)
-    if state is not None:
-        load_state_dict(model, state["model"], str(resume_path))
-    elif weights is not None:
-        note = load_initial_weights(model, weights)
-        result.notes.append(note)
-        if ctx.is_main:
-            log.warning(note) if "re-initialised" in note else log.info(note)
-    bare = model
-    if ctx.enabled:
-        # Without auxiliary losses the intermediate refine heads get no gradient.
-        model = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not recipe["model"]["aux_loss"],
-        )
-    criterion = build_criterion(recipe)
-    optimizer = build_optimizer(bare, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16")
-
-    workers = recipe["data"]["num_workers"]
+def build_loaders(splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int):
+    """(training loader, its resumable batch sampler, val loader or None)."""
     sampler = ResumableBatchSampler(splits.train, cfg["batch_size"], ctx.rank, ctx.world_size,
                                     shuffle=True, seed=cfg["seed"])  # fmt: skip
     if len(sampler) == 0:
@@ -179,156 +114,61 @@ def _train(recipe, ctx, weights, resume, classes_explicit, progress) -> TrainRes
             f"the training set ({len(splits.train)} pictures) is smaller than one batch of "
             f"{cfg['batch_size']} per process"
         )
+    pin = ctx.device.type == "cuda"
     loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps the global RNG untouched
     train_loader = DataLoader(
         splits.train, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0, generator=loader_gen,
+        pin_memory=pin, persistent_workers=workers > 0, generator=loader_gen,
     )  # fmt: skip
-    val_loader = None
-    if splits.val is not None:
-        val_sampler = (
-            DistributedSampler(splits.val, shuffle=False, drop_last=False) if ctx.enabled else None
-        )
-        val_loader = DataLoader(
-            splits.val, batch_size=cfg["batch_size"], sampler=val_sampler, collate_fn=collate,
-            num_workers=workers, pin_memory=device.type == "cuda",
-        )  # fmt: skip
-
-    epoch, start_batch, step, best_ap = 0, 0, 0, None
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["lr_scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-        best_ap = state.get("best_ap")
-        rngs = state.get("rng") or []
-        if ctx.rank < len(rngs):
-            set_rng_state(rngs[ctx.rank])
-        # Like the official resume, the recipe's current learning rates and lr_drop win.
-        for group, base in zip(optimizer.param_groups, param_groups(bare, cfg), strict=True):
-            group["initial_lr"] = base["lr"]
-        scheduler.step_size = cfg["lr_drop"]
-        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        lrs = scheduler._get_closed_form_lr()
-        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-
-    metrics = _Metrics(output_dir / "metrics.jsonl" if ctx.is_main else None)
-    if ctx.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        dump_recipe(recipe, output_dir / "recipe.yaml")
-        if state is not None:
-            log.info("resumed from %s at epoch %d, batch %d", resume_path, epoch, start_batch)
-
-    def save(path_name: str, next_epoch: int, next_batch: int, extra=None, gather=True):
-        # After Ctrl-C the processes may be at different points: no collective call then, and
-        # only process 0's RNG state is kept (the others restart theirs from the seed).
-        rngs = distributed.all_gather_object(rng_state()) if gather else [rng_state()]
-        if not ctx.is_main:
-            return
-        save_checkpoint(
-            output_dir / path_name, bare, recipe, optimizer=optimizer.state_dict(),
-            lr_scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=next_epoch,
-            batch=next_batch, step=step, best_ap=best_ap, rng=rngs, **(extra or {}),
-        )  # fmt: skip
-
-    max_steps = cfg["max_steps"]
-    epochs = cfg["epochs"]
-    started = time.perf_counter()
-    interrupted = False
-    stop = False
-    with _progress(progress and ctx.is_main) as bar:
-        while epoch < epochs and not stop:
-            sampler.set_epoch(epoch, start_batch)
-            task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=len(sampler),
-                                completed=start_batch, speed="", losses="")  # fmt: skip
-            model.train()
-            sums: dict[str, float] = {}
-            count = 0
-            batch_index = start_batch
-            epoch_start = time.perf_counter()
-            try:
-                for images, targets in train_loader:
-                    for failure in (f for t in targets for f in t["failures"]):
-                        log.warning("skipped an unreadable picture: %s", failure)
-                    losses = _train_step(model, criterion, optimizer, scaler, images, targets,
-                                         device, cfg)  # fmt: skip
-                    batch_index += 1
-                    step += 1
-                    count += 1
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    elapsed = time.perf_counter() - epoch_start
-                    shown = " ".join(
-                        f"{k.removeprefix('loss_')} {losses[k]:.3f}"
-                        for k in ("loss", *SHOWN_LOSSES)
-                        if k in losses
-                    )
-                    speed = f"{count / max(elapsed, 1e-9):.2f} it/s"
-                    bar.update(task, advance=1, speed=speed, losses=shown)
-                    if step % cfg["log_every"] == 0:
-                        now = time.perf_counter() - started
-                        lr = optimizer.param_groups[0]["lr"]
-                        metrics.write({"type": "step", "epoch": epoch, "step": step, "lr": lr,
-                                       "time": now, **losses})  # fmt: skip
-                    if max_steps and step >= max_steps:
-                        stop = True
-                        break
-            except KeyboardInterrupt:
-                interrupted = True
-            if interrupted or (stop and batch_index < len(sampler)):
-                save("checkpoint_last.pth", epoch, batch_index, gather=not interrupted)
-                bar.stop()
-                if interrupted:
-                    log.warning("interrupted: saved %s; continue with --resume",
-                                output_dir / "checkpoint_last.pth")  # fmt: skip
-                break
-            # The epoch is complete.
-            scheduler.step()
-            epoch += 1
-            start_batch = 0
-            record = {"type": "epoch", "epoch": epoch - 1, "step": step,
-                      "lr": optimizer.param_groups[0]["lr"],
-                      "time": time.perf_counter() - started,
-                      **{k: v / max(count, 1) for k, v in sums.items()}}  # fmt: skip
-            if criterion.matcher.non_finite_costs:
-                record["non_finite_costs"] = criterion.matcher.non_finite_costs
-                log.warning("matcher: replaced %d non-finite costs this epoch",
-                            criterion.matcher.non_finite_costs)  # fmt: skip
-                criterion.matcher.non_finite_costs = 0
-            last = epoch == epochs or stop
-            if val_loader is not None and (epoch % cfg["eval_every"] == 0 or last):
-                stats = evaluate_coco(bare, val_loader, splits.val_coco, device, cfg["amp"],
-                                      recipe["model"]["num_detections"])  # fmt: skip
-                record.update(stats)
-                result.last_eval = stats
-                if best_ap is None or stats["AP"] > best_ap:
-                    best_ap = stats["AP"]
-                    save("checkpoint_best.pth", epoch, 0, {"eval": stats})
-            metrics.write(record)
-            if epoch % cfg["checkpoint_every"] == 0 or last:
-                save("checkpoint_last.pth", epoch, 0)
-    result.epochs_done = epoch
-    result.steps = step
-    result.seconds = time.perf_counter() - started
-    result.best_ap = best_ap
-    result.interrupted = interrupted
-    if interrupted:
-        raise KeyboardInterrupt
-    return result if ctx.is_main else None
+    if splits.val is None:
+        return train_loader, sampler, None
+    val_sampler = (
+        DistributedSampler(splits.val, shuffle=False, drop_last=False) if ctx.enabled else None
+    )
+    val_loader = DataLoader(
+        splits.val, batch_size=cfg["batch_size"], sampler=val_sampler, collate_fn=collate,
+        num_workers=workers, pin_memory=pin,
+    )  # fmt: skip
+    return train_loader, sampler, val_loader
 
 
-def _train_step(model, criterion, optimizer, scaler, images, targets, device, cfg) -> dict:
-    images = [img.to(device, non_blocking=True) for img in images]
-    targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device)}
+def _to_device(images, targets, device: torch.device, dtype: torch.dtype):
+    images = [img.to(device, dtype=dtype, non_blocking=True) for img in images]
+    targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device, dtype=dtype)}
                for t in targets]  # fmt: skip
-    with amp_autocast(device, cfg["amp"]):
-        outputs = model(images)
-    losses = criterion(outputs, targets)
-    total = criterion.total(losses)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
+    return images, targets
+
+
+def train_step(model, criterion, state: TrainState, batches, cfg: dict[str, Any], device,
+               distributed: bool = False) -> dict[str, float]:  # fmt: skip
+    """One optimiser step over ``batches`` (train.accumulate of them, or fewer at the end of an
+    epoch): their gradients add up with every loss normalised by the target boxes of all of
+    them, so the update equals that of one batch holding all their pictures."""
+    dtype = next(model.parameters()).dtype
+    batches = [_to_device(images, targets, device, dtype) for images, targets in batches]
+    num_boxes = criterion.num_boxes([t for _, ts in batches for t in ts], device)
+    state.optimizer.zero_grad(set_to_none=True)
+    out: dict[str, float] = {}
+    for i, (images, targets) in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not distributed else model.no_sync()
+        with sync:
+            with amp_autocast(device, cfg["amp"]):
+                outputs = model(images)
+            losses = criterion(outputs, targets, num_boxes=num_boxes)
+            total = criterion.total(losses)
+            state.scaler.scale(total).backward()
+        for key, value in [*losses.items(), ("loss", total)]:
+            # Losses add up over the batches; other numbers (cardinality error) are averaged.
+            share = 1.0 if key.startswith("loss") else 1.0 / len(batches)
+            out[key] = out.get(key, 0.0) + float(value.detach()) * share
+    out["grad_norm"] = _optimizer_step(state, cfg)
+    return out
+
+
+def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
+    """Unscale, clip, step (skipped on non-finite gradients without a scaler); the norm."""
+    scaler, optimizer = state.scaler, state.optimizer
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     max_norm = cfg["clip_max_norm"] if cfg["clip_max_norm"] > 0 else math.inf
@@ -339,7 +179,235 @@ def _train_step(model, criterion, optimizer, scaler, images, targets, device, cf
     else:
         log.warning("non-finite gradients: step skipped")
     scaler.update()
-    out = {k: float(v.detach()) for k, v in losses.items()}
-    out["loss"] = float(total.detach())
-    out["grad_norm"] = float(grad_norm)
-    return out
+    return float(grad_norm)
+
+
+def _count(dataset, coco=None) -> str:
+    """'N pictures, M boxes' (boxes where the annotations are at hand)."""
+    coco = coco if coco is not None else getattr(dataset, "coco", None)
+    text = f"{len(dataset)} pictures"
+    if coco is not None and not callable(coco):
+        ids = getattr(dataset, "ids", None)
+        with contextlib.suppress(AttributeError, TypeError, KeyError):
+            anns = coco.getAnnIds(imgIds=list(ids)) if ids is not None else coco.getAnnIds()
+            text += f", {len(anns)} boxes"
+    return text
+
+
+class Trainer:
+    """One run: built from the recipe, then ``run()``. Its mutable state is ``self.state``."""
+
+    def __init__(self, recipe, ctx, weights, resume, progress, next_free, notes) -> None:
+        self.recipe, self.ctx, self.cfg = recipe, ctx, recipe["train"]
+        self.device, self.notes, self.stop = ctx.device, notes, False
+        self.last_eval: dict[str, float] = {}
+        self.stopped_early: str | None = None
+        self._t0 = time.perf_counter()
+        cfg = self.cfg
+        if not cfg["ema"] < 1:
+            raise DdetrError(f"train.ema must be below 1 (e.g. 0.9998; 0: off), got {cfg['ema']}")
+        _seed_everything(cfg["seed"] + ctx.rank)
+        ckpt = read_training_state(Path(resume)) if resume is not None else None
+        if ckpt is None:
+            folder, note = _claim(cfg, ctx, next_free)
+            cfg["output_dir"] = str(folder)
+            self.notes += [note] if note else []
+        self.output_dir = Path(cfg["output_dir"])
+        self.splits = build_datasets(recipe)
+        resolve_classes(recipe, self.splits)
+        self._build_model(ckpt, resume, weights)
+        self.criterion = build_criterion(recipe)
+        self.state = TrainState.create(self.bare, cfg, self.device)
+        if ckpt is not None:
+            self.state.load(ckpt, self.bare, cfg, ctx.rank)
+        workers = recipe["data"]["num_workers"]
+        self.train_loader, self.sampler, self.val_loader = build_loaders(
+            self.splits, cfg, ctx, workers
+        )
+        if ctx.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            dump_recipe(recipe, self.output_dir / "recipe.yaml")
+        self.reporter = Reporter(self.output_dir, ctx.is_main, progress, cfg["tensorboard"])
+        self._report_start(ckpt, resume)
+
+    def _build_model(self, ckpt, resume, weights) -> None:
+        if self.cfg["amp"] == "fp16" and self.device.type == "cpu":
+            log.warning("train.amp=fp16 on CPU is slow and rarely useful; consider bf16")
+        model = build_model(self.recipe).to(self.device)
+        if ckpt is not None:
+            load_state_dict(model, ckpt["model"], str(resume))
+        elif weights is not None:
+            self.notes.append(load_initial_weights(model, weights))
+        self.bare = self.model = model
+        if self.ctx.enabled:
+            # Without auxiliary losses the intermediate refine heads get no gradient.
+            self.model = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=not self.recipe["model"]["aux_loss"],
+            )
+
+    def _report_start(self, ckpt, resume) -> None:
+        cfg, splits, say = self.cfg, self.splits, self.reporter.line
+        for note in self.notes:
+            say(f"note: {note}")
+        say(f"run folder {self.output_dir}/")
+        data = f"data: train {_count(splits.train)}"
+        if splits.val is not None:
+            data += f"; val {_count(splits.val, splits.val_coco)}"
+        names = self.recipe["model"]["class_names"] or []
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        say(f"{data}; {self.recipe['model']['num_classes']} classes ({shown})")
+        b, a, w = cfg["batch_size"], cfg["accumulate"], self.ctx.world_size
+        say(f"batch {b * a * w} per optimiser step = {b} pictures x {a} accumulated x {w} "
+            f"process{'es' if w > 1 else ''}")  # fmt: skip
+        lrs = ", ".join(f"{k} {v:.2e}" for k, v in self.state.learning_rates().items())
+        ema = f"; EMA decay {cfg['ema']}" if cfg["ema"] > 0 else ""
+        say(f"learning rates: {lrs}{ema}")
+        if ckpt is not None:
+            st = self.state
+            say(f"resumed from {resume}: epoch {st.epoch + 1}/{cfg['epochs']}, batch {st.batch}, "
+                f"step {st.step}")  # fmt: skip
+
+    def run(self) -> TrainResult | None:
+        started = time.perf_counter()
+        outcome = "done"
+        try:
+            while self.state.epoch < self.cfg["epochs"]:
+                outcome = self.run_epoch()
+                if outcome != "done":
+                    break
+                if self.end_epoch():
+                    break
+            if outcome == "interrupted":
+                self.save("checkpoint_last.pth", gather=False)
+                self.reporter.line(f"interrupted: saved {self.output_dir / 'checkpoint_last.pth'}"
+                                   f"; continue with --resume {self.output_dir}")  # fmt: skip
+                raise KeyboardInterrupt
+            if outcome == "stopped":
+                self.save("checkpoint_last.pth")
+        finally:
+            self.reporter.close()
+        return self._result(time.perf_counter() - started) if self.ctx.is_main else None
+
+    def _result(self, seconds: float) -> TrainResult:
+        st = self.state
+        return TrainResult(self.output_dir, st.epoch, st.step, seconds, st.best_ap,
+                           self.last_eval, False, self.stopped_early, self.notes)  # fmt: skip
+
+    def run_epoch(self) -> str:
+        """Train to the end of the epoch: 'done', 'stopped' (train.max_steps, mid-epoch) or
+        'interrupted' (Ctrl-C; the state is that after the last complete optimiser step)."""
+        st, cfg = self.state, self.cfg
+        self.sampler.set_epoch(st.epoch, st.batch)
+        self.reporter.start_epoch(st.epoch, cfg["epochs"], len(self.sampler), st.batch)
+        self.model.train()
+        self.sums, self.count = {}, 0
+        group: list = []
+        try:
+            for images, targets in self.train_loader:
+                for failure in (f for t in targets for f in t["failures"]):
+                    log.warning("skipped an unreadable picture: %s", failure)
+                group.append((images, targets))
+                if len(group) < cfg["accumulate"] and st.batch + len(group) < len(self.sampler):
+                    continue
+                losses = train_step(self.model, self.criterion, st, group, cfg, self.device,
+                                    self.ctx.enabled)  # fmt: skip
+                if st.ema is not None:
+                    st.ema.update(self.bare)
+                st.batch, st.step = st.batch + len(group), st.step + 1
+                self._after_step(losses, len(group))
+                group = []
+                if cfg["max_steps"] and st.step >= cfg["max_steps"]:
+                    self.stop = True
+                    break
+        except KeyboardInterrupt:
+            return "interrupted"
+        return "stopped" if self.stop and st.batch < len(self.sampler) else "done"
+
+    def _after_step(self, losses: dict[str, float], batches: int) -> None:
+        self.count += 1
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.reporter.advance(batches, losses)
+        st = self.state
+        if st.step % self.cfg["log_every"] == 0:
+            record = {"type": "step", "epoch": st.epoch, "step": st.step,
+                      "lr": st.optimizer.param_groups[0]["lr"], "time": self._elapsed(),
+                      **losses}  # fmt: skip
+            self.reporter.write(record, st.learning_rates())
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def end_epoch(self) -> bool:
+        """Scheduler step, evaluation, metrics line, checkpoints; True when the run ends."""
+        st, cfg = self.state, self.cfg
+        st.scheduler.step()
+        st.epoch, st.batch = st.epoch + 1, 0
+        record = {"type": "epoch", "epoch": st.epoch - 1, "step": st.step,
+                  "lr": st.optimizer.param_groups[0]["lr"], "time": self._elapsed(),
+                  **{k: v / max(self.count, 1) for k, v in self.sums.items()}}  # fmt: skip
+        matcher = self.criterion.matcher
+        if matcher.non_finite_costs:
+            record["non_finite_costs"] = matcher.non_finite_costs
+            log.warning("matcher: replaced %d non-finite costs this epoch",
+                        matcher.non_finite_costs)  # fmt: skip
+            matcher.non_finite_costs = 0
+        last = st.epoch == cfg["epochs"] or self.stop
+        best = False
+        if self.val_loader is not None and (st.epoch % cfg["eval_every"] == 0 or last):
+            best = self._evaluate(record)
+            last = last or self._out_of_patience()
+        self.reporter.write(record)
+        self.reporter.line(self._epoch_line(record, best))
+        if st.epoch % cfg["checkpoint_every"] == 0 or last:
+            self.save("checkpoint_last.pth")
+        if self.stopped_early:
+            self.reporter.line(self.stopped_early)
+        return last
+
+    def _evaluate(self, record: dict[str, Any]) -> bool:
+        """Val AP (of the EMA weights when on) into ``record``; saves a new best checkpoint."""
+        st = self.state
+        model = st.ema.module if st.ema is not None else self.bare
+        stats = evaluate_coco(model, self.val_loader, self.splits.val_coco, self.device,
+                              self.cfg["amp"], self.recipe["model"]["num_detections"])  # fmt: skip
+        record.update(stats)
+        self.last_eval = stats
+        if not st.record_eval(stats["AP"], st.epoch):
+            return False
+        if st.ema is None:
+            self.save("checkpoint_best.pth", eval=stats)
+        elif self.ctx.is_main:  # the EMA weights, to evaluate and fine-tune from
+            save_checkpoint(self.output_dir / "checkpoint_best.pth", st.ema.module, self.recipe,
+                            epoch=st.epoch, step=st.step, eval=stats, ema_weights=True)  # fmt: skip
+        return True
+
+    def _out_of_patience(self) -> bool:
+        st, patience = self.state, self.cfg["patience"]
+        if not patience or st.evals_since_best < patience:
+            return False
+        self.stopped_early = (
+            f"stopping: val AP has not improved for {patience} evaluations (best "
+            f"{st.best_ap:.3f} after epoch {st.best_epoch}; checkpoint_best.pth)"
+        )
+        return True
+
+    def _epoch_line(self, record: dict[str, Any], best: bool) -> str:
+        parts = [f"epoch {record['epoch'] + 1}/{self.cfg['epochs']}", short_losses(record)]
+        if "AP" in record:
+            parts.append(f"val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+                         + ("  (best)" if best else ""))  # fmt: skip
+        parts.append(duration(self.reporter.epoch_seconds()))
+        return "  ".join(p for p in parts if p)
+
+    def save(self, name: str, gather: bool = True, **extra: Any) -> None:
+        """A checkpoint of the model and the whole state. After Ctrl-C the processes may be at
+        different points: no collective call then (``gather=False``), and only process 0's RNG
+        state is kept (the others restart theirs from the seed)."""
+        rngs = runtime.all_gather_object(rng_state()) if gather else [rng_state()]
+        if not self.ctx.is_main:
+            return
+        save_checkpoint(self.output_dir / name, self.bare, self.recipe,
+                        **self.state.state_dict(), rng=rngs, **extra)  # fmt: skip

@@ -1,0 +1,138 @@
+"""The ``ddetr train`` command and the ``ddetr data`` group (registered in cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ddetr_cli.cli.options import Overrides
+
+data_app = typer.Typer(
+    help="Datasets: write the built-in shapes data as a COCO-format folder.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+def train(
+    recipe: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Recipe: a YAML file or a packaged recipe's name; with --resume, the run "
+            "folder instead.",
+            show_default=False,
+        ),
+    ] = None,
+    overrides: Overrides = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="Start from these weights (ddetr or official .pth, or a run folder: its best "
+            "checkpoint); class heads of another class count are re-initialised.",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue a run with its own recipe: `--resume runs/NAME`, or a recipe whose "
+            "train.output_dir is the run. key=value overrides apply on top (train.epochs=12).",
+        ),
+    ] = False,
+    resume_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume-from", help="Continue from this checkpoint or run folder.", show_default=False
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="auto, cpu or cuda (short for train.device=...).", show_default=False
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar (terminals only).")] = True,
+) -> None:
+    """Train Deformable DETR as a recipe describes; write a run folder.
+
+    The run folder (train.output_dir) gets recipe.yaml, metrics.jsonl, checkpoint_last.pth and
+    checkpoint_best.pth; one line per epoch reports the losses and val AP. A folder that already
+    holds a run is never overwritten: the recipe's folder gets the next free name (runs/shapes2),
+    an explicit train.output_dir=D is refused. Ctrl-C saves a checkpoint; --resume continues
+    exactly where it stopped. Several processes or machines: launch with torchrun.
+
+    Examples:
+      ddetr train recipes/shapes.yaml --device cpu
+      ddetr train recipes/refine.yaml data.root=/data/coco train.amp=bf16 train.accumulate=4
+      ddetr train recipes/refine.yaml data.root=/data/mine model.num_classes=null -w r50.pth
+      ddetr train --resume runs/shapes train.epochs=12
+      torchrun --nproc-per-node 8 -m ddetr_cli train recipes/refine.yaml data.root=/data/coco
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from ddetr_cli.train.engine import train as run_training
+    from ddetr_cli.train.plan import plan_training
+
+    plan = plan_training(recipe, overrides or [], weights=weights, resume=resume,
+                         resume_from=resume_from, device=device)  # fmt: skip
+    result = run_training(plan.recipe, weights=plan.weights, resume=plan.resume,
+                          progress=progress, next_free_folder=plan.next_free_folder,
+                          notes=plan.notes)  # fmt: skip
+    if result is None:  # not the main process of a distributed run
+        return
+    table = Table(title="ddetr train", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("run folder", f"{result.output_dir}/")
+    table.add_row("epochs", str(result.epochs_done))
+    table.add_row("steps", str(result.steps))
+    table.add_row("minutes", f"{result.seconds / 60:.1f}")
+    if result.last_eval:
+        ev = result.last_eval
+        table.add_row(
+            "last val", f"AP {ev['AP']:.3f}  AP50 {ev['AP50']:.3f}  AP75 {ev['AP75']:.3f}"
+        )
+    if result.best_ap is not None:
+        table.add_row("best val AP", f"{result.best_ap:.3f} (checkpoint_best.pth)")
+    if result.stopped_early:
+        table.add_row("stopped early", result.stopped_early)
+    for note in result.notes:
+        table.add_row("note", note)
+    Console().print(table)
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write.", show_default=False)],
+    train_count: Annotated[int, typer.Option("--train", help="Training pictures.", min=0)] = 2000,
+    val_count: Annotated[
+        int, typer.Option("--val", help="Val pictures (of the fixed val split).", min=0)
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the training pictures.", min=0)] = 0,
+) -> None:
+    """Write the built-in shapes pictures as a COCO-format folder (standard COCO layout).
+
+    The same pictures as `data.format: shapes` uses, so `data.format=coco data.root=OUT_DIR`
+    trains on exactly the same data through the COCO reader.
+
+    Examples:
+      ddetr data shapes shapes_coco --train 2000 --val 200
+      ddetr train recipes/shapes.yaml data.format=coco data.root=shapes_coco
+    """
+    from rich.progress import Progress
+
+    from ddetr_cli.data.export import write_shapes_coco
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("writing pictures", total=train_count + val_count)
+        written = write_shapes_coco(
+            out_dir, train_count, val_count, seed, on_picture=lambda: bar.advance(task)
+        )
+    for split, path in written.items():
+        typer.echo(f"{split}: {path}")

@@ -1,0 +1,95 @@
+"""Everything a run must carry from one step to the next, in one object that saves and loads
+itself: position (epoch, batch, step), best val AP and patience, optimiser, scheduler, scaler,
+the EMA weights and (through checkpoints) every process's RNG state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ddetr_cli.train.checkpointing import set_rng_state
+from ddetr_cli.train.ema import ModelEMA
+from ddetr_cli.train.optim import build_optimizer, build_scheduler, param_groups
+
+
+@dataclass
+class TrainState:
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None = None
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of the current epoch already trained on
+    step: int = 0  # optimiser steps in all
+    best_ap: float | None = None
+    best_epoch: int | None = None
+    evals_since_best: int = 0
+
+    @classmethod
+    def create(cls, model: nn.Module, cfg: dict[str, Any], device: torch.device) -> TrainState:
+        """A fresh state for ``model`` (the bare model, not its DDP wrapper)."""
+        optimizer = build_optimizer(model, cfg)
+        return cls(
+            optimizer=optimizer,
+            scheduler=build_scheduler(optimizer, cfg),
+            scaler=torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16"),
+            ema=ModelEMA(model, cfg["ema"]) if cfg["ema"] > 0 else None,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint entries (the model and the RNG states are added by the caller)."""
+        out = {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "best_ap": self.best_ap,
+            "best_epoch": self.best_epoch,
+            "evals_since_best": self.evals_since_best,
+        }
+        if self.ema is not None:
+            out["ema"] = self.ema.state_dict()
+        return out
+
+    def load(self, ckpt: dict[str, Any], model: nn.Module, cfg: dict[str, Any], rank: int) -> None:
+        """Continue from a checkpoint's training state. Like the official resume, the recipe's
+        current learning rates and lr_drop win over the stored ones."""
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.batch, self.step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
+        self.best_ap = ckpt.get("best_ap")
+        self.best_epoch = ckpt.get("best_epoch")
+        self.evals_since_best = ckpt.get("evals_since_best", 0)
+        if self.ema is not None:
+            if "ema" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:  # a run without EMA continued with it: start the average here
+                self.ema = ModelEMA(model, cfg["ema"])
+        rngs = ckpt.get("rng") or []
+        if rank < len(rngs):
+            set_rng_state(rngs[rank])
+        groups = self.optimizer.param_groups
+        for group, base in zip(groups, param_groups(model, cfg), strict=True):
+            group["initial_lr"] = base["lr"]
+        self.scheduler.step_size = cfg["lr_drop"]
+        self.scheduler.base_lrs = [g["initial_lr"] for g in groups]
+        for group, lr in zip(groups, self.scheduler._get_closed_form_lr(), strict=True):
+            group["lr"] = lr
+
+    def record_eval(self, ap: float, epoch: int) -> bool:
+        """Note a val AP; True when it is the best so far."""
+        if self.best_ap is None or ap > self.best_ap:
+            self.best_ap, self.best_epoch, self.evals_since_best = ap, epoch, 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+    def learning_rates(self) -> dict[str, float]:
+        return {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}

@@ -1,0 +1,120 @@
+"""Fine-tuning features: gradient accumulation (train.accumulate), the EMA of the weights
+(train.ema), early stopping (train.patience) and TensorBoard event files (train.tensorboard)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddetr_cli.config import load_recipe
+from ddetr_cli.data import ShapesDataset, collate
+from ddetr_cli.model import build_model
+from ddetr_cli.train.checkpointing import find_resume
+from ddetr_cli.train.criterion import build_criterion
+from ddetr_cli.train.ema import ModelEMA
+from ddetr_cli.train.engine import train, train_step
+from ddetr_cli.train.report import TENSORBOARD_HINT, Reporter
+from ddetr_cli.train.state import TrainState
+from ddetr_cli.weights import read_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
+    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
+    "data.shapes.train_images=4", "data.shapes.val_images=1", "train.batch_size=1",
+    "train.log_every=1", "model.attention_backend=reference",
+]  # fmt: skip
+
+
+def _recipe(out: Path | None = None, *extra: str) -> dict:
+    more = [f"train.output_dir={out}"] if out is not None else []
+    return load_recipe(ROOT / "recipes" / "shapes.yaml", [*TINY, *more, *extra])
+
+
+def test_accumulated_batches_give_the_update_of_one_large_batch():
+    # No batch statistics, no dropout, float64: the split of the batch is the only difference.
+    recipe = _recipe(None, "model.backbone_norm=frozen", "model.dropout=0.0")
+    torch.manual_seed(0)
+    big = build_model(recipe).double()
+    small = copy.deepcopy(big)
+    criterion = build_criterion(recipe)
+    data = ShapesDataset(0, 4, train=True, augment="none")
+    items = [data[(0, i)] for i in range(4)]
+    # Different box counts per picture, so per-batch normalisation would not match.
+    assert len({len(t["labels"]) for _, t in items}) > 1
+    cfg = recipe["train"]
+    one = TrainState.create(big, cfg, torch.device("cpu"))
+    two = TrainState.create(small, cfg, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    losses_one = train_step(big, criterion, one, [collate(items)], cfg, cpu)
+    losses_two = train_step(small, criterion, two, [collate(items[:1]), collate(items[1:])], cfg,
+                            cpu)  # fmt: skip
+    assert losses_two["loss"] == pytest.approx(losses_one["loss"], rel=1e-12)
+    assert losses_two["grad_norm"] == pytest.approx(losses_one["grad_norm"], rel=1e-10)
+    for (name, a), b in zip(big.named_parameters(), small.parameters(), strict=True):
+        if name.startswith("input_proj.") and name.endswith(".0.bias"):
+            continue  # cancelled by a one-channel-per-group GroupNorm: its gradient is noise
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), name
+    assert not torch.equal(big.class_embed[0].weight, build_model(recipe).class_embed[0].weight)
+
+
+def test_ema_warms_up_and_follows_the_weights():
+    model = torch.nn.Linear(2, 2)
+    ema = ModelEMA(model, 0.9998)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    # The first update has decay ~1e-4: the average is almost the new weights.
+    assert torch.allclose(ema.module.weight, model.weight, atol=1e-3)
+    assert ema.current_decay() < 0.001
+    ema.updates = 100_000
+    assert ema.current_decay() == pytest.approx(0.9998)
+
+
+@pytest.mark.slow
+def test_accumulate_and_ema_resume_exactly(tmp_path):
+    # 4 pictures, batch 1, 2 batches per step: 2 optimiser steps per epoch, 4 in all.
+    extra = ["train.accumulate=2", "train.ema=0.9", "train.epochs=2"]
+    straight = train(_recipe(tmp_path / "a", *extra), progress=False)
+    assert straight.steps == 4 and straight.epochs_done == 2
+    train(_recipe(tmp_path / "b", *extra, "train.max_steps=1"), progress=False)
+    assert read_checkpoint(tmp_path / "b" / "checkpoint_last.pth")["batch"] == 2
+    resumed = train(_recipe(tmp_path / "b", *extra), resume=find_resume(tmp_path / "b"),
+                    progress=False)  # fmt: skip
+    assert resumed.steps == 4
+    a = read_checkpoint(tmp_path / "a" / "checkpoint_last.pth")
+    b = read_checkpoint(tmp_path / "b" / "checkpoint_last.pth")
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["ema"]["model"][key], b["ema"]["model"][key]), key
+    best = read_checkpoint(tmp_path / "a" / "checkpoint_best.pth")
+    assert best["ema_weights"] is True and "optimizer" not in best
+
+
+def test_patience_stops_the_run_and_tensorboard_writes_events(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    # The tiny model's val AP stays 0: after the first evaluation it never improves.
+    out = tmp_path / "run"
+    extra = ["data.shapes.train_images=1", "train.epochs=5", "train.patience=2"]
+    result = train(_recipe(out, *extra, "train.tensorboard=true"), progress=False)
+    assert result.epochs_done == 3
+    assert "has not improved for 2 evaluations" in result.stopped_early
+    assert list(out.glob("events.out.tfevents.*"))
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("epoch ") for line in lines) == 3
+    assert any(line.startswith("stopping: val AP has not improved") for line in lines)
+    assert read_checkpoint(out / "checkpoint_last.pth")["epoch"] == 3
+
+
+def test_tensorboard_missing_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    reporter = Reporter(tmp_path, enabled=True, progress=False, tensorboard=True)
+    assert reporter.writer is None
+    reporter.close()
+    out = capsys.readouterr().out
+    assert TENSORBOARD_HINT in out and "pip install 'ddetr-cli[tensorboard]'" in out
