@@ -150,3 +150,15 @@ def test_loader_batches_and_resumes_mid_epoch():
     assert [b for b in sampler] == full[1:]
     images, targets = next(iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate)))
     assert len(images) == 3 and images[0].shape == (3, 128, 128) and "boxes" in targets[0]
+
+
+def test_explicit_paths_work_with_format_auto(tmp_path):
+    folder, path = _folder(tmp_path / "x", [_ann(1, 1, [1, 1, 5, 5], cat=7)])
+    recipe = load_recipe(None, [f"data.train.images={folder}", f"data.train.annotations={path}"])
+    assert recipe["data"]["format"] == "auto"
+    splits = build_datasets(recipe)
+    assert len(splits.train) == 2 and splits.val is None and splits.num_classes == 8
+    with pytest.raises(DdetrError, match="no data: set data.root"):
+        build_datasets(load_recipe(None, []))
+    with pytest.raises(DdetrError, match="data.format yolo needs data.root"):
+        build_datasets(load_recipe(None, ["data.format=yolo"]))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from ddetr_cli.cli import app
+from ddetr_cli.cli.data import data_app
 from ddetr_cli.data import CocoDataset, ShapesDataset, shapes
 
 
@@ -48,9 +48,7 @@ def test_val_split_has_its_own_seed():
 
 
 def test_cli_writes_a_coco_folder_that_reads_back_the_same(tmp_path):
-    result = CliRunner().invoke(
-        app, ["data", "shapes", str(tmp_path), "--train", "3", "--val", "2"]
-    )
+    result = CliRunner().invoke(data_app, ["shapes", str(tmp_path), "--train", "3", "--val", "2"])
     assert result.exit_code == 0, result.output
     ann = json.loads((tmp_path / "annotations" / "instances_val2017.json").read_text())
     assert len(ann["images"]) == 2 and ann["categories"][2]["name"] == "triangle"
@@ -64,3 +62,31 @@ def test_cli_writes_a_coco_folder_that_reads_back_the_same(tmp_path):
         assert torch.equal(img_a, img_b)
         assert torch.allclose(tgt_a["boxes"], tgt_b["boxes"])
         assert torch.equal(tgt_a["labels"], tgt_b["labels"])
+
+
+def test_shapes_refuses_an_earlier_set_unless_forced(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(data_app, ["shapes", str(tmp_path), "--train", "4", "--val", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(data_app, ["shapes", str(tmp_path), "--train", "2", "--val", "1"])
+    assert result.exit_code == 1 and "--force" in result.output
+    assert len(list((tmp_path / "train2017").iterdir())) == 4  # untouched
+    result = runner.invoke(
+        data_app, ["shapes", str(tmp_path), "--train", "2", "--val", "1", "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "train2017").iterdir())) == 2  # the old pictures are gone
+    ann = json.loads((tmp_path / "annotations" / "instances_train2017.json").read_text())
+    assert len(ann["images"]) == 2
+
+
+def test_shapes6_keeps_shapes3_pictures_and_adds_classes():
+    three = shapes.make_picture(0, 5)
+    assert np.array_equal(three.image, shapes.make_picture(0, 5, "shapes3").image)
+    labels = np.concatenate([shapes.make_picture(0, i, "shapes6").labels for i in range(60)])
+    assert set(labels.tolist()) == set(range(6))
+    for i in range(20):
+        p = shapes.make_picture(1, i, "shapes6")
+        assert p.boxes.min() >= 0 and p.boxes.max() <= 128
+    val = ShapesDataset(shapes.VAL_SEED, 5, train=False, task="shapes6")
+    assert val.coco().getCatIds() == list(range(6))
