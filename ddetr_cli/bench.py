@@ -10,9 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import platform
-import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.flops import count_flops
+from ddetr_cli.runtime import DTYPES, amp_autocast
+from ddetr_cli.timing import percentile, time_forward
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKEND_CHOICES = ("all", "auto", "reference", "kernel")
-# COCO val2017's first picture (427x640) after the 800/1333 evaluation resize, as the official
-# benchmark feeds it.
-DEFAULT_SIZE = (800, 1199)
+# COCO val2017's first picture; after the 800/1333 evaluation resize it is 800x1199, as the
+# official benchmark feeds it.
+COCO_FIRST_PICTURE = (427, 640)
 OFFICIAL_WARMUP, OFFICIAL_ITERS = 5, 295
 # The official 300 iterations take ~15 minutes per setting on a small CPU: fewer by default there.
 CPU_WARMUP, CPU_ITERS = 1, 10
@@ -82,21 +81,25 @@ def build_bench_model(
     the plain multi-scale R50 model) with random weights: weights change neither FLOPs nor speed,
     so ImageNet weights are never downloaded for a benchmark.
     """
-    from ddetr_cli.config import load_recipe
+    from ddetr_cli.weights import resolve_model
 
+    model, recipe = resolve_model(weights, recipe_path, overrides, "cpu")
     if weights is not None:
-        from ddetr_cli.checkpoint import load_model
-
-        recipe = load_recipe(recipe_path, overrides) if recipe_path is not None else None
-        model, recipe = load_model(
-            weights, recipe, device="cpu", overrides=() if recipe_path else overrides
-        )
-        return model.eval(), recipe, str(weights)
-    from ddetr_cli.model import build_model
-
-    recipe = load_recipe(recipe_path, [*overrides, "model.pretrained_backbone=false"])
+        return model, recipe, str(weights)
     source = str(recipe_path) if recipe_path is not None else "built-in defaults"
-    return build_model(recipe).eval(), recipe, f"{source}, random weights"
+    return model, recipe, f"{source}, random weights"
+
+
+def default_size(recipe: dict[str, Any]) -> tuple[int, int]:
+    """The picture size to measure when none is given: the model's own evaluation resize of a
+    typical picture of its data (COCO val2017's first, 427x640, for COCO-sized models: 800x1199
+    at the official 800/1333; the shapes pictures for the shapes demo)."""
+    from ddetr_cli.data.shapes import IMAGE_SIZE
+    from ddetr_cli.images import eval_size
+
+    data = recipe["data"]
+    h, w = (IMAGE_SIZE, IMAGE_SIZE) if data["format"] == "shapes" else COCO_FIRST_PICTURE
+    return eval_size(h, w, data["eval_min_size"], data["eval_max_size"])
 
 
 def describe_model(recipe: dict[str, Any]) -> str:
@@ -198,44 +201,6 @@ def resolve_protocol(options: BenchOptions, device: torch.device) -> tuple[int, 
     return warmup, iters
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-def time_forward(
-    fn: Callable[[], Any], device: torch.device, warmup: int, iters: int
-) -> tuple[list[float], float, float | None]:
-    """Run ``fn`` warmup + iters times: (per-iteration seconds, timed total seconds, seconds of
-    the first warm-up call or None). GPU work is timed with CUDA events and synchronised."""
-    cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    first = None
-    for i in range(warmup):
-        start = time.perf_counter()
-        fn()
-        sync()
-        if i == 0:
-            first = time.perf_counter() - start
-    if cuda:
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-        for start_event, end_event in zip(starts, ends, strict=True):
-            start_event.record()
-            fn()
-            end_event.record()
-        sync()
-        latencies = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
-        total = starts[0].elapsed_time(ends[-1]) / 1e3
-        return latencies, total, first
-    latencies = []
-    begin = time.perf_counter()
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        latencies.append(time.perf_counter() - start)
-    return latencies, time.perf_counter() - begin, first
-
-
 def _check_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise DdetrError(f"--dtype {name!r}: choose from {', '.join(DTYPES)}")
@@ -259,7 +224,7 @@ def measure_speed(
     fp32 runs the model as is; bf16/fp16 run it under torch.autocast (as mixed-precision
     inference is usually deployed: matmuls and convs in half precision, norms in fp32).
     """
-    torch_dtype = _check_dtype(dtype, device)
+    _check_dtype(dtype, device)
     result = SpeedResult(backend="", dtype=dtype, mode="compile" if compiled else "eager",
                          batch_size=batch_size)  # fmt: skip
     batch = picture.to(device)[None].expand(batch_size, -1, -1, -1).contiguous()
@@ -267,14 +232,9 @@ def measure_speed(
     if compiled:
         torch._dynamo.reset()  # a fresh graph per setting: no recompilation or dynamic shapes
         runner = torch.compile(model, dynamic=False)
-    autocast = (
-        torch.autocast(device.type, dtype=torch_dtype)
-        if torch_dtype != torch.float32
-        else nullcontext()
-    )
 
     def forward() -> Any:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), amp_autocast(device, dtype):
             return runner(batch)
 
     if device.type == "cuda":
@@ -293,8 +253,8 @@ def measure_speed(
         result.error = f"torch.compile failed: {line[:200]}"
         return result
     result.fps = batch_size * iters / total
-    result.latency_ms_p50 = _percentile(latencies, 50) * 1e3
-    result.latency_ms_p90 = _percentile(latencies, 90) * 1e3
+    result.latency_ms_p50 = percentile(latencies, 50) * 1e3
+    result.latency_ms_p90 = percentile(latencies, 90) * 1e3
     result.latency_ms_mean = float(np.mean(latencies)) * 1e3
     result.first_iteration_s = first
     if device.type == "cuda":
@@ -322,31 +282,31 @@ def _add_speedups(results: list[SpeedResult]) -> None:
 
 
 def check_options(options: BenchOptions) -> None:
-    """DdetrError for option values that make no sense on any device (a usage error)."""
+    """UsageError for option values that make no sense on any device."""
     if options.image_size is not None and options.images is not None:
-        raise DdetrError("give either --image-size or --images, not both")
+        raise UsageError("give either --image-size or --images, not both")
     if options.image_size is not None and min(options.image_size) < 32:
-        raise DdetrError(f"--image-size must be at least 32 32, got {options.image_size}")
+        raise UsageError(f"--image-size must be at least 32 32, got {options.image_size}")
     if not options.batch_sizes or min(options.batch_sizes) < 1:
-        raise DdetrError(f"--batch-size values must be at least 1, got {options.batch_sizes}")
+        raise UsageError(f"--batch-size values must be at least 1, got {options.batch_sizes}")
     unknown = [d for d in options.dtypes if d not in DTYPES]
     if unknown or not options.dtypes:
-        raise DdetrError(f"--dtype {','.join(unknown)}: choose from {', '.join(DTYPES)}")
+        raise UsageError(f"--dtype {','.join(unknown)}: choose from {', '.join(DTYPES)}")
     if options.attention_backend not in BACKEND_CHOICES:
-        raise DdetrError(
+        raise UsageError(
             f"--attention-backend {options.attention_backend!r}: choose one of "
             f"{', '.join(BACKEND_CHOICES)}"
         )
     if options.max_images < 1:
-        raise DdetrError(f"--max-images must be at least 1, got {options.max_images}")
+        raise UsageError(f"--max-images must be at least 1, got {options.max_images}")
     if options.compile and options.warmup == 0:
-        raise DdetrError("--compile needs --warmup of at least 1 (the first call compiles)")
+        raise UsageError("--compile needs --warmup of at least 1 (the first call compiles)")
     if options.threads is not None and options.threads < 1:
-        raise DdetrError(f"--threads must be at least 1, got {options.threads}")
+        raise UsageError(f"--threads must be at least 1, got {options.threads}")
     if (options.warmup is not None and options.warmup < 0) or (
         options.iters is not None and options.iters < 1
     ):
-        raise DdetrError(
+        raise UsageError(
             f"need --warmup >= 0 and --iters >= 1, got {options.warmup}, {options.iters}"
         )
 
@@ -360,7 +320,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure what ``options`` asks for; returns the JSON-ready report."""
     from ddetr_cli import __version__
-    from ddetr_cli.predict import resolve_device
+    from ddetr_cli.runtime import resolve_device
 
     say = progress or (lambda _msg: None)
     check_options(options)
@@ -377,7 +337,7 @@ def run_bench(
         )
         inputs = {"images": str(options.images), "n_images": len(sizes)}
     else:
-        size = options.image_size or DEFAULT_SIZE
+        size = options.image_size or default_size(recipe)
         sizes = [tuple(size)]
         # A fixed random picture: content does not change the work done.
         picture = torch.randn(3, *size, generator=torch.Generator().manual_seed(0))

@@ -9,8 +9,6 @@ op must read and write at least over a measured copy bandwidth, the fastest it c
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,10 +16,11 @@ from typing import Any
 import torch
 
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.runtime import DTYPES
+from ddetr_cli.timing import median_ms
 
 LEVELS_800x1333 = ((100, 167), (50, 84), (25, 42), (13, 21))
 HEADS, CHANNELS, POINTS = 8, 32, 4
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -89,28 +88,8 @@ def copy_bandwidth(device: torch.device, megabytes: int = 256) -> float:
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(5):
-        best = min(best, _time_ms(lambda: dst.copy_(src), device, repeats=1, warmup=1))
+        best = min(best, median_ms(lambda: dst.copy_(src), device, repeats=1, warmup=1))
     return 2 * src.numel() * 4 / (best / 1e3)
-
-
-def _time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median milliseconds; CUDA events with synchronisation on GPUs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def _runner(inputs: Sequence[torch.Tensor], backend: str, backward: bool) -> Callable[[], Any]:
@@ -158,7 +137,7 @@ def run_bench_op(
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Time the op for every (part, batch, dtype, pass, backend); returns a JSON-ready report."""
-    from ddetr_cli.predict import resolve_device
+    from ddetr_cli.runtime import resolve_device
 
     dev = resolve_device(device)
     for name in dtypes:
@@ -177,7 +156,7 @@ def run_bench_op(
                     label = "fwd+bwd" if backward else "fwd"
                     for name in backends:
                         say(f"{part} batch {batch} {dtype_name} {label} {name}")
-                        ms = _time_ms(_runner(inputs, name, backward), dev, repeats, warmup=1)
+                        ms = median_ms(_runner(inputs, name, backward), dev, repeats, warmup=1)
                         results.append(
                             OpResult(
                                 part,

@@ -11,13 +11,14 @@ import copy
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.recipe_library import resolve_base, resolve_recipe
 
 # The defaults are also the schema: a key exists iff it is here, and its value's type is the type
 # every recipe must use (int is accepted where a float is expected).
@@ -58,7 +59,8 @@ DEFAULTS: dict[str, Any] = {
         "set_cost_giou": 2.0,
     },
     "data": {
-        "format": "coco",
+        # auto (the layout of data.root decides), coco, yolo, voc, shapes; see docs/data.md.
+        "format": "auto",
         "root": None,
         "train": {"images": None, "annotations": None},
         "val": {"images": None, "annotations": None},
@@ -69,7 +71,9 @@ DEFAULTS: dict[str, Any] = {
         "augment": "paper",
         # Built-in shapes (format: shapes): training pictures come from `seed`, the val split
         # from its own fixed seed.
-        "shapes": {"train_images": 2000, "val_images": 200, "seed": 0},
+        # task: shapes3 (circle, rectangle, triangle) or shapes6 (those plus ellipse, star,
+        # cross: a second task from the same generator, for transfer experiments).
+        "shapes": {"train_images": 2000, "val_images": 200, "seed": 0, "task": "shapes3"},
     },
     "train": {
         "epochs": 50,
@@ -95,6 +99,27 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+# The recipe schema's version, stored in every checkpoint. Renaming or removing a key (or
+# changing what a value means) bumps it and adds a migration below, so that every checkpoint
+# written since 0.1.0 keeps loading. Adding a key with a default needs neither: stored recipes
+# are partial as far as validation is concerned, and missing keys take their defaults.
+RECIPE_SCHEMA = 1
+# schema N -> a function that turns a schema-N recipe (a nested dict) into a schema N+1 one.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def migrate_recipe(recipe: dict[str, Any], schema: int) -> dict[str, Any]:
+    """A recipe stored under an older schema, brought to the current one."""
+    if schema > RECIPE_SCHEMA:
+        raise DdetrError(
+            f"the recipe was written by a newer ddetr (recipe schema {schema}, this version "
+            f"reads up to {RECIPE_SCHEMA}): upgrade ddetr-cli"
+        )
+    for version in range(schema, RECIPE_SCHEMA):
+        recipe = MIGRATIONS[version](recipe)
+    return recipe
+
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 # Keys whose default is null, and what they accept once set.
@@ -114,7 +139,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone_norm": ("frozen", "batch"),
     "model.attention_backend": ("auto", "reference", "kernel"),
     "train.amp": ("off", "bf16", "fp16"),
-    "data.format": ("coco", "shapes"),
+    "data.format": ("auto", "coco", "yolo", "voc", "shapes"),
+    "data.shapes.task": ("shapes3", "shapes6"),
     "data.augment": ("paper", "flip", "none"),
     "train.device": ("auto", "cpu", "cuda"),
 }
@@ -317,6 +343,12 @@ def _check_ranges(recipe: dict[str, Any], source: str) -> None:
             f"{source}: model.hidden_dim ({model['hidden_dim']}) must be divisible by "
             f"model.nheads ({model['nheads']})"
         )
+    if model["hidden_dim"] % 32:
+        # The input projections normalise with GroupNorm(32, hidden_dim), as the official.
+        raise DdetrError(
+            f"{source}: model.hidden_dim must be a multiple of 32 (GroupNorm with 32 groups), "
+            f"got {model['hidden_dim']}"
+        )
     if model["two_stage"] and not model["with_box_refine"]:
         # The official model crashes in this configuration (Deformable-DETR issue #182).
         raise DdetrError(
@@ -422,20 +454,22 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         return tree
     if not isinstance(base, str) or not base:
         raise DdetrError(f"{path}: base must be a recipe path, got {_describe(base)}")
-    base_path = path.parent / base  # relative to the file that names it
-    if not base_path.is_file():
-        raise DdetrError(f"{path}: base recipe '{base}' not found (looked for {base_path})")
+    # A packaged recipe's name (`base: refine`), else a path relative to this file.
+    base_path = resolve_base(base, path)
     return _merge(_load_tree(base_path, (*chain, resolved)), tree)
 
 
 def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a recipe file (with its ``base:`` chain), apply overrides, fill defaults, validate.
 
+    ``path`` may also name a packaged recipe (``"refine"``).
+
     ``load_recipe(None, overrides)`` is the defaults plus the overrides.
     """
     if path is None:
         return apply_overrides({}, overrides, "defaults")
-    return apply_overrides(_load_tree(Path(path), ()), overrides, str(path))
+    path = resolve_recipe(path)
+    return apply_overrides(_load_tree(path, ()), overrides, str(path))
 
 
 def format_recipe(recipe: Mapping[str, Any]) -> str:
@@ -445,7 +479,7 @@ def format_recipe(recipe: Mapping[str, Any]) -> str:
 
 def dump_recipe(recipe: Mapping[str, Any], path: str | Path) -> None:
     """Write a recipe as YAML atomically (a temporary file in the same folder, then rename)."""
-    from ddetr_cli.io import atomic_write
+    from ddetr_cli.files import atomic_write
 
     with atomic_write(path) as fh:
         fh.write(format_recipe(recipe))

@@ -1,4 +1,4 @@
-"""The one exception type users see."""
+"""The exception types users see."""
 
 
 class DdetrError(Exception):
@@ -6,4 +6,11 @@ class DdetrError(Exception):
 
     The CLI prints it as ``error: <message>`` and exits with status 1, without a traceback
     (``ddetr --debug`` shows the traceback).
+    """
+
+
+class UsageError(DdetrError):
+    """A bad command-line value (an option out of range, options that exclude each other).
+
+    Printed like any ``DdetrError`` but exits with status 2, as argument errors do.
     """

@@ -4,32 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.files import read_json
 from ddetr_cli.model import post_process
-from ddetr_cli.train.distributed import all_gather_object
+from ddetr_cli.runtime import all_gather_object, amp_autocast
+from ddetr_cli.weights import resolve_model
+
+if TYPE_CHECKING:
+    from ddetr_cli.metrics import ThresholdMetrics
 
 # The 12 numbers COCOeval.summarize() prints, in its order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # fmt: skip
-
-
-def amp_autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """The autocast context for a recipe's train.amp (off, bf16, fp16)."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -75,9 +71,19 @@ def coco_evaluation(
 
     ``image_ids`` None evaluates every image of ``coco_gt``, as pycocotools does by default.
     """
+    stats, per_class, _ = coco_evaluation_curves(coco_gt, results, image_ids)
+    return stats, per_class
+
+
+def coco_evaluation_curves(
+    coco_gt: COCO, results: list[dict[str, Any]], image_ids: list[int] | None = None
+) -> tuple[dict[str, float], dict[int, float | None], Any]:
+    """:func:`coco_evaluation` and COCOeval's ``eval["precision"]`` array (IoU thresholds x
+    101 recall points x categories in sorted id order x areas x max detections), None without
+    detections: what the precision-recall curves are drawn from."""
     category_ids = sorted(coco_gt.getCatIds())
     if not results:
-        return dict.fromkeys(STAT_NAMES, 0.0), dict.fromkeys(category_ids, 0.0)
+        return dict.fromkeys(STAT_NAMES, 0.0), dict.fromkeys(category_ids, 0.0), None
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
@@ -86,8 +92,9 @@ def coco_evaluation(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    # -1 means "no ground truth of that size"; report it as 0 so sums and JSON stay simple.
-    stats = {name: max(float(v), 0.0) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
+    # -1 means "no ground truth of that size" (e.g. APl on small pictures): kept as pycocotools
+    # gives it, and printed as "n/a".
+    stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
     # precision: [IoU thresholds, recall points, categories, areas (all first), max dets (100 last)]
     precision = evaluator.eval["precision"]
     per_class: dict[int, float | None] = {}
@@ -95,7 +102,7 @@ def coco_evaluation(
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
         per_class[int(category)] = float(values.mean()) if values.size else None
-    return stats, per_class
+    return stats, per_class, precision
 
 
 def coco_stats(
@@ -137,27 +144,60 @@ def evaluate_coco(
     return coco_stats(coco_gt, results, image_ids)
 
 
-def _read_results(path: Path, coco_gt: COCO) -> list[dict[str, Any]]:
-    """A COCO results file, checked so pycocotools never fails on it half-way."""
-    if not path.is_file():
-        raise DdetrError(f"predictions file not found: {path}")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DdetrError(f"{path}: not a JSON results file ({exc})") from None
+def _match_by_file_name(
+    results: list[dict[str, Any]], coco_gt: COCO, path: Path
+) -> tuple[list[dict[str, Any]], str]:
+    """Detections that carry `file_name` (as `ddetr predict` writes them) get the annotations'
+    image ids by file name: the whole relative path when it matches, else the base name."""
+    images = coco_gt.dataset["images"]
+    by_path = {str(Path(im["file_name"])): im["id"] for im in images}
+    by_name: dict[str, list[int]] = {}
+    for im in images:
+        by_name.setdefault(Path(im["file_name"]).name, []).append(im["id"])
+    matched, unmatched = [], 0
+    for r in results:
+        name = Path(str(r["file_name"]))
+        ids = [by_path[str(name)]] if str(name) in by_path else by_name.get(name.name, [])
+        if len(ids) != 1:  # absent, or a base name several annotated pictures share
+            unmatched += 1
+            continue
+        matched.append({**r, "image_id": ids[0]})
+    if not matched:
+        raise DdetrError(
+            f"{path}: none of the detections' file names is a picture of the annotations "
+            f"(e.g. {results[0]['file_name']})"
+        )
+    note = "matched to the annotations by file name"
+    if unmatched:
+        note += f"; {unmatched} detections of pictures the annotations lack were left out"
+    return matched, note
+
+
+def _check_result(r: Any, i: int, path: Path) -> None:
+    bbox = r.get("bbox") if isinstance(r, dict) else None
+    if (
+        not isinstance(r, dict)
+        or not {"image_id", "category_id", "bbox", "score"} <= r.keys()
+        or not (isinstance(bbox, list) and len(bbox) == 4)
+    ):
+        raise DdetrError(
+            f"{path}: detection {i} needs image_id, category_id, bbox [x, y, w, h] and score"
+        )
+
+
+def _read_results(path: Path, coco_gt: COCO) -> tuple[list[dict[str, Any]], str]:
+    """A COCO results file, checked so pycocotools never fails on it half-way, and a note
+    saying how its detections were matched to the annotations' pictures."""
+    results = read_json(path, "results file")
     if not isinstance(results, list):
         raise DdetrError(f"{path}: a COCO results file is a list of detections")
+    for i, r in enumerate(results):
+        _check_result(r, i, path)
+    note = "matched to the annotations by image_id"
+    if results and all("file_name" in r for r in results):
+        results, note = _match_by_file_name(results, coco_gt, path)
     known_images, known_categories = set(coco_gt.getImgIds()), set(coco_gt.getCatIds())
     for i, r in enumerate(results):
-        bbox = r.get("bbox") if isinstance(r, dict) else None
-        if (
-            not isinstance(r, dict)
-            or not {"image_id", "category_id", "bbox", "score"} <= r.keys()
-            or not (isinstance(bbox, list) and len(bbox) == 4)
-        ):
-            raise DdetrError(
-                f"{path}: detection {i} needs image_id, category_id, bbox [x, y, w, h] and score"
-            )
         if r["image_id"] not in known_images:
             raise DdetrError(
                 f"{path}: detection {i} names image_id {r['image_id']}, "
@@ -168,7 +208,7 @@ def _read_results(path: Path, coco_gt: COCO) -> list[dict[str, Any]]:
                 f"{path}: detection {i} names category_id {r['category_id']}, "
                 "which the annotations do not have"
             )
-    return results
+    return results, note
 
 
 @dataclass
@@ -179,6 +219,28 @@ class EvaluationReport:
     num_images: int
     num_detections: int
     detections_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    # COCOeval's eval["precision"] (precision-recall curves), None without detections.
+    precision: Any = field(default=None, repr=False)
+    # What add_threshold_metrics needs: the ground truth, the detections and the pictures.
+    coco_gt: COCO | None = field(default=None, repr=False)
+    results: list[dict[str, Any]] | None = field(default=None, repr=False)
+    image_ids: list[int] | None = field(default=None, repr=False)
+    at_threshold: ThresholdMetrics | None = None
+
+    def add_threshold_metrics(
+        self, score_threshold: float, iou_threshold: float = 0.5
+    ) -> ThresholdMetrics:
+        """Precision, recall, F1 and the confusion matrix of the detections scoring at least
+        ``score_threshold`` (see ddetr_cli.metrics); kept in ``at_threshold`` and the JSON."""
+        from ddetr_cli.metrics import threshold_metrics
+
+        if self.coco_gt is None or self.results is None:
+            raise DdetrError("this evaluation kept no detections to threshold")
+        self.at_threshold = threshold_metrics(
+            self.coco_gt, self.results, score_threshold, iou_threshold, self.image_ids
+        )
+        return self.at_threshold
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -190,6 +252,7 @@ class EvaluationReport:
             "num_images": self.num_images,
             "num_detections": self.num_detections,
             "detections": str(self.detections_path) if self.detections_path else None,
+            **(self.at_threshold.to_json() if self.at_threshold is not None else {}),
         }
 
 
@@ -204,10 +267,11 @@ def score_predictions(predictions: str | Path, annotations: str | Path) -> Evalu
     from ddetr_cli.data.coco import read_coco
 
     coco_gt = read_coco(annotations)
-    results = _read_results(Path(predictions), coco_gt)
-    stats, per_class = coco_evaluation(coco_gt, results)
+    results, note = _read_results(Path(predictions), coco_gt)
+    stats, per_class, precision = coco_evaluation_curves(coco_gt, results)
     return EvaluationReport(stats, per_class, _category_names(coco_gt), len(coco_gt.getImgIds()),
-                            len(results), Path(predictions))  # fmt: skip
+                            len(results), Path(predictions), notes=[note], precision=precision,
+                            coco_gt=coco_gt, results=results)  # fmt: skip
 
 
 def evaluate_checkpoint(
@@ -220,60 +284,44 @@ def evaluate_checkpoint(
     device: str = "cpu",
     out_dir: str | Path = "evaluation",
 ) -> EvaluationReport | None:
-    """Evaluate a checkpoint on the recipe's val split (or ``images`` + ``annotations``) at the
+    """Evaluate weights on the recipe's val split (or ``images`` + ``annotations``) at the
     evaluation transform; writes the detections as COCO results to ``out_dir/detections.json``.
 
     Under torchrun every process evaluates its share of the pictures and process 0 gathers the
     detections, writes them and returns the report; the other processes return None.
     """
-    from ddetr_cli.config import load_recipe
-    from ddetr_cli.predict import resolve_device
-    from ddetr_cli.train import distributed
+    from ddetr_cli import runtime
 
     if batch_size < 1:
-        raise DdetrError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if (images is None) != (annotations is None):
-        raise DdetrError("--images and --annotations go together")
-    data_overrides = []
+        raise UsageError("--images and --annotations go together")
     if images is not None:
-        data_overrides = ["data.format=coco", "data.root=null", f"data.val.images={images}",
-                          f"data.val.annotations={annotations}"]  # fmt: skip
-    recipe = load_recipe(recipe_path, [*overrides, *data_overrides]) if recipe_path else None
-    dev = resolve_device(device)
-    ctx = distributed.setup(dev.type)
+        given = [f"data.val.images={images}", f"data.val.annotations={annotations}"]
+        overrides = [*overrides, "data.format=coco", "data.root=null", *given]
+    dev = runtime.resolve_device(device)
+    ctx = runtime.setup_distributed(dev.type)
     try:
-        return _evaluate_checkpoint(
-            weights,
-            recipe,
-            recipe_path,
-            [*overrides, *data_overrides],
-            batch_size,
-            ctx.device if ctx.enabled else dev,
-            out_dir,
-            ctx,
-        )
+        dev = ctx.device if ctx.enabled else dev
+        model, recipe = resolve_model(weights, recipe_path, overrides, dev)
+        return _evaluate_model(model, recipe, batch_size, dev, out_dir, ctx)
     finally:
-        distributed.cleanup()
+        runtime.cleanup_distributed()
 
 
-def _evaluate_checkpoint(
-    weights: str | Path,
-    recipe: dict[str, Any] | None,
-    recipe_path: str | Path | None,
-    overrides: list[str],
+def _evaluate_model(
+    model: nn.Module,
+    recipe: dict[str, Any],
     batch_size: int,
-    dev: torch.device,
+    device: torch.device,
     out_dir: str | Path,
     ctx: Any,
 ) -> EvaluationReport | None:
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from ddetr_cli.checkpoint import load_model
     from ddetr_cli.data import build_datasets, collate
-    from ddetr_cli.io import write_json
+    from ddetr_cli.files import write_json
 
-    extra = () if recipe_path else overrides  # with a recipe file they are applied already
-    model, recipe = load_model(weights, recipe, device=dev, overrides=extra)
     model.optimize_for_inference()
     splits = build_datasets(recipe, train=False)
     if splits.val is None:
@@ -284,7 +332,7 @@ def _evaluate_checkpoint(
     sampler = DistributedSampler(splits.val, shuffle=False) if ctx.enabled else None
     loader = DataLoader(splits.val, batch_size=batch_size, sampler=sampler, collate_fn=collate)
     local = predict_coco_results(
-        model, loader, dev, recipe["train"]["amp"], recipe["model"]["num_detections"]
+        model, loader, device, recipe["train"]["amp"], recipe["model"]["num_detections"]
     )
     results = gather_results(local)
     if not ctx.is_main:
@@ -292,6 +340,8 @@ def _evaluate_checkpoint(
     out = Path(out_dir) / "detections.json"
     write_json(results, out)
     image_ids = [splits.val.image_id(i) for i in range(len(splits.val))]
-    stats, per_class = coco_evaluation(splits.val_coco, results, image_ids)
+    stats, per_class, precision = coco_evaluation_curves(splits.val_coco, results, image_ids)
     return EvaluationReport(stats, per_class, _category_names(splits.val_coco),
-                            len(image_ids), len(results), out)  # fmt: skip
+                            len(image_ids), len(results), out, precision=precision,
+                            coco_gt=splits.val_coco, results=results,
+                            image_ids=image_ids)  # fmt: skip

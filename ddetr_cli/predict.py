@@ -13,14 +13,14 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ddetr_cli.checkpoint import load_model
 from ddetr_cli.coco_names import COCO_CLASS_NAMES
-from ddetr_cli.config import load_recipe
 from ddetr_cli.draw import draw_detections
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.files import write_json
 from ddetr_cli.images import eval_transform, list_images, load_image
-from ddetr_cli.io import write_json
 from ddetr_cli.model import post_process
+from ddetr_cli.runtime import resolve_device
+from ddetr_cli.weights import resolve_model
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -38,36 +38,17 @@ class PredictSummary:
     predictions_path: Path = Path(PREDICTIONS_FILE)
 
 
-def resolve_device(device: str) -> torch.device:
-    """A torch.device for a user's --device, or a DdetrError saying why it cannot be used."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise DdetrError(f"--device {device!r}: not a device (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "torch has no CUDA support" if torch.version.cuda is None else "no GPU found"
-            raise DdetrError(f"--device {device}: CUDA is not available ({why}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DdetrError(
-                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
-            )
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DdetrError(f"--device {device}: MPS is not available; use --device cpu")
-    return dev
-
-
 def check_options(
     threshold: float, batch_size: int, min_size: int | None, max_size: int | None
 ) -> None:
-    """DdetrError for option values that make no sense (the CLI reports it as a usage error)."""
+    """UsageError for option values that make no sense."""
     if not 0.0 <= threshold <= 1.0:
-        raise DdetrError(f"--threshold must be between 0 and 1, got {threshold:g}")
+        raise UsageError(f"--threshold must be between 0 and 1, got {threshold:g}")
     if batch_size < 1:
-        raise DdetrError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     for option, value in (("--min-size", min_size), ("--max-size", max_size)):
         if value is not None and value < 1:
-            raise DdetrError(f"{option} must be at least 1, got {value}")
+            raise UsageError(f"{option} must be at least 1, got {value}")
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -135,6 +116,53 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+def _drop_own_outputs(paths: list[Path], out_dir: Path) -> list[Path]:
+    """Pictures a previous `ddetr predict -o OUT` drew into OUT are not inputs: predicting into
+    the input folder twice must not process the first run's `*_pred.*` pictures."""
+    out = out_dir.resolve()
+    kept = [p for p in paths if not (p.resolve().parent == out and p.stem.endswith("_pred"))]
+    if not kept:
+        raise DdetrError(f"the only pictures found are ddetr's own drawings in {out_dir}")
+    return kept
+
+
+@dataclass
+class _Loaded:
+    """A picture ready for the model."""
+
+    image_id: int  # 1-based position in the input
+    path: Path
+    output_name: str
+    picture: torch.Tensor  # uint8 (3, H, W)
+
+
+def _read_batch(
+    paths: Sequence[Path], names: Sequence[str], indices: range, failures: list
+) -> list[_Loaded]:
+    batch = []
+    for index in indices:
+        try:
+            picture = load_image(paths[index])
+        except DdetrError as exc:
+            failures.append((paths[index], str(exc)))
+            continue
+        batch.append(_Loaded(index + 1, paths[index], names[index], picture))
+    return batch
+
+
+def _detect(
+    model: torch.nn.Module,
+    batch: list[_Loaded],
+    sizes: tuple[int, int],
+    num_detections: int,
+    device: torch.device,
+) -> list[dict[str, torch.Tensor]]:
+    tensors = [eval_transform(item.picture, *sizes).to(device) for item in batch]
+    # Boxes are scaled to the ORIGINAL picture size, so they land in its pixels.
+    original = torch.tensor([item.picture.shape[-2:] for item in batch], device=device)
+    return post_process(model(tensors), original, num_detections=num_detections)
+
+
 def run_predict(
     inputs: Sequence[Path],
     weights: Path,
@@ -151,32 +179,24 @@ def run_predict(
     """Detect objects in pictures (files and folders) and write the results under ``out_dir``.
 
     Writes ``predictions.json`` (COCO results: image_id is the 1-based input position,
-    bbox is [x, y, w, h] in original pixels, plus file_name) and one ``<stem>_pred.jpg|png`` per
-    picture with the boxes drawn. Pictures that cannot be read are listed in the summary's
-    failures; the others are still processed. Detections with score >= ``threshold`` are kept
-    (0 keeps all ``model.num_detections`` per picture).
+    file_name the picture's path, bbox [x, y, w, h] in original pixels) and one
+    ``<stem>_pred.jpg|png`` per picture with the boxes drawn. Pictures that cannot be read are
+    listed in the summary's failures; the others are still processed. Detections with score >=
+    ``threshold`` are kept (0 keeps all ``model.num_detections`` per picture). The model comes
+    from ``resolve_model`` (weights, optional recipe, overrides).
     """
     check_options(threshold, batch_size, min_size, max_size)
-    paths = list_images(inputs)
-    weights = Path(weights)
-    if not weights.exists():
-        raise DdetrError(f"--weights {weights}: no such file")
+    out_dir = Path(out_dir)
+    paths = _drop_own_outputs(list_images(inputs), out_dir)
     dev = resolve_device(device)
-
-    recipe = load_recipe(recipe_path, overrides) if recipe_path is not None else None
-    # Without --recipe the checkpoint's own recipe is used, with the overrides applied to it.
-    model, recipe = load_model(
-        weights, recipe, device=str(dev), overrides=tuple(overrides) if recipe is None else ()
-    )
+    model, recipe = resolve_model(weights, recipe_path, overrides, dev)
     model.eval().optimize_for_inference()
-    if min_size is None:
-        min_size = recipe["data"]["eval_min_size"]
-    if max_size is None:
-        max_size = recipe["data"]["eval_max_size"]
-    num_detections = recipe["model"]["num_detections"]
+    sizes = (
+        min_size or recipe["data"]["eval_min_size"],
+        max_size or recipe["data"]["eval_max_size"],
+    )
     class_names = _class_names(recipe)
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(paths)
     results: list[dict[str, Any]] = []
@@ -185,30 +205,22 @@ def run_predict(
     with _progress(progress) as bar, torch.inference_mode():
         task = bar.add_task("predict", total=len(paths))
         for start in range(0, len(paths), batch_size):
-            batch = []  # (image_id, path, output name, uint8 picture)
-            for index in range(start, min(start + batch_size, len(paths))):
-                try:
-                    picture = load_image(paths[index])
-                except DdetrError as exc:
-                    failures.append((paths[index], str(exc)))
-                    bar.advance(task)
-                    continue
-                batch.append((index + 1, paths[index], names[index], picture))
-            if not batch:
-                continue
-            tensors = [eval_transform(item[3], min_size, max_size).to(dev) for item in batch]
-            # Boxes are scaled to the ORIGINAL picture size, so they land in its pixels.
-            sizes = torch.tensor([item[3].shape[-2:] for item in batch], device=dev)
-            detections = post_process(model(tensors), sizes, num_detections=num_detections)
-            for (image_id, path, name, picture), det in zip(batch, detections, strict=True):
+            indices = range(start, min(start + batch_size, len(paths)))
+            batch = _read_batch(paths, names, indices, failures)
+            detections = (
+                _detect(model, batch, sizes, recipe["model"]["num_detections"], dev)
+                if batch
+                else []
+            )
+            for item, det in zip(batch, detections, strict=True):
                 keep = det["scores"] >= threshold
                 scores = det["scores"][keep].float().cpu()
                 labels = det["labels"][keep].cpu()
                 boxes = det["boxes"][keep].float().cpu()
-                results.extend(_coco_results(image_id, path, boxes, labels, scores))
-                drawn = draw_detections(picture, boxes, labels, scores, class_names)
-                _save_picture(drawn, out_dir / name)
-                bar.advance(task)
+                results.extend(_coco_results(item.image_id, item.path, boxes, labels, scores))
+                drawn = draw_detections(item.picture, boxes, labels, scores, class_names)
+                _save_picture(drawn, out_dir / item.output_name)
+            bar.advance(task, len(indices))
     n_done = len(paths) - len(failures)
     elapsed = time.perf_counter() - started
 

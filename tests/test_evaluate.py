@@ -12,12 +12,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
-from ddetr_cli.checkpoint import save_checkpoint
 from ddetr_cli.cli import app
 from ddetr_cli.config import load_recipe
 from ddetr_cli.data import shapes
 from ddetr_cli.evaluate import STAT_NAMES, evaluate_checkpoint, score_predictions
 from ddetr_cli.model import build_model
+from ddetr_cli.weights import save_checkpoint
 
 
 def _ground_truth() -> dict:
@@ -66,7 +66,7 @@ def test_scoring_a_results_file_equals_pycocotools(files):
     expected = _pycocotools(gt, results)
     report = score_predictions(results, gt)
     assert list(report.stats) == list(STAT_NAMES)
-    assert list(report.stats.values()) == [max(float(v), 0.0) for v in expected.stats]
+    assert list(report.stats.values()) == [float(v) for v in expected.stats]  # -1: no such boxes
     for k, category in enumerate(expected.params.catIds):
         precision = expected.eval["precision"][:, :, k, 0, -1]
         assert report.per_class[category] == pytest.approx(precision[precision > -1].mean())
@@ -109,7 +109,7 @@ def test_bad_input_is_one_clear_line(files, tmp_path, case, message):
     if case != "no_annotations":
         args += ["--annotations", str(gt)]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1
+    assert result.exit_code == (2 if case == "no_annotations" else 1)  # a usage error exits 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
@@ -128,7 +128,8 @@ def test_model_evaluation_equals_pycocotools_on_its_own_detections(tmp_path):
     gt.write_text(json.dumps(shapes.coco_dict(shapes.VAL_SEED, 6)))
     expected = _pycocotools(gt, report.detections_path)
     np.testing.assert_allclose(
-        list(report.stats.values()), [max(float(v), 0.0) for v in expected.stats]
+        list(report.stats.values()),
+        [float(v) for v in expected.stats],  # -1: no such boxes
     )
     detections = json.loads(report.detections_path.read_text())
     assert {d["image_id"] for d in detections} == set(range(1, 7))
@@ -154,7 +155,8 @@ def test_model_evaluation_scores_perfect_detections_as_perfect(tmp_path, monkeyp
     gt.write_text(json.dumps(truth))
     expected = _pycocotools(gt, report.detections_path)
     np.testing.assert_allclose(
-        list(report.stats.values()), [max(float(v), 0.0) for v in expected.stats]
+        list(report.stats.values()),
+        [float(v) for v in expected.stats],  # -1: no such boxes
     )
 
 
@@ -204,3 +206,31 @@ def test_torchrun_evaluation_equals_one_process(tmp_path):
     assert metrics["num_images"] == 5
     for name in STAT_NAMES:
         assert metrics[name] == pytest.approx(single.stats[name], abs=1e-6)
+
+
+def test_model_evaluation_reports_metrics_at_a_threshold(tmp_path, monkeypatch):
+    """Threshold metrics of a model run use the evaluated pictures and their detections: an
+    oracle scores precision = recall = 1, a diagonal confusion matrix, and its JSON has them."""
+    import ddetr_cli.evaluate as evaluate
+
+    truth = shapes.coco_dict(shapes.VAL_SEED, 4)
+
+    def oracle(*args, **kwargs):
+        exact = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                  "score": 0.9} for a in truth["annotations"]]  # fmt: skip
+        weak = [{**d, "score": 0.2} for d in exact]  # duplicates under the threshold
+        return exact + weak
+
+    monkeypatch.setattr(evaluate, "predict_coco_results", oracle)
+    recipe = load_recipe("recipes/shapes.yaml", ["data.shapes.val_images=4"])
+    weights = save_checkpoint(tmp_path / "ckpt.pth", build_model(recipe), recipe)
+    report = evaluate_checkpoint(weights, out_dir=tmp_path / "eval")
+    at = report.add_threshold_metrics(0.5)
+    boxes = len([a for a in truth["annotations"] if not a.get("iscrowd")])
+    assert (at.overall.tp, at.overall.fp, at.overall.fn) == (boxes, 0, 0)
+    matrix = at.confusion.matrix
+    assert (matrix == np.diag(np.diag(matrix))).all() and matrix.trace() == boxes
+    metrics = report.to_json()
+    assert metrics["at_threshold"]["precision"] == metrics["at_threshold"]["recall"] == 1.0
+    assert metrics["best_f1"]["score_threshold"] == 0.25  # the duplicates are gone from there
+    assert report.precision is not None and report.precision.shape[2] == len(report.per_class)

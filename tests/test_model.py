@@ -83,7 +83,7 @@ def test_heads_are_shared_in_plain_and_independent_with_refinement():
 def test_loading_keeps_shared_heads_shared():
     from reference_data import official_state_dict
 
-    from ddetr_cli.checkpoint import load_state_dict
+    from ddetr_cli.weights import load_state_dict
 
     model = _official("plain")
     load_state_dict(model, official_state_dict("plain"), "fill")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from reference_data import normalised_picture, official_state_dict, reference
 
-from ddetr_cli.checkpoint import load_state_dict
 from ddetr_cli.config import load_recipe
 from ddetr_cli.model import build_model, post_process
+from ddetr_cli.weights import load_state_dict
 
 # (logits, normalised boxes) tolerances the issue sets per dtype.
 TOLERANCE = {torch.float64: (1e-6, 1e-6), torch.float32: (1e-4, 1e-5)}

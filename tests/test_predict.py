@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import ddetr_cli.predict as predict_module
+import ddetr_cli.weights as weights_module
 from ddetr_cli.cli import app
 from ddetr_cli.coco_names import COCO_CLASS_NAMES
 from ddetr_cli.config import load_recipe
@@ -73,7 +74,7 @@ class Stubs:
 @pytest.fixture
 def stubs(monkeypatch) -> Stubs:
     s = Stubs()
-    monkeypatch.setattr(predict_module, "load_model", s.load_model)
+    monkeypatch.setattr(weights_module, "load_model", s.load_model)  # what resolve_model calls
     monkeypatch.setattr(predict_module, "post_process", s.post_process)
     return s
 
@@ -302,8 +303,8 @@ def test_cli_exit_status_and_summary(stubs, weights, image_files, tmp_path):
 
 def test_end_to_end_with_a_tiny_real_model(tmp_path, image_files):
     """No stubs: a small randomly initialised model saved as a checkpoint, then `ddetr predict`."""
-    from ddetr_cli.checkpoint import save_checkpoint
     from ddetr_cli.model import build_model
+    from ddetr_cli.weights import save_checkpoint
 
     tiny = [
         "model.backbone=resnet18",

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ddetr_cli.checkpoint import save_checkpoint
 from ddetr_cli.cli import app
 from ddetr_cli.config import load_recipe
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.model import build_model
 from ddetr_cli.visualize import attention_pictures
+from ddetr_cli.weights import save_checkpoint
 
 TINY = ["model.enc_layers=1", "model.dec_layers=2", "model.hidden_dim=32",
         "model.dim_feedforward=64"]  # fmt: skip
@@ -59,15 +59,31 @@ def test_points_are_drawn_where_the_model_samples(model, tmp_path):
     locations = layer.captured["locations"][0, query].reshape(-1, 2)
     weights = layer.captured["weights"][0, query].flatten()
     pixels = (locations * torch.tensor([128, 96])).long()
-    # The heaviest point inside the picture and below the legend strip.
+    # The heaviest point inside the picture.
     inside = [i for i in weights.argsort(descending=True).tolist()
-              if 0 <= pixels[i, 0] < 128 and 20 <= pixels[i, 1] < 96]  # fmt: skip
+              if 0 <= pixels[i, 0] < 128 and 0 <= pixels[i, 1] < 96]  # fmt: skip
     assert inside, "no sampling point inside the picture"
     x, y = pixels[inside[0]].tolist()
     drawn = np.asarray(Image.open(result.paths[0]).convert("RGB")).astype(int)
+    assert drawn.shape[1] == 128 and drawn.shape[0] > 96  # the legend is a strip above it
+    drawn = drawn[drawn.shape[0] - 96 :]
     plain = picture.permute(1, 2, 0).numpy().astype(int)
     assert np.abs(drawn[y, x] - plain[y, x]).sum() > 0  # that point is drawn
     assert (np.abs(drawn - plain).sum(-1) > 0).mean() < 0.9  # most of the picture is untouched
+
+
+@pytest.mark.parametrize("size", [(128, 128), (96, 64), (1200, 800)])
+def test_the_legend_fits_the_picture(size):
+    from ddetr_cli.visualize import LEVEL_COLOURS, _legend
+
+    picture = Image.new("RGBA", size, (40, 40, 40, 255))
+    framed = np.asarray(_legend(picture, 4, "decoder layer 5").convert("RGB")).astype(int)
+    strip = framed[: framed.shape[0] - size[1]]
+    assert framed.shape[1] == size[0] and 0 < strip.shape[0] <= max(0.5 * size[1], 60)
+    assert (framed[strip.shape[0] :] == 40).all()  # the picture itself is not covered
+    for colour in LEVEL_COLOURS[:4]:  # every level's dot is in the strip, none is cut off
+        hits = np.nonzero((np.abs(strip - colour).sum(-1) < 10).any(0))[0]
+        assert len(hits) >= 4 and hits.max() < size[0] - 1, colour
 
 
 def test_bad_layer_and_pixel_are_one_clear_line(model, tmp_path):
@@ -156,8 +172,34 @@ def test_predictions_view_writes_pictures_and_a_sheet(tmp_path):
     result = CliRunner().invoke(app, args, terminal_width=300)
     assert result.exit_code == 0, result.output
     sheet = np.asarray(Image.open(tmp_path / "out" / "sheet.png").convert("RGB")).astype(int)
-    assert sheet.shape == (2 * 320, 2 * 320, 3)
+    size = 128 + 6  # cells fit the largest picture: 128 pixels and a 3-pixel border
+    assert sheet.shape == (2 * size, 2 * size, 3)
     for row, column in ((0, 0), (0, 1), (1, 0)):  # three thumbnails, each with boxes drawn
-        cell = sheet[row * 320 + 3 : row * 320 + 99, column * 320 + 3 : column * 320 + 131]
+        cell = sheet[
+            row * size + 3 : (row + 1) * size - 3, column * size + 3 : (column + 1) * size - 3
+        ]
         assert len(np.unique(cell.reshape(-1, 3), axis=0)) > 2
-    assert (sheet[320:, 320:] == 255).all()  # the fourth cell is empty
+        assert (cell != 255).any(-1).mean() > 0.7  # the thumbnail fills its cell
+    assert (sheet[size:, size:] == 255).all()  # the fourth cell is empty
+
+
+def test_curves_out_is_a_folder_or_a_picture(tmp_path):
+    """`-o` is a folder as on every visualize command (curves.png goes in it); a path with a
+    picture suffix is the picture itself."""
+    run = tmp_path / "run"
+    run.mkdir()
+    steps = [{"type": "step", "step": s, "lr": 2e-4, "loss": 5 / s, "loss_bbox": 2 / s}
+             for s in range(1, 40)]  # fmt: skip
+    _write_metrics(run / "metrics.jsonl", steps)
+    for out, expected in (
+        (tmp_path / "folder", tmp_path / "folder" / "curves.png"),  # not there yet
+        (run, run / "curves.png"),  # an existing folder
+        (tmp_path / "chart.png", tmp_path / "chart.png"),
+    ):
+        result = CliRunner().invoke(app, ["visualize", "curves", str(run), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert expected.is_file() and str(expected) in result.output
+        with Image.open(expected) as picture:
+            assert picture.size == (3 * 360, 220)  # loss, loss_bbox, lr: one row of three
+    default = CliRunner().invoke(app, ["visualize", "curves", str(run / "metrics.jsonl")])
+    assert default.exit_code == 0 and "loss, loss_bbox, lr:" in default.output

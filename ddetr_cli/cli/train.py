@@ -16,46 +16,53 @@ data_app = typer.Typer(
 )
 
 
+_RecipeOrRun = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Recipe: a YAML file or a packaged recipe's name; with --resume, the run folder "
+        "instead.",
+        show_default=False,
+    ),
+]
+_StartWeights = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        "-w",
+        help="Start from these weights (ddetr or official .pth, or a run folder: its best "
+        "checkpoint); class heads of another class count are re-initialised.",
+        show_default=False,
+    ),
+]
+_Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue a run with its own recipe: `--resume runs/NAME`, or a recipe whose "
+        "train.output_dir is the run. key=value overrides apply on top (train.epochs=12).",
+    ),
+]
+_ResumeFrom = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume-from", help="Continue from this checkpoint or run folder.", show_default=False
+    ),
+]
+_TrainDevice = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help="auto, cpu or cuda (short for train.device=...).", show_default=False
+    ),
+]
+
+
 def train(
-    recipe: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Recipe: a YAML file or a packaged recipe's name; with --resume, the run "
-            "folder instead.",
-            show_default=False,
-        ),
-    ] = None,
+    recipe: _RecipeOrRun = None,
     overrides: Overrides = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            "--weights",
-            "-w",
-            help="Start from these weights (ddetr or official .pth, or a run folder: its best "
-            "checkpoint); class heads of another class count are re-initialised.",
-            show_default=False,
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue a run with its own recipe: `--resume runs/NAME`, or a recipe whose "
-            "train.output_dir is the run. key=value overrides apply on top (train.epochs=12).",
-        ),
-    ] = False,
-    resume_from: Annotated[
-        Path | None,
-        typer.Option(
-            "--resume-from", help="Continue from this checkpoint or run folder.", show_default=False
-        ),
-    ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            "--device", help="auto, cpu or cuda (short for train.device=...).", show_default=False
-        ),
-    ] = None,
+    weights: _StartWeights = None,
+    resume: _Resume = False,
+    resume_from: _ResumeFrom = None,
+    device: _TrainDevice = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar (terminals only).")] = True,
 ) -> None:
     """Train Deformable DETR as a recipe describes; write a run folder.
@@ -73,9 +80,6 @@ def train(
       ddetr train --resume runs/shapes train.epochs=12
       torchrun --nproc-per-node 8 -m ddetr_cli train recipes/refine.yaml data.root=/data/coco
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from ddetr_cli.train.engine import train as run_training
     from ddetr_cli.train.plan import plan_training
 
@@ -84,8 +88,14 @@ def train(
     result = run_training(plan.recipe, weights=plan.weights, resume=plan.resume,
                           progress=progress, next_free_folder=plan.next_free_folder,
                           notes=plan.notes)  # fmt: skip
-    if result is None:  # not the main process of a distributed run
-        return
+    if result is not None:  # None: not the main process of a distributed run
+        _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title="ddetr train", show_header=False, title_justify="left")
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")

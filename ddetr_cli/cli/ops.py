@@ -10,13 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.cli.console import group
+from ddetr_cli.errors import DdetrError, UsageError
 
-ops_app = typer.Typer(
-    help="The deformable attention kernels: build them now, see which backend runs and why.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-)
+ops_app = group("The deformable attention kernels: build them now, see which backend runs and why.")
 _console = Console()
 
 
@@ -47,7 +44,7 @@ def ops_build(
     kinds = device or _default_device_types()
     unknown = sorted(set(kinds) - {"cpu", "cuda"})
     if unknown:
-        raise DdetrError(f"--device {unknown[0]}: expected cpu or cuda")
+        raise UsageError(f"--device {unknown[0]}: expected cpu or cuda")
     failures = []
     for kind in kinds:
         start = time.perf_counter()

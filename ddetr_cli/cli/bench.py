@@ -1,8 +1,4 @@
-"""The ``ddetr bench`` command: options in, one call to ``ddetr_cli.bench``, tables out.
-
-Kept out of cli.py so that file stays a list of thin commands; torch is imported only when the
-command runs, so ``ddetr --help`` stays instant.
-"""
+"""``ddetr bench [model]`` and ``ddetr bench op``: options in, one call, tables out."""
 
 from __future__ import annotations
 
@@ -17,9 +13,26 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ddetr_cli.cli_args import Overrides
-from ddetr_cli.errors import DdetrError
-from ddetr_cli.io import write_json
+from ddetr_cli.cli.console import ErrorReportingGroup, group, print_line, stderr, stdout
+from ddetr_cli.cli.options import Device, JsonOut, OptionalWeights, Overrides, Recipe
+from ddetr_cli.errors import UsageError
+from ddetr_cli.files import write_json
+
+
+class _BenchGroup(ErrorReportingGroup):
+    """`ddetr bench ...` runs the model benchmark unless the first word names a sub-command,
+    so `ddetr bench --fps model.two_stage=true` and `ddetr bench op` both work."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = ["model", *args]
+        return super().parse_args(ctx, args)
+
+
+bench_app = group(
+    "Benchmarks: the model (`ddetr bench \\[model] ...`) and the attention op (`ddetr bench op`).",
+    cls=_BenchGroup,
+)
 
 PARTS_LABELS = {
     "backbone": "backbone",
@@ -34,7 +47,7 @@ def _split_list(values: list[str] | None, option: str) -> list[str]:
     """'-b 1 -b 4' and '-b 1,4' both give ['1', '4']."""
     items = [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
     if values and not items:
-        raise DdetrError(f"{option}: empty value")
+        raise UsageError(f"{option}: empty value")
     return items
 
 
@@ -42,7 +55,7 @@ def _ints(values: list[str], option: str) -> list[int]:
     try:
         return [int(v) for v in values]
     except ValueError:
-        raise DdetrError(f"{option}: expected whole numbers, got {','.join(values)}") from None
+        raise UsageError(f"{option}: expected whole numbers, got {','.join(values)}") from None
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -136,23 +149,16 @@ def _print_speed(speed: dict[str, Any], console: Console) -> None:
         console.print(Text(f"failed: {line}", style="red"), soft_wrap=True, highlight=False)
 
 
+@bench_app.command("model")
 def bench(
     overrides: Overrides = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option("--weights", "-w", help="Checkpoint to measure (default: random weights)."),
-    ] = None,
-    recipe: Annotated[
-        Path | None,
-        typer.Option(
-            "--recipe", "-r", help="Recipe YAML (default: built-in defaults, the plain R50 model)."
-        ),
-    ] = None,
+    weights: OptionalWeights = None,
+    recipe: Recipe = None,
     flops: Annotated[
         bool, typer.Option("--flops", help="Count FLOPs (the default when --fps is not given).")
     ] = False,
     fps: Annotated[bool, typer.Option("--fps", help="Time inference: FPS and latency.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "cpu",
     dtype: Annotated[
         list[str] | None,
         typer.Option(help="fp32, bf16, fp16; several as fp32,bf16. Half precision = autocast."),
@@ -163,7 +169,11 @@ def bench(
     ] = None,
     image_size: Annotated[
         tuple[int, int] | None,
-        typer.Option(help="Picture height and width (default 800 1199, COCO's first)."),
+        typer.Option(
+            metavar="H W",
+            help="Picture height and width (default: COCO's first val picture at the model's "
+            "evaluation resize, 800 1199 for the official sizes).",
+        ),
     ] = None,
     images: Annotated[
         Path | None,
@@ -189,9 +199,7 @@ def bench(
         int | None, typer.Option(help="Timed iterations (default 295 on GPU, 10 on CPU).")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the full report as JSON here.")
-    ] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Parameters, FLOPs (counting the deformable sampling) and inference speed.
 
@@ -199,6 +207,7 @@ def bench(
     Speed: one picture replicated, warm-up, then synchronised timed iterations (GPU default: the
     official 5 + 295); each available attention backend side by side.
     Without --weights the model has random weights (they change neither FLOPs nor speed).
+    The attention op alone: `ddetr bench op` (see `ddetr bench op --help`).
 
     Examples:
       ddetr bench
@@ -207,27 +216,23 @@ def bench(
       ddetr bench --fps --weights r50_deformable_detr.pth --iters 20 model.num_queries=100
     """
     from ddetr_cli.bench import BenchOptions, build_bench_model, check_options, run_bench
-    from ddetr_cli.cli import stderr, stdout, usage_error
 
-    try:
-        options = BenchOptions(
-            device=device,
-            flops=flops or not fps,
-            fps=fps,
-            dtypes=_split_list(dtype, "--dtype") or ["fp32"],
-            batch_sizes=_ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1],
-            image_size=image_size,
-            images=images,
-            max_images=max_images,
-            compile=compile,
-            attention_backend=attention_backend,
-            warmup=warmup,
-            iters=iters,
-            threads=threads,
-        )
-        check_options(options)
-    except DdetrError as exc:
-        raise usage_error(str(exc)) from None
+    options = BenchOptions(
+        device=device,
+        flops=flops or not fps,
+        fps=fps,
+        dtypes=_split_list(dtype, "--dtype") or ["fp32"],
+        batch_sizes=_ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1],
+        image_size=image_size,
+        images=images,
+        max_images=max_images,
+        compile=compile,
+        attention_backend=attention_backend,
+        warmup=warmup,
+        iters=iters,
+        threads=threads,
+    )
+    check_options(options)
     model, resolved, source = build_bench_model(weights, recipe, overrides or ())
 
     def progress(message: str) -> None:
@@ -238,11 +243,12 @@ def bench(
     print_report(report, stdout)
     if json_out is not None:
         write_json(report, json_out, indent=2)
-        stdout.print(f"report: {json_out}", highlight=False, soft_wrap=True)
+        print_line(f"report: {json_out}")
 
 
+@bench_app.command("op")
 def bench_op(
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "cpu",
     batch_size: Annotated[
         list[str] | None,
         typer.Option("--batch-size", "-b", help="Batch sizes, e.g. 1,2,8 (default 1,2,8)."),
@@ -264,9 +270,7 @@ def bench_op(
         int | None, typer.Option(help="Timed repeats per row (default 5 on CPU, 20 on GPU).")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
-    ] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """The deformable attention op alone at the model's shapes (one 800x1333 picture): time per
     backend, speed-up over the reference, and bandwidth against the memory floor.
@@ -281,17 +285,13 @@ def bench_op(
     import torch
 
     from ddetr_cli.bench_op import run_bench_op
-    from ddetr_cli.cli import stderr, stdout, usage_error
 
-    try:
-        batches = _ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1, 2, 8]
-        parts = _split_list(part, "--part") or ["encoder", "decoder"]
-        if set(parts) - {"encoder", "decoder"}:
-            raise DdetrError(f"--part: expected encoder or decoder, got {','.join(parts)}")
-        if locations not in ("local", "uniform"):
-            raise DdetrError(f"--locations {locations}: expected local or uniform")
-    except DdetrError as exc:
-        raise usage_error(str(exc)) from None
+    batches = _ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1, 2, 8]
+    parts = _split_list(part, "--part") or ["encoder", "decoder"]
+    if set(parts) - {"encoder", "decoder"}:
+        raise UsageError(f"--part: expected encoder or decoder, got {','.join(parts)}")
+    if locations not in ("local", "uniform"):
+        raise UsageError(f"--locations {locations}: expected local or uniform")
     if threads:
         torch.set_num_threads(threads)
     report = run_bench_op(
@@ -328,4 +328,4 @@ def bench_op(
     stdout.print(note, highlight=False)
     if json_out is not None:
         write_json(report, json_out, indent=2)
-        stdout.print(f"report: {json_out}", highlight=False, soft_wrap=True)
+        print_line(f"report: {json_out}")

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written file where a good one was."""
+"""Reading and writing files: writes are atomic, so a crash or Ctrl-C never leaves a half-written
+file where a good one was; JSON is read with one-line errors."""
 
 from __future__ import annotations
 
@@ -43,3 +44,17 @@ def write_json(data: Any, path: str | Path, indent: int | None = None) -> None:
     with atomic_write(path) as f:
         json.dump(data, f, indent=indent)
         f.write("\n")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's content, or one DdetrError line naming the file and `what` it should be
+    (e.g. "annotations file")."""
+    from ddetr_cli.errors import DdetrError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DdetrError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DdetrError(f"{path}: not a JSON {what} ({exc})") from None

@@ -1,0 +1,178 @@
+"""``ddetr evaluate``: COCO box AP as pycocotools gives it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ddetr_cli.cli.console import print_line, stdout
+from ddetr_cli.cli.options import (
+    BatchSize,
+    Device,
+    JsonOut,
+    OptionalWeights,
+    Out,
+    Overrides,
+    Recipe,
+)
+from ddetr_cli.errors import UsageError
+
+# Confusion matrices with more rows than this go to --json and --plots only.
+_CONFUSION_PRINT_MAX = 16
+
+# What each of COCOeval.summarize()'s 12 numbers is, in its order.
+_MEANINGS = [
+    f"{kind} IoU={iou} area={area} maxDets={dets}"
+    for kind, iou, area, dets in (
+        ("AP", "0.50:0.95", "all", 100), ("AP", "0.50", "all", 100), ("AP", "0.75", "all", 100),
+        ("AP", "0.50:0.95", "small", 100), ("AP", "0.50:0.95", "medium", 100),
+        ("AP", "0.50:0.95", "large", 100), ("AR", "0.50:0.95", "all", 1),
+        ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
+        ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100),
+        ("AR", "0.50:0.95", "large", 100),
+    )
+]  # fmt: skip
+
+
+def evaluate(
+    overrides: Overrides = None,
+    weights: OptionalWeights = None,
+    recipe: Recipe = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Pictures folder (instead of the recipe's val split).")
+    ] = None,
+    annotations: Annotated[
+        Path | None, typer.Option(help="COCO annotations JSON of --images, or of --predictions.")
+    ] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(help="Score this COCO results file instead of running a model."),
+    ] = None,
+    batch_size: BatchSize = 1,
+    device: Device = "cpu",
+    out: Out = Path("evaluation"),
+    json_out: JsonOut = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            "-t",
+            help="Also precision, recall, F1 and the confusion matrix of the detections scoring "
+            "at least this (0 to 1).",
+            min=0,
+            max=1,
+            show_default=False,
+        ),
+    ] = None,
+    iou: Annotated[
+        float,
+        typer.Option(
+            "--iou",
+            help="IoU at which a detection matches a box, for --threshold.",
+            min=0.05,
+            max=1,
+        ),
+    ] = 0.5,
+    plots: Annotated[
+        bool,
+        typer.Option(
+            "--plots",
+            help="Write precision-recall curves (with --threshold also the "
+            "confusion matrix and the F1 curve) as PNG pictures in --out.",
+        ),
+    ] = False,
+) -> None:
+    """COCO box AP (pycocotools' COCOeval): the 12 summary numbers and per-class AP.
+
+    With --weights, runs the model on the recipe's val split (or --images with --annotations)
+    at the evaluation transform and saves its detections; with --predictions, scores an existing
+    COCO results file against --annotations, exactly as pycocotools does.
+
+    Examples:
+      ddetr evaluate -w runs/shapes/checkpoint_best.pth
+      ddetr evaluate -w r50_deformable_detr.pth data.root=/data/coco --batch-size 2
+      ddetr evaluate --predictions results.json --annotations instances_val2017.json
+      ddetr evaluate -w runs/shapes/checkpoint_best.pth -t 0.5 --plots -o eval/
+    """
+    from ddetr_cli.evaluate import evaluate_checkpoint, score_predictions
+    from ddetr_cli.files import write_json
+
+    if predictions is not None:
+        if weights is not None or annotations is None:
+            raise UsageError("--predictions needs --annotations, and no --weights")
+        report = score_predictions(predictions, annotations)
+    elif weights is None:
+        raise UsageError("give --weights CHECKPOINT (or --predictions with --annotations)")
+    else:
+        report = evaluate_checkpoint(weights, recipe, overrides or [], images, annotations,
+                                     batch_size, device, out)  # fmt: skip
+        if report is None:  # a torchrun process other than 0: process 0 reports
+            return
+    console = stdout
+    summary = Table(title=f"COCO box AP ({report.num_images} pictures, "
+                    f"{report.num_detections} detections)", title_justify="left")  # fmt: skip
+    for column in ("", "value", "what (pycocotools)"):
+        summary.add_column(column, justify="right" if column == "value" else "left")
+    for (name, value), what in zip(report.stats.items(), _MEANINGS, strict=True):
+        # pycocotools' -1: no ground truth in that size range.
+        summary.add_row(name, "n/a" if value < 0 else f"{value:.3f}", what)
+    console.print(summary)
+    per_class = Table(title="AP per class", title_justify="left")
+    for column in ("category_id", "name", "AP"):
+        per_class.add_column(column, justify="right" if column != "name" else "left")
+    for category, ap in report.per_class.items():
+        name = report.class_names.get(category, str(category))
+        per_class.add_row(str(category), name, "-" if ap is None else f"{ap:.3f}")
+    console.print(per_class)
+    if threshold is not None:
+        _print_threshold_metrics(report.add_threshold_metrics(threshold, iou))
+    if plots:
+        from ddetr_cli.plots import evaluation_pictures
+
+        for path in evaluation_pictures(report, out):
+            print_line(f"plot: {path}")
+    for note in report.notes:
+        print_line(f"note: {note}")
+    if predictions is None:
+        print_line(f"detections: {report.detections_path}")
+    if json_out is not None:
+        write_json(report.to_json(), json_out, indent=2)
+        print_line(f"metrics: {json_out}")
+
+
+def _print_threshold_metrics(at: Any) -> None:
+    """The precision / recall / F1 table and the confusion matrix of ``ddetr evaluate -t``."""
+    title = (f"Detections scoring >= {at.score_threshold:g}, matched at IoU >= "
+             f"{at.iou_threshold:g}")  # fmt: skip
+    table = Table(title=title, title_justify="left")
+    for column in ("class", "TP", "FP", "FN", "precision", "recall", "F1"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+
+    def row(name: str, counts: Any, **style: Any) -> None:
+        table.add_row(name, str(counts.tp), str(counts.fp), str(counts.fn),
+                      f"{counts.precision:.3f}", f"{counts.recall:.3f}", f"{counts.f1:.3f}",
+                      **style)  # fmt: skip
+
+    for category, counts in at.per_class.items():
+        row(at.class_names.get(category, str(category)), counts)
+    row("all", at.overall, end_section=True, style="bold")
+    stdout.print(table)
+    best = at.best_f1
+    if best is not None:
+        print_line(f"best F1 {best['f1']:.3f} at score >= {best['score_threshold']:g} "
+                   f"(precision {best['precision']:.3f}, recall {best['recall']:.3f})")  # fmt: skip
+    labels, matrix = at.confusion.labels, at.confusion.matrix
+    if len(labels) > _CONFUSION_PRINT_MAX:
+        print_line(f"confusion matrix: {len(labels)} x {len(labels)}, in --json and --plots")
+        return
+    print_line("Confusion matrix (rows: ground truth, columns: predicted)")
+    confusion = Table()
+    confusion.add_column("")
+    for label in labels:
+        confusion.add_column(label, justify="right")
+    for label, counts in zip(labels, matrix.tolist(), strict=True):
+        confusion.add_row(label, *(str(c) if c else "." for c in counts))
+    stdout.print(confusion)

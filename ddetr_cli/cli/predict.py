@@ -1,0 +1,99 @@
+"""``ddetr predict``: detections for pictures and folders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ddetr_cli.cli.console import EXIT_FAILED, print_line, stderr, stdout
+from ddetr_cli.cli.options import (
+    AttentionBackend,
+    BatchSize,
+    Device,
+    MaxSize,
+    MinSize,
+    Out,
+    Recipe,
+    Threshold,
+    Weights,
+    with_backend,
+)
+
+# `model.num_queries=100`: a recipe override among the pictures.
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
+
+def split_overrides(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Pictures and folders, and the `key=value` overrides mixed with them."""
+    pictures, overrides = [], []
+    for item in items:
+        is_override = _OVERRIDE.match(item) and not Path(item).exists()
+        (overrides if is_override else pictures).append(item)
+    return [Path(p) for p in pictures], overrides
+
+
+def predict(
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            help="Pictures and/or folders of pictures, and any key=value recipe overrides.",
+            show_default=False,
+        ),
+    ],
+    weights: Weights,
+    recipe: Recipe = None,
+    threshold: Threshold = 0.5,
+    out: Out = Path("predictions"),
+    device: Device = "cpu",
+    batch_size: BatchSize = 1,
+    min_size: MinSize = None,
+    max_size: MaxSize = None,
+    attention_backend: AttentionBackend = None,
+) -> None:
+    """Detect objects in pictures; write COCO-results JSON and pictures with boxes drawn.
+
+    Boxes are x, y, width, height in the original picture's pixels; each detection also carries
+    the picture's file_name, so `ddetr evaluate --predictions` can match it to annotations.
+    Unreadable pictures are reported and skipped (exit status 1).
+
+    Examples:
+      ddetr predict photo.jpg --weights checkpoint.pth
+      ddetr predict photos/ more/ -w r50_deformable_detr.pth -t 0.3 -o out/
+      ddetr predict photos/ -w runs/shapes model.num_detections=20
+      ddetr predict photos/ -w checkpoint.pth --device cuda --batch-size 4
+    """
+    from ddetr_cli.predict import run_predict
+
+    pictures, overrides = split_overrides(images)
+    summary = run_predict(
+        pictures,
+        weights,
+        recipe_path=recipe,
+        overrides=with_backend(overrides, attention_backend),
+        threshold=threshold,
+        out_dir=out,
+        device=device,
+        batch_size=batch_size,
+        min_size=min_size,
+        max_size=max_size,
+        progress=True,
+    )
+
+    table = Table(title="ddetr predict", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # paths in full, never truncated
+    table.add_row("pictures", str(summary.n_images))
+    table.add_row("failed", str(summary.n_failed), style="red" if summary.n_failed else None)
+    table.add_row("detections", f"{summary.n_detections} (score >= {threshold:g})")
+    table.add_row("seconds per picture", f"{summary.seconds_per_image:.3f} on {device}")
+    table.add_row("predictions", str(summary.predictions_path))
+    table.add_row("drawn pictures", f"{summary.out_dir}/")
+    stdout.print(table)
+    for _path, reason in summary.failures:
+        print_line(f"failed: {reason}", stderr, style="red")
+    if summary.n_failed:
+        raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,116 @@
+"""Run-time helpers every stage shares: the user's device, autocast, processes under torchrun.
+
+A leaf module: it imports nothing else of ddetr's but the errors, so the model, data, training,
+evaluation and commands can all use it without import cycles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ddetr_cli.errors import DdetrError, UsageError
+
+# Recipe / CLI dtype names.
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch.device for a user's --device, or a UsageError saying why it cannot be used."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r}: not a device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch has no CUDA support" if torch.version.cuda is None else "no GPU found"
+            raise UsageError(f"--device {device}: CUDA is not available ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available; use --device cpu")
+    return dev
+
+
+def amp_autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The autocast context for a recipe's train.amp or a benchmark dtype (off/fp32, bf16,
+    fp16)."""
+    if amp in ("off", "fp32"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[amp])
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (a one-item list outside distributed runs)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+# Several processes: ``torchrun --nproc-per-node N -m ddetr_cli train|evaluate ...`` (or across
+# machines with ``--nnodes``/``--rdzv-endpoint``) sets RANK, WORLD_SIZE and LOCAL_RANK; without
+# them there is a single process. The backend is nccl on CUDA and gloo on CPU.
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DdetrError("train.device is cuda but no CUDA device is available")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup_distributed(device_choice: str = "auto") -> Dist:
+    """Join the process group torchrun describes (if any) and pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_choice, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world_size, local_rank, device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
