@@ -1,0 +1,59 @@
+"""The ``ddetr convert`` command (registered in cli/__init__.py): weights between formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ddetr_cli.cli.console import print_line
+
+
+def convert(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="Weights to read: a ddetr checkpoint, an official .pth, a run folder, a "
+            ".safetensors file, a transformers folder or a Hub id (owner/name).",
+            show_default=False,
+        ),
+    ],
+    dst: Annotated[
+        Path,
+        typer.Argument(
+            help="Where to write: a file (ddetr, official; .safetensors for ddetr tensors "
+            "without pickle) or a folder (hf).",
+            show_default=False,
+        ),
+    ],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="ddetr (checkpoint with its recipe, or .safetensors), hf (transformers folder: "
+            "config.json + model.safetensors) or official (what the official code's --resume "
+            "reads).",
+        ),
+    ] = "ddetr",
+) -> None:
+    """Convert weights between ddetr, Hugging Face transformers and the official code.
+
+    The tensors are loaded strictly into the model their recipe describes before anything is
+    written, so every file written runs. A transformers folder loads with
+    DeformableDetrForObjectDetection.from_pretrained (transformers 4.x and 5.x, offline).
+
+    Examples:
+      ddetr convert r50_deformable_detr.pth detr-hf --to hf
+      ddetr convert SenseTime/deformable-detr deformable-detr.pth --to ddetr
+      ddetr convert path/to/hf-folder model.safetensors
+      ddetr convert runs/coco/checkpoint_best.pth for-official.pth --to official
+    """
+    from ddetr_cli.convert import convert as run_convert
+
+    summary = run_convert(src, dst, to)
+    print_line(
+        f"{summary['src']} ({summary['src_format']}, {summary['tensors_read']} tensors) -> "
+        f"{summary['dst']} ({summary['to']}, {summary['tensors_written']} tensors): "
+        f"{summary['model']}"
+    )

@@ -1,0 +1,109 @@
+"""`ddetr convert`: weights from any format ddetr reads into ddetr's, transformers' or the
+official code's.
+
+The source is read with `ddetr_cli.weights.read_weights` (a ddetr checkpoint, an official
+`.pth`, a run folder, a `.safetensors` file, a transformers folder or a Hub id), its recipe
+resolved (stored, from config.json, or inferred from an official file), and its tensors loaded
+strictly into the model that recipe builds, so a file that would not run is never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.files import atomic_write
+
+TARGETS = ("ddetr", "hf", "official")
+
+
+def official_args(model: dict[str, Any]) -> argparse.Namespace:
+    """The argparse namespace the official main.py stores, from a recipe's model section."""
+    return argparse.Namespace(
+        backbone=model["backbone"],
+        dilation=model["dilation"],
+        position_embedding="sine",
+        num_feature_levels=model["num_feature_levels"],
+        hidden_dim=model["hidden_dim"],
+        nheads=model["nheads"],
+        enc_layers=model["enc_layers"],
+        dec_layers=model["dec_layers"],
+        dim_feedforward=model["dim_feedforward"],
+        dropout=model["dropout"],
+        num_queries=model["num_queries"],
+        enc_n_points=model["enc_n_points"],
+        dec_n_points=model["dec_n_points"],
+        with_box_refine=model["with_box_refine"],
+        two_stage=model["two_stage"],
+        aux_loss=model["aux_loss"],
+        masks=False,
+        frozen_weights=None,
+        dataset_file="coco",
+    )
+
+
+def convert(src: str | Path, dst: str | Path, to: str = "ddetr") -> dict[str, Any]:
+    """Read `src`, write `dst` in format `to` (ddetr | hf | official). Returns a summary:
+    {"src", "src_format", "dst", "to", "tensors_read", "tensors_written", "model"}."""
+    from ddetr_cli.model import build_model
+    from ddetr_cli.weights import load_state_dict, read_weights, weights_format
+    from ddetr_cli.weights.checkpoint import recipe_for_checkpoint
+
+    if to not in TARGETS:
+        raise UsageError(f"--to {to}: choose one of {', '.join(TARGETS)}")
+    dst = Path(dst)
+    src_format = weights_format(src)
+    if src_format != "hub" and not Path(src).exists():
+        raise UsageError(f"{src}: no such file or folder")
+    ckpt = read_weights(src)
+    recipe = copy.deepcopy(recipe_for_checkpoint(ckpt, (), f"weights {src}"))
+    recipe["model"]["pretrained_backbone"] = False
+    if to == "hf" and recipe["model"]["backbone"] not in ("resnet50", "resnet101"):
+        raise DdetrError(
+            f"{src}: transformers' Deformable DETR needs a resnet50 or resnet101 backbone, "
+            f"not {recipe['model']['backbone']}"
+        )
+    model = build_model(recipe)
+    dtypes = {v.dtype for v in ckpt["model"].values() if v.is_floating_point()}
+    if len(dtypes) == 1:  # keep the source's precision (float64, float16) as it is
+        model.to(dtypes.pop())
+    load_state_dict(model, ckpt["model"], str(src))
+    state_dict = model.state_dict()
+
+    if to == "hf":
+        from ddetr_cli.weights.hf import ddetr_to_hf, write_hf_folder
+
+        write_hf_folder(state_dict, recipe, dst)
+        written = len(ddetr_to_hf(state_dict))
+    elif to == "official":
+        payload = {"model": state_dict, "args": official_args(recipe["model"])}
+        with atomic_write(dst, "wb") as f:
+            torch.save(payload, f)
+        written = len(state_dict)
+    elif dst.suffix == ".safetensors":
+        from ddetr_cli.weights.safetensors_file import write_safetensors
+
+        write_safetensors(state_dict, recipe, dst)
+        written = len(state_dict)
+    else:
+        from ddetr_cli.weights import save_checkpoint
+
+        save_checkpoint(dst, model, recipe, converted_from=str(src))
+        written = len(state_dict)
+    m = recipe["model"]
+    variant = "two-stage" if m["two_stage"] else "box refine" if m["with_box_refine"] else "plain"
+    return {
+        "src": str(src),
+        "src_format": ckpt.get("source", src_format) if src_format != "hub" else "hub",
+        "dst": str(dst),
+        "to": to,
+        "tensors_read": len(ckpt["model"]),
+        "tensors_written": written,
+        "model": f"{m['backbone']} {variant}, {m['num_feature_levels']} levels, "
+        f"{m['num_classes']} classes, {m['num_queries']} queries",
+    }

@@ -1,0 +1,517 @@
+"""Hugging Face transformers folders (config.json + model.safetensors / pytorch_model.bin).
+
+Two key layouts exist on disk and both are read:
+
+- the Hub's, written by transformers 4.x (and still by 5.x `save_pretrained`): the timm ResNet
+  under `model.backbone.conv_encoder.model.*`, `fc1`/`fc2` and `self_attn.out_proj` in the layers;
+- transformers 5.x's in-memory names: `model.backbone.model.*`, `mlp.fc1`/`mlp.fc2`,
+  `self_attn.o_proj`.
+
+A transformers ResNet backbone (`backbone_config.model_type: resnet`, `embedder.*`/`encoder.*`
+keys) is read too. Folders are written in the Hub's layout with a timm backbone config, which
+both transformers 4.x and 5.x load without a download.
+
+Every rename is one row of `KEY_RULES` (ddetr pattern, Hub pattern), used in both directions;
+the only rule that is not a rename is the decoder self-attention, whose packed
+`in_proj_weight`/`in_proj_bias` (nn.MultiheadAttention) are transformers' `q_proj`, `k_proj`,
+`v_proj` in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ddetr_cli.errors import DdetrError
+
+__all__ = [
+    "KEY_RULES",
+    "config_to_recipe",
+    "download",
+    "hf_to_ddetr",
+    "ddetr_to_hf",
+    "read_hf_folder",
+    "recipe_to_config",
+    "write_hf_folder",
+]
+
+# (ddetr pattern, Hub-layout pattern). `{i}`, `{j}` stand for a layer or head index, `{p}` for a
+# parameter name (weight, bias, running_mean, ...), `{rest}` for any dotted tail. Rows are tried
+# in order; the first whose pattern matches the whole key wins.
+KEY_RULES: tuple[tuple[str, str], ...] = (
+    # backbone: the timm ResNet has torchvision's module names
+    ("backbone.0.body.{rest}", "model.backbone.conv_encoder.model.{rest}"),
+    # feature projections, level embedding, queries
+    ("input_proj.{i}.{j}.{p}", "model.input_proj.{i}.{j}.{p}"),
+    ("transformer.level_embed", "model.level_embed"),
+    ("query_embed.weight", "model.query_position_embeddings.weight"),
+    ("transformer.reference_points.{p}", "model.reference_points.{p}"),
+    # two-stage proposal heads
+    ("transformer.enc_output.{p}", "model.enc_output.{p}"),
+    ("transformer.enc_output_norm.{p}", "model.enc_output_norm.{p}"),
+    ("transformer.pos_trans.{p}", "model.pos_trans.{p}"),
+    ("transformer.pos_trans_norm.{p}", "model.pos_trans_norm.{p}"),
+    # encoder layers: deformable self-attention, norm1, FFN, norm2
+    ("transformer.encoder.layers.{i}.self_attn.{rest}",
+     "model.encoder.layers.{i}.self_attn.{rest}"),
+    ("transformer.encoder.layers.{i}.norm1.{p}",
+     "model.encoder.layers.{i}.self_attn_layer_norm.{p}"),
+    ("transformer.encoder.layers.{i}.linear1.{p}", "model.encoder.layers.{i}.fc1.{p}"),
+    ("transformer.encoder.layers.{i}.linear2.{p}", "model.encoder.layers.{i}.fc2.{p}"),
+    ("transformer.encoder.layers.{i}.norm2.{p}", "model.encoder.layers.{i}.final_layer_norm.{p}"),
+    # decoder layers: self-attention (+ norm2), deformable cross-attention (+ norm1), FFN (+ norm3)
+    ("transformer.decoder.layers.{i}.self_attn.out_proj.{p}",
+     "model.decoder.layers.{i}.self_attn.out_proj.{p}"),
+    ("transformer.decoder.layers.{i}.norm2.{p}",
+     "model.decoder.layers.{i}.self_attn_layer_norm.{p}"),
+    ("transformer.decoder.layers.{i}.cross_attn.{rest}",
+     "model.decoder.layers.{i}.encoder_attn.{rest}"),
+    ("transformer.decoder.layers.{i}.norm1.{p}",
+     "model.decoder.layers.{i}.encoder_attn_layer_norm.{p}"),
+    ("transformer.decoder.layers.{i}.linear1.{p}", "model.decoder.layers.{i}.fc1.{p}"),
+    ("transformer.decoder.layers.{i}.linear2.{p}", "model.decoder.layers.{i}.fc2.{p}"),
+    ("transformer.decoder.layers.{i}.norm3.{p}", "model.decoder.layers.{i}.final_layer_norm.{p}"),
+    # heads; with box refinement (and two-stage) the decoder holds them too
+    ("class_embed.{i}.{p}", "class_embed.{i}.{p}"),
+    ("bbox_embed.{i}.layers.{j}.{p}", "bbox_embed.{i}.layers.{j}.{p}"),
+    ("transformer.decoder.class_embed.{i}.{p}", "model.decoder.class_embed.{i}.{p}"),
+    ("transformer.decoder.bbox_embed.{i}.layers.{j}.{p}",
+     "model.decoder.bbox_embed.{i}.layers.{j}.{p}"),
+)  # fmt: skip
+
+# The decoder self-attention: ddetr's packed projection <-> transformers' three.
+_PACKED = "transformer.decoder.layers.{i}.self_attn.in_proj_{p}"
+_SPLIT = "model.decoder.layers.{i}.self_attn.{qkv}_proj.{p}"
+_QKV = ("q", "k", "v")
+
+# transformers 5.x in-memory names -> the Hub's (applied to a key before KEY_RULES).
+_V5_TO_HUB: tuple[tuple[str, str], ...] = (
+    (r"^model\.backbone\.model\.", "model.backbone.conv_encoder.model."),
+    (r"\.layers\.(\d+)\.mlp\.fc([12])\.", r".layers.\1.fc\2."),
+    (r"\.self_attn\.o_proj\.", ".self_attn.out_proj."),
+)
+# A transformers ResNet backbone -> timm/torchvision names (after _V5_TO_HUB). Stage s block b
+# is `layer<s+1>.b`; its convolution j is `conv<j+1>` (with `bn<j+1>`); the shortcut is
+# `downsample.0`/`.1`. `<s>` and `[j]` mark the indices _hub_key then shifts by one.
+_BLOCK = r"\.encoder\.stages\.(\d+)\.layers\.(\d+)\."
+_HF_RESNET_TO_TIMM: tuple[tuple[str, str], ...] = (
+    (r"\.embedder\.embedder\.convolution\.", ".conv1."),
+    (r"\.embedder\.embedder\.normalization\.", ".bn1."),
+    (_BLOCK + r"shortcut\.convolution\.", r".layer<\1>.\2.downsample.0."),
+    (_BLOCK + r"shortcut\.normalization\.", r".layer<\1>.\2.downsample.1."),
+    (_BLOCK + r"layer\.(\d)\.convolution\.", r".layer<\1>.\2.conv[\3]."),
+    (_BLOCK + r"layer\.(\d)\.normalization\.", r".layer<\1>.\2.bn[\3]."),
+)
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
+_RESNETS = ("resnet50", "resnet101")
+INSTALL_HINT = "pip install 'ddetr-cli[hf]'"
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """'a.{i}.{rest}' -> a regex with one named group per placeholder."""
+    parts, pos = [], 0
+    for m in _PLACEHOLDER.finditer(pattern):
+        parts.append(re.escape(pattern[pos : m.start()]))
+        name = m.group(1)
+        body = {"i": r"\d+", "j": r"\d+", "p": r"[^.]+", "qkv": "[qkv]"}.get(name, r".+")
+        parts.append(f"(?P<{name}>{body})")
+        pos = m.end()
+    parts.append(re.escape(pattern[pos:]))
+    return re.compile("".join(parts) + r"\Z")
+
+
+_FORWARD = [(_compile(d), h) for d, h in KEY_RULES]
+_BACKWARD = [(_compile(h), d) for d, h in KEY_RULES]
+_PACKED_RE = _compile(_PACKED)
+_SPLIT_RE = _compile(_SPLIT)
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for pattern, target in rules:
+        m = pattern.match(key)
+        if m:
+            return target.format(**m.groupdict())
+    return None
+
+
+def _hub_key(key: str, resnet_backbone: bool) -> str:
+    """Any stored transformers key in the Hub's (4.x, timm) names."""
+    for pattern, repl in _V5_TO_HUB:
+        key = re.sub(pattern, repl, key)
+    if resnet_backbone and ".backbone.conv_encoder.model." in key:
+        for pattern, repl in _HF_RESNET_TO_TIMM:
+            key = re.sub(pattern, repl, key)
+        key = re.sub(r"layer<(\d+)>", lambda m: f"layer{int(m.group(1)) + 1}", key)
+        key = re.sub(r"(conv|bn)\[(\d)\]", lambda m: f"{m.group(1)}{int(m.group(2)) + 1}", key)
+    return key
+
+
+def hf_to_ddetr(
+    state_dict: dict[str, Tensor],
+    model: dict[str, Any] | None = None,
+    resnet_backbone: bool = False,
+    source: str = "weights",
+) -> dict[str, Tensor]:
+    """transformers tensors (either layout) -> ddetr's key names. Unknown keys are an error.
+
+    With `model` (the recipe's model section), heads transformers ties and may store once
+    (`class_embed.N` to `class_embed.0` without refinement, the decoder's copies with it) are
+    filled in from their twin."""
+    out: dict[str, Tensor] = {}
+    packed: dict[tuple[str, str], dict[str, Tensor]] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        hub = _hub_key(key, resnet_backbone)
+        m = _SPLIT_RE.match(hub)
+        if m:
+            packed.setdefault((m["i"], m["p"]), {})[m["qkv"]] = value
+            continue
+        name = _rename(hub, _BACKWARD)
+        if name is None:
+            unknown.append(key)
+        else:
+            out[name] = value
+    if unknown:
+        more = f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise DdetrError(
+            f"{source}: {len(unknown)} tensors that are not Deformable DETR's: "
+            f"{', '.join(unknown[:3])}{more}"
+        )
+    for (i, p), parts in packed.items():
+        if set(parts) != set(_QKV):
+            missing = ", ".join(f"{q}_proj" for q in _QKV if q not in parts)
+            raise DdetrError(f"{source}: decoder layer {i} self-attention lacks {missing}.{p}")
+        out[_PACKED.format(i=i, p=p)] = torch.cat([parts[q] for q in _QKV], 0)
+    _fill_tied_heads(out, model)
+    return out
+
+
+def _fill_tied_heads(sd: dict[str, Tensor], model: dict[str, Any] | None) -> None:
+    """Add the head copies transformers ties and may store only once:
+
+    - with box refinement the decoder's `bbox_embed` is the model's (and with two-stage its
+      `class_embed` too): either copy stands for both;
+    - an index stored nowhere is index 0: without refinement the head is one shared module, and
+      transformers 5.x also ties (and saves once) the class heads of refinement without
+      two-stage."""
+    if model is None:
+        return
+    num_pred = model["dec_layers"] + (1 if model["two_stage"] else 0)
+    twins = ["bbox_embed."] if model["with_box_refine"] else []
+    if model["two_stage"]:
+        twins.append("class_embed.")
+
+    def fill_twins() -> None:
+        for head in twins:
+            for key in [k for k in sd if k.startswith((head, f"transformer.decoder.{head}"))]:
+                plain = key.removeprefix("transformer.decoder.")
+                sd.setdefault(plain, sd[key])
+                sd.setdefault(f"transformer.decoder.{plain}", sd[key])
+
+    fill_twins()
+    for key in [k for k in sd if k.startswith(("class_embed.0.", "bbox_embed.0."))]:
+        for n in range(1, num_pred):
+            sd.setdefault(key.replace(".0.", f".{n}.", 1), sd[key])
+    fill_twins()
+
+
+def ddetr_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """ddetr tensors -> the Hub's key names (every key, shared heads written once per index)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        m = _PACKED_RE.match(key)
+        if m:
+            for q, part in zip(_QKV, value.chunk(3, 0), strict=True):
+                out[_SPLIT.format(i=m["i"], p=m["p"], qkv=q)] = part
+            continue
+        name = _rename(key, _FORWARD)
+        if name is None:
+            raise DdetrError(f"no transformers name for ddetr tensor {key}")
+        out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------- config.json <-> recipe
+
+
+def _backbone_of(config: dict[str, Any], source: str) -> tuple[str, bool]:
+    """(resnet50 | resnet101, whether the tensors use transformers' ResNet names)."""
+    sub = config.get("backbone_config")
+    if isinstance(sub, dict) and sub.get("model_type") not in (None, "timm_backbone"):
+        kind = sub.get("model_type")
+        depths = tuple(sub.get("depths") or ())
+        name = _RESNET_DEPTHS.get(depths)
+        if kind != "resnet" or name is None or sub.get("layer_type", "bottleneck") != "bottleneck":
+            what = f"{kind} depths {list(depths)}" if kind == "resnet" else repr(kind)
+            raise DdetrError(
+                f"{source}: backbone {what} is not supported; ddetr runs ResNet-50 and ResNet-101"
+            )
+        if sub.get("downsample_in_bottleneck") or sub.get("downsample_in_first_stage"):
+            raise DdetrError(f"{source}: a ResNet with its stride in the 1x1 conv is not supported")
+        return name, True
+    if isinstance(sub, dict):
+        name = sub.get("backbone")
+    elif config.get("use_timm_backbone", True) is False:
+        raise DdetrError(f"{source}: use_timm_backbone is false but there is no backbone_config")
+    else:
+        name = config.get("backbone") or "resnet50"
+    if name not in _RESNETS:
+        raise DdetrError(
+            f"{source}: backbone {name!r} is not supported; ddetr runs resnet50 and resnet101"
+        )
+    return name, False
+
+
+def config_to_recipe(config: dict[str, Any], source: str = "config.json") -> tuple[dict, bool]:
+    """A transformers Deformable DETR config -> (recipe `model` values, whether the backbone
+    tensors use transformers' ResNet names)."""
+    kind = config.get("model_type")
+    if kind != "deformable_detr":
+        raise DdetrError(f"{source}: model_type {kind!r} is not 'deformable_detr'")
+    backbone, resnet_keys = _backbone_of(config, source)
+
+    def get(key: str, default: Any) -> Any:
+        value = config.get(key)
+        return default if value is None else value
+
+    for key, expected in (("activation_function", "relu"), ("position_embedding_type", "sine")):
+        if get(key, expected) != expected:
+            raise DdetrError(
+                f"{source}: {key} {config[key]!r} is not supported (only {expected!r})"
+            )
+    if get("num_channels", 3) != 3:
+        raise DdetrError(f"{source}: num_channels {config['num_channels']} is not supported (3)")
+    pairs = (("encoder_ffn_dim", "decoder_ffn_dim"), ("encoder_attention_heads",
+             "decoder_attention_heads"))  # fmt: skip
+    for enc, dec in pairs:
+        if get(enc, 1024 if "ffn" in enc else 8) != get(dec, 1024 if "ffn" in dec else 8):
+            raise DdetrError(f"{source}: {enc} and {dec} differ; ddetr needs them equal")
+    two_stage = bool(get("two_stage", False))
+    labels = config.get("id2label") or {}
+    try:
+        ids = {int(k): str(v) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise DdetrError(f"{source}: id2label keys must be integers") from None
+    if ids and min(ids) < 0:
+        raise DdetrError(f"{source}: id2label has a negative id")
+    num_classes = max(ids) + 1 if ids else int(get("num_labels", 91))
+    dilation = bool(get("dilation", False))
+    sub = config.get("backbone_config")
+    if isinstance(sub, dict) and sub.get("output_stride") == 16:
+        dilation = True
+    model: dict[str, Any] = {
+        "backbone": backbone,
+        "dilation": dilation,
+        "num_classes": num_classes,
+        "class_names": [ids.get(i, "N/A") for i in range(num_classes)] if ids else None,
+        "num_feature_levels": int(get("num_feature_levels", 4)),
+        "hidden_dim": int(get("d_model", 256)),
+        "nheads": int(get("encoder_attention_heads", 8)),
+        "enc_layers": int(get("encoder_layers", 6)),
+        "dec_layers": int(get("decoder_layers", 6)),
+        "dim_feedforward": int(get("encoder_ffn_dim", 1024)),
+        "dropout": float(get("dropout", 0.1)),
+        "num_queries": int(
+            get("two_stage_num_proposals", 300) if two_stage else get("num_queries", 300)
+        ),
+        "enc_n_points": int(get("encoder_n_points", 4)),
+        "dec_n_points": int(get("decoder_n_points", 4)),
+        "with_box_refine": bool(get("with_box_refine", False)),
+        "two_stage": two_stage,
+        "aux_loss": True,
+    }
+    return model, resnet_keys
+
+
+def recipe_to_config(model: dict[str, Any]) -> dict[str, Any]:
+    """Recipe `model` values -> a config.json in the Hub's style (timm backbone, no download)."""
+    if model["backbone"] not in _RESNETS:
+        raise DdetrError(
+            f"transformers' Deformable DETR needs a resnet50 or resnet101 backbone, not "
+            f"{model['backbone']}"
+        )
+    if model["num_feature_levels"] == 2:
+        raise DdetrError(
+            "transformers' Deformable DETR takes 1 or at least 3 feature levels, not 2"
+        )
+    names = model.get("class_names") or [f"class_{i}" for i in range(model["num_classes"])]
+    id2label = {str(i): name for i, name in enumerate(names)}
+    label2id: dict[str, int] = {}
+    for i, name in enumerate(names):
+        label2id.setdefault(name, i)
+    from ddetr_cli import __version__
+
+    return {
+        "architectures": ["DeformableDetrForObjectDetection"],
+        "model_type": "deformable_detr",
+        "use_timm_backbone": True,
+        "backbone": model["backbone"],
+        "use_pretrained_backbone": False,
+        "backbone_config": None,
+        "backbone_kwargs": None,
+        "num_channels": 3,
+        "dilation": bool(model["dilation"]),
+        "d_model": model["hidden_dim"],
+        "encoder_layers": model["enc_layers"],
+        "decoder_layers": model["dec_layers"],
+        "encoder_attention_heads": model["nheads"],
+        "decoder_attention_heads": model["nheads"],
+        "encoder_ffn_dim": model["dim_feedforward"],
+        "decoder_ffn_dim": model["dim_feedforward"],
+        "encoder_n_points": model["enc_n_points"],
+        "decoder_n_points": model["dec_n_points"],
+        "num_feature_levels": model["num_feature_levels"],
+        "num_queries": model["num_queries"],
+        "two_stage_num_proposals": model["num_queries"],
+        "with_box_refine": bool(model["with_box_refine"]),
+        "two_stage": bool(model["two_stage"]),
+        "dropout": model["dropout"],
+        "activation_function": "relu",
+        "position_embedding_type": "sine",
+        "auxiliary_loss": False,
+        "return_intermediate": True,
+        "is_encoder_decoder": True,
+        "id2label": id2label,
+        "label2id": label2id,
+        "ddetr_version": __version__,
+    }
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _read_tensors(folder: Path) -> dict[str, Tensor]:
+    st, bin_ = (folder / name for name in _WEIGHT_FILES)
+    if st.is_file():
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise DdetrError(f"reading {st} needs safetensors: {INSTALL_HINT}") from None
+        try:
+            return load_file(str(st), device="cpu")
+        except Exception as exc:  # the library's own error types vary between versions
+            raise DdetrError(f"{st} is not a readable safetensors file ({exc})") from exc
+    if bin_.is_file():
+        try:
+            data = torch.load(bin_, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DdetrError(f"{bin_} is not a readable PyTorch weights file ({exc})") from exc
+        if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
+            raise DdetrError(f"{bin_} is not a state dict of tensors")
+        return data
+    if any(folder.glob("*.safetensors.index.json")) or any(folder.glob("*.bin.index.json")):
+        raise DdetrError(f"{folder}: sharded weights are not supported (one file expected)")
+    raise DdetrError(f"{folder} has no weights: neither {' nor '.join(_WEIGHT_FILES)}")
+
+
+def read_hf_folder(folder: str | Path) -> dict[str, Any]:
+    """A transformers Deformable DETR folder -> {"model": ddetr state dict, "recipe": {"model"}}."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise DdetrError(f"{folder} is not a transformers model folder: no config.json")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DdetrError(f"{config_path}: not a readable JSON file ({exc})") from None
+    if not isinstance(config, dict):
+        raise DdetrError(f"{config_path}: expected a JSON object")
+    model, resnet_keys = config_to_recipe(config, str(config_path))
+    tensors = _read_tensors(folder)
+    state_dict = hf_to_ddetr(tensors, model, resnet_keys, str(folder))
+    head = state_dict.get("class_embed.0.weight")
+    if head is not None and head.shape[0] != model["num_classes"]:
+        # transformers sizes the head by len(id2label): ids with gaps leave it shorter
+        names = model["class_names"] or []
+        if len(names) > head.shape[0] and any(n != "N/A" for n in names[head.shape[0] :]):
+            raise DdetrError(
+                f"{config_path}: id2label names {len(names)} classes but the class head has "
+                f"{head.shape[0]}"
+            )
+        model["num_classes"] = int(head.shape[0])
+        if model["class_names"] is not None:
+            names = names[: head.shape[0]]
+            model["class_names"] = names + ["N/A"] * (head.shape[0] - len(names))
+    return {"model": state_dict, "recipe": {"model": model}, "source": "hf"}
+
+
+def write_hf_folder(
+    state_dict: dict[str, Tensor], recipe: dict[str, Any], folder: str | Path
+) -> Path:
+    """Write config.json + model.safetensors (Hub layout) into `folder`, replacing it whole.
+
+    Written into a temporary sibling first and renamed, so a failure never leaves half a
+    folder; an existing folder that is not a transformers folder is never replaced."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise DdetrError(
+            f"writing a transformers folder needs safetensors: {INSTALL_HINT}"
+        ) from None
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and (folder / "config.json").is_file()):
+        if not folder.is_dir() or any(folder.iterdir()):
+            raise DdetrError(f"{folder} exists and is not a transformers folder; not replacing it")
+    config = recipe_to_config(recipe["model"])
+    dtypes = {v.dtype for v in state_dict.values() if v.is_floating_point()}
+    if len(dtypes) == 1:
+        config["torch_dtype"] = str(dtypes.pop()).removeprefix("torch.")
+    # safetensors refuses shared storage (the tied heads): one contiguous copy per key
+    tensors = {
+        k: v.detach().to("cpu").contiguous().clone() for k, v in ddetr_to_hf(state_dict).items()
+    }
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def download(model_id: str, allow_patterns: Iterable[str] | None = None) -> Path:
+    """A Hub model's folder in huggingface_hub's cache (config.json and the weights only)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise DdetrError(
+            f"--weights {model_id} names a Hugging Face Hub model; reading it needs "
+            f"huggingface_hub: {INSTALL_HINT}"
+        ) from None
+    patterns = list(allow_patterns or ("config.json", "*.safetensors", "pytorch_model.bin"))
+    try:
+        path = snapshot_download(repo_id=model_id, allow_patterns=patterns)
+    except Exception as exc:  # offline, no such repo, gated, proxy: one line for all of them
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        raise DdetrError(
+            f"cannot get {model_id} from the Hugging Face Hub ({reason}); the Hub cannot be "
+            "reached or has no such model: download the folder elsewhere and pass it "
+            "(--weights path/to/folder)"
+        ) from exc
+    return Path(path)
