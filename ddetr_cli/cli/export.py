@@ -1,0 +1,116 @@
+"""The ``ddetr export`` command (registered in cli/__init__.py): the detector as ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ddetr_cli.cli.console import print_line, stderr
+from ddetr_cli.cli.options import Device, JsonOut, Overrides, Recipe, Weights
+from ddetr_cli.errors import DdetrError, UsageError
+
+
+def export(
+    overrides: Overrides = None,
+    weights: Weights = ...,  # type: ignore[assignment]
+    recipe: Recipe = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The ONNX file to write.", show_default=False)
+    ] = ...,  # type: ignore[assignment]
+    opset: Annotated[
+        int | None, typer.Option("--opset", help="ONNX opset (default 18; at least 16).")
+    ] = None,
+    image_size: Annotated[
+        tuple[int, int],
+        typer.Option("--image-size", help="H W of the example batch (the only size if --static)."),
+    ] = (800, 1066),
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Example batch (the only batch if --static).")
+    ] = 1,
+    static: Annotated[
+        bool, typer.Option("--static", help="Fix batch, height and width to the example's.")
+    ] = False,
+    postprocess: Annotated[
+        bool,
+        typer.Option(
+            "--postprocess",
+            help="Output the top-k scores, labels and boxes (x0 y0 x1 y1, input pixels) instead "
+            "of pred_logits and pred_boxes.",
+        ),
+    ] = False,
+    sampler: Annotated[
+        str,
+        typer.Option(
+            "--sampler", help="Deformable attention sampling in the graph: gather or gridsample."
+        ),
+    ] = "gather",
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Run the file in onnxruntime at another size and batch and compare with PyTorch.",
+        ),
+    ] = True,
+    device: Device = "cpu",
+    json_out: JsonOut = None,
+) -> None:
+    """Export the detector to ONNX, then check the file against PyTorch in onnxruntime.
+
+    Input `images`: float32 (N, 3, H, W), RGB normalised like the evaluation transform
+    ((x / 255 - mean) / std, ImageNet statistics), unpadded; N, H and W dynamic unless --static.
+    Outputs `pred_logits` (N, Q, C) and `pred_boxes` (N, Q, 4: cx cy w h in 0..1), or with
+    --postprocess `scores`, `labels`, `boxes`. The deformable attention is standard ONNX operators
+    (no custom domain); class names and the recipe are in the file's metadata. After writing,
+    the file runs in onnxruntime on pictures of another size and batch; the command fails (exit
+    1) if max |logits| differs by more than 1e-4 or the top-100 detections differ.
+
+    Examples:
+      ddetr export -w r50_deformable_detr.pth -o deformable_detr.onnx
+      ddetr export -w runs/shapes --image-size 128 128 -o shapes.onnx
+      ddetr export -w model.pth -o model_b1.onnx --static --batch-size 1 --postprocess
+      ddetr predict -w shapes.onnx pictures/
+    """
+    from ddetr_cli.export import export_onnx, require_export_extra
+    from ddetr_cli.files import write_json
+    from ddetr_cli.runtime import resolve_device
+    from ddetr_cli.weights import resolve_model
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if min(image_size) < 32:
+        raise UsageError(
+            f"--image-size must be at least 32 32, got {image_size[0]} {image_size[1]}"
+        )
+    if sampler not in ("gather", "gridsample"):
+        raise UsageError(f"--sampler {sampler!r}: choose gather or gridsample")
+    if str(weights).endswith(".onnx"):
+        raise UsageError(f"--weights {weights}: already ONNX; export from a checkpoint")
+    require_export_extra()
+    dev = resolve_device(device)
+    model, resolved = resolve_model(weights, recipe, overrides or [], str(dev))
+    print_line(f"exporting {weights} to {out} ...", stderr)
+    report = export_onnx(
+        model,
+        resolved,
+        out,
+        opset=opset,
+        image_size=tuple(image_size),
+        batch_size=batch_size,
+        static=static,
+        postprocess=postprocess,
+        sampler=sampler,
+        check=check,
+    )
+    shape = "static" if static else "dynamic N, H, W"
+    print_line(
+        f"wrote {report.path} ({report.size_mb} MB, opset {report.opset}, {shape}, sampler "
+        f"{report.sampler}, outputs {', '.join(report.outputs)}) in {report.export_seconds:.0f} s"
+    )
+    if json_out is not None:
+        write_json(report.to_json(), json_out, indent=2)
+    if report.check is not None:
+        if not report.check.ok:
+            raise DdetrError(report.check.line())
+        print_line(report.check.line())
