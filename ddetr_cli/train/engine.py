@@ -270,10 +270,13 @@ class Trainer:
                 f"step {st.step}")  # fmt: skip
 
     def run(self) -> TrainResult | None:
-        started = time.perf_counter()
+        started, st = time.perf_counter(), self.state
         outcome = "done"
+        if st.epoch >= self.cfg["epochs"]:
+            self.reporter.line(f"nothing to train: the run has done its {st.epoch} epochs "
+                               "(extend it with train.epochs=N)")  # fmt: skip
         try:
-            while self.state.epoch < self.cfg["epochs"]:
+            while st.epoch < self.cfg["epochs"]:
                 outcome = self.run_epoch()
                 if outcome != "done":
                     break
@@ -286,6 +289,9 @@ class Trainer:
                 raise KeyboardInterrupt
             if outcome == "stopped":
                 self.save("checkpoint_last.pth")
+                self.reporter.line(f"stopped after train.max_steps={self.cfg['max_steps']} steps "
+                                   f"(epoch {st.epoch + 1}, batch {st.batch}/{len(self.sampler)})"
+                                   "; saved checkpoint_last.pth")  # fmt: skip
         finally:
             self.reporter.close()
         return self._result(time.perf_counter() - started) if self.ctx.is_main else None

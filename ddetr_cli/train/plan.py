@@ -19,6 +19,8 @@ from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.train.checkpointing import find_resume, read_training_state
 
 RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "metrics.jsonl", "recipe.yaml")
+# Where and on what a run goes, not what it trains: never a reason to refuse a resume.
+_NOT_THE_RUN = ("train.output_dir", "train.device", "data.num_workers")
 
 
 @dataclass
@@ -66,11 +68,11 @@ def _leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def recipe_differences(given: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
     """'key: given vs run' for each setting where a recipe file differs from a run's recipe
-    (the run folder and data-resolved class settings aside)."""
+    (the run folder, device, workers and data-resolved class settings aside)."""
     mine, theirs = _leaves(given), _leaves(run)
     out = []
     for key, value in mine.items():
-        if key == "train.output_dir" or value == theirs.get(key):
+        if key in _NOT_THE_RUN or value == theirs.get(key):
             continue
         if key in ("model.num_classes", "model.class_names") and value is None:
             continue  # null: the run resolved it from the data
