@@ -1,12 +1,15 @@
-"""Detection data: COCO-format folders, the built-in shapes, augmentation and batching."""
+"""Detection data: COCO, Roboflow, YOLO and VOC folders, the built-in shapes, augmentation and
+batching."""
 
 from ddetr_cli.data.build import Splits, build_datasets, coco_paths
 from ddetr_cli.data.coco import CocoDataset, read_coco
 from ddetr_cli.data.dataset import DetectionDataset
+from ddetr_cli.data.formats import DataSource, data_classes, detect_format, load_source
 from ddetr_cli.data.loader import ResumableBatchSampler, collate
 from ddetr_cli.data.shapes_dataset import ShapesDataset
 
 __all__ = [
-    "CocoDataset", "DetectionDataset", "ResumableBatchSampler", "ShapesDataset", "Splits",
-    "build_datasets", "coco_paths", "collate", "read_coco",
+    "CocoDataset", "DataSource", "DetectionDataset", "ResumableBatchSampler", "ShapesDataset",
+    "Splits", "build_datasets", "coco_paths", "collate", "data_classes", "detect_format",
+    "load_source", "read_coco",
 ]  # fmt: skip
