@@ -95,3 +95,12 @@ COCO_CLASS_NAMES: list[str] = [
     "hair drier",
     "toothbrush",  # 90
 ]
+
+
+def class_names(recipe: dict) -> list[str] | None:
+    """The names of a recipe's classes: its own `model.class_names`, else COCO's for a nameless
+    91-class model (the official release, whose class indices are COCO category ids)."""
+    names = recipe["model"]["class_names"]
+    if names is None and recipe["model"]["num_classes"] == len(COCO_CLASS_NAMES):
+        return COCO_CLASS_NAMES
+    return names

@@ -13,7 +13,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ddetr_cli.coco_names import COCO_CLASS_NAMES
+from ddetr_cli.coco_names import class_names
 from ddetr_cli.draw import draw_detections
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import write_json
@@ -65,13 +65,6 @@ def output_names(paths: Sequence[Path]) -> list[str]:
             name = f"{path.stem}_{n}_pred{suffix}"
         taken.add(name.lower())
         names.append(name)
-    return names
-
-
-def _class_names(recipe: dict[str, Any]) -> list[str] | None:
-    names = recipe["model"]["class_names"]
-    if names is None and recipe["model"]["num_classes"] == len(COCO_CLASS_NAMES):
-        return COCO_CLASS_NAMES  # 91 classes: the official COCO models, labels = category ids
     return names
 
 
@@ -195,7 +188,7 @@ def run_predict(
         min_size or recipe["data"]["eval_min_size"],
         max_size or recipe["data"]["eval_max_size"],
     )
-    class_names = _class_names(recipe)
+    names = class_names(recipe)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(paths)
@@ -218,7 +211,7 @@ def run_predict(
                 labels = det["labels"][keep].cpu()
                 boxes = det["boxes"][keep].float().cpu()
                 results.extend(_coco_results(item.image_id, item.path, boxes, labels, scores))
-                drawn = draw_detections(item.picture, boxes, labels, scores, class_names)
+                drawn = draw_detections(item.picture, boxes, labels, scores, names)
                 _save_picture(drawn, out_dir / item.output_name)
             bar.advance(task, len(indices))
     n_done = len(paths) - len(failures)

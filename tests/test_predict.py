@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import ddetr_cli.predict as predict_module
 import ddetr_cli.weights as weights_module
 from ddetr_cli.cli import app
-from ddetr_cli.coco_names import COCO_CLASS_NAMES
+from ddetr_cli.coco_names import COCO_CLASS_NAMES, class_names
 from ddetr_cli.config import load_recipe
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.images import load_image
@@ -258,10 +258,10 @@ def test_recipe_and_overrides_reach_the_loader(stubs, weights, image_files, tmp_
 
 def test_class_names():
     coco = load_recipe(None)
-    assert predict_module._class_names(coco) is COCO_CLASS_NAMES
+    assert class_names(coco) is COCO_CLASS_NAMES
     named = load_recipe(None, ["model.num_classes=2", "model.class_names=[cat, dog]"])
-    assert predict_module._class_names(named) == ["cat", "dog"]
-    assert predict_module._class_names(load_recipe(None, ["model.num_classes=2"])) is None
+    assert class_names(named) == ["cat", "dog"]
+    assert class_names(load_recipe(None, ["model.num_classes=2"])) is None
 
 
 def test_argument_errors(stubs, weights, image_files, tmp_path):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddetr_cli.coco_names import class_names
 from ddetr_cli.config import RECIPE_SCHEMA
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.files import atomic_write
@@ -99,11 +100,9 @@ def recipe_for_checkpoint(
         recipe = migrate_recipe(copy.deepcopy(ckpt["recipe"]), ckpt.get("recipe_schema", 1))
         return apply_overrides(recipe, overrides, source)
     recipe = apply_overrides({"model": infer_model_config(ckpt)}, overrides, source)
-    if recipe["model"]["class_names"] is None and recipe["model"]["num_classes"] == 91:
-        from ddetr_cli.coco_names import COCO_CLASS_NAMES
-
-        # The official release was trained on COCO with raw category ids as classes.
-        recipe["model"]["class_names"] = list(COCO_CLASS_NAMES)
+    # The official release was trained on COCO with raw category ids as classes.
+    names = class_names(recipe)
+    recipe["model"]["class_names"] = list(names) if names is not None else None
     return recipe
 
 
