@@ -167,6 +167,8 @@ def section_versions(ctx: Context) -> dict[str, Any]:
             sm_count=props.multi_processor_count,
         )
         ctx.device_slug = slug(props.name)
+        # Build for this GPU only, whatever the caller's environment says.
+        ctx.env["TORCH_CUDA_ARCH_LIST"] = info["capability"]
     smi = shutil.which("nvidia-smi")
     if smi:
         q = run_cmd([smi, "--query-gpu=driver_version,name", "--format=csv,noheader"], 30)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,10 @@ def test_cuda_extension_builds_for_sm90(tmp_path: Path) -> None:
     assert info["built_now"] and info["arch_list"] == "9.0"
     assert Path(info["cache_dir"]).parent == tmp_path
     assert "sm9.0" in Path(info["cache_dir"]).name
+    # nvcc gets cpp_extension's language standard, the host compiler's (torch's headers need it);
+    # an -std of our own would replace it.
+    assert not any(flag.startswith("-std") for flag in build._NVCC_FLAGS)
+    ninja = (Path(info["cache_dir"]) / "build.ninja").read_text().splitlines()
+    cuda_std = re.findall(r"-std=\S+", next(ln for ln in ninja if ln.startswith("cuda_cflags")))
+    host_std = re.findall(r"-std=\S+", next(ln for ln in ninja if ln.startswith("cflags")))
+    assert len(cuda_std) == 1 and cuda_std == host_std[-1:], (cuda_std, host_std)
