@@ -111,6 +111,11 @@ def test_resume_continues_the_runs_own_recipe(first_run):
     result = _invoke(cwd, ["train", "--resume-from", "mine", "train.epochs=3"])
     assert result.exit_code == 0, result.output
     assert read_checkpoint(cwd / "mine" / "checkpoint_last.pth")["epoch"] == 3
+    # The existing interface: a recipe whose train.output_dir is the run, and --resume.
+    result = _invoke(cwd, ["train", *ARGS, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "resuming runs/shapes/checkpoint_last.pth" in result.output
+    assert "nothing to train: the run has done its 1 epochs" in result.output
     # A recipe file that differs from the run's is not silently swapped in.
     result = _invoke(cwd, ["train", str(RECIPE), "--resume-from", "mine"])
     assert result.exit_code == 2
