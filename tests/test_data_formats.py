@@ -292,3 +292,10 @@ def test_convert_to_coco_round_trip(tmp_path):
             assert torch.allclose(_boxes_of(a, i), _boxes_of(b, i))
     result = CliRunner().invoke(data_app, ["convert", str(root), str(out)])
     assert result.exit_code == 1  # not empty
+
+
+def test_check_category_not_in_class_names(tmp_path):
+    root = write_coco(tmp_path / "c")
+    problems = _check(root, "model.num_classes=2", "model.class_names=[circle, rectangle]").problems
+    assert any(p.message == "category 'triangle' is not in model.class_names" for p in problems)
+    assert any(p.message == "class 'triangle' is not in the class list" for p in problems)

@@ -154,11 +154,12 @@ def check_split(split: SplitData, class_names: list[str], decode: bool = True) -
         if problem is None and cat not in known:
             label = ann.get("class_name") or cat
             count = len(class_names)
-            problem = (
-                f"class {label} out of range (0..{count - 1})"
-                if isinstance(label, int)
-                else f"class '{label}' is not in the class list"
-            )
+            if not isinstance(label, int):
+                problem = f"class '{label}' is not in the class list"
+            elif 0 <= label < count:
+                problem = f"category id {label} is not one of the categories"
+            else:
+                problem = f"class {label} out of range (0..{count - 1})"
             kind = "class"
         else:
             kind = "unparsable" if problem == "malformed bbox" else "box"

@@ -243,8 +243,11 @@ def _remap_by_name(data: dict[str, Any], class_names: list[str], source: str) ->
     for name in missing:
         problems.append(Problem(source, f"category '{name}' is not in model.class_names",
                                 "class"))  # fmt: skip
+    old_names = {c["id"]: c.get("name") for c in data["categories"]}
     for ann in data["annotations"]:
         cat = ann.get("category_id")
+        if cat not in new_id:
+            ann["class_name"] = old_names.get(cat, cat)  # named in data check's message
         ann["category_id"] = new_id.get(cat, -1)
     data["categories"] = [{**c, "id": new_id[c["id"]]} for c in data["categories"]
                           if c["id"] in new_id]  # fmt: skip
