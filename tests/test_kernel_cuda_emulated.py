@@ -55,8 +55,15 @@ thread_local EmuDim blockIdx, threadIdx;
 EmuDim blockDim, gridDim;
 template <class T> T __ldg(const T* p) { return *p; }
 std::mutex emu_atomic_mutex;
+// Atomic adds that land in grad_loc / grad_attn (the per-point sums), counted to check that a
+// group reduces before its leaders add.
+const void* emu_point_buffers[2][2] = {};
+int64_t emu_point_adds = 0;
 template <class T> T atomicAdd(T* p, T v) {
   std::lock_guard<std::mutex> lock(emu_atomic_mutex);
+  for (const auto& range : emu_point_buffers) {
+    if ((const void*)p >= range[0] && (const void*)p < range[1]) ++emu_point_adds;
+  }
   T old = *p; *p += v; return old;
 }
 struct EmuWarp { std::barrier<> bar{32}; double slot[32]; };
@@ -172,6 +179,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
                           lo.size(1), lo.size(3), lo.size(4)};
   LaunchPlan p = ddetr::plan_launch(ddetr::dtype_of(v.scalar_type()), d, aligned);
   if (index64) p.index32 = false;
+  const auto* glb = static_cast<const char*>(gl.data_ptr());
+  const auto* gab = static_cast<const char*>(ga.data_ptr());
+  emu_point_buffers[0][0] = glb;
+  emu_point_buffers[0][1] = glb + gl.nbytes();
+  emu_point_buffers[1][0] = gab;
+  emu_point_buffers[1][1] = gab + ga.nbytes();
+  emu_point_adds = 0;
 #define EMU_TYPE(S, T)   \
   if (v.scalar_type() == S) \
     ddetr::run_plan<T>(p, d, v, sh, st, lo, at_, go, out, gv, gl, ga, blocks, threads);
@@ -180,7 +194,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<int64_t>>
   EMU_TYPE(at::kHalf, __half)
   EMU_TYPE(at::kBFloat16, __nv_bfloat16)
 #undef EMU_TYPE
-  return {out, gv, gl, ga, plan_fields(p)};
+  auto fields = plan_fields(p);
+  fields.push_back(emu_point_adds);
+  return {out, gv, gl, ga, fields};
 }
 
 // block_start / grid_stride of the given (32-bit unsigned) built-ins, in int32 and int64.
@@ -277,7 +293,25 @@ def run(emulated, inputs, aligned, index64=False, blocks=3, threads=64):
     out, gv, gl, ga, plan = emulated.emulate(
         value, spatial, start, loc, attn, grad_out, aligned, index64, blocks, threads
     )
-    return (out, gv, gl, ga), dict(zip(PLAN_FIELDS, plan, strict=True))
+    *plan, point_adds = plan
+    return (out, gv, gl, ga), dict(zip(PLAN_FIELDS, plan, strict=True), point_adds=point_adds)
+
+
+def expected_point_adds(loc, shapes, group):
+    """(atomic adds of grad_loc / grad_attn by the segment leaders, adds if every thread added):
+    3 per sampled point, times the warps its group's threads fall in (warps start at thread
+    indices that are multiples of 32)."""
+    acc = torch.float64 if loc.dtype == torch.float64 else torch.float32
+    x, y = loc[..., 0].to(acc), loc[..., 1].to(acc)  # (N, Lq, M, L, P), the kernel's arithmetic
+    size = torch.tensor(shapes, dtype=acc)
+    h = y * size[:, 0, None] - 0.5
+    w = x * size[:, 1, None] - 0.5
+    h_max, w_max = size[:, 0, None], size[:, 1, None]
+    inside = (h > -1) & (w > -1) & (h < h_max) & (w < w_max)
+    sampled = inside.flatten(3).sum(-1).flatten()  # per (n, q, m)
+    first = torch.arange(sampled.numel()) * group
+    warps = (first + group - 1) // 32 - first // 32 + 1
+    return int(3 * (sampled * warps).sum()), int(3 * sampled.sum() * group)
 
 
 def reference_grads(inputs, shapes):
@@ -315,6 +349,13 @@ def test_emulated_cuda_kernels_match_reference(
     got, plan = run(emulated, inputs, aligned, index64)
     assert plan["cpt"] == (width if cpt == "vector" else 1)
     assert (plan["fixed_lp"], plan["reduce"], plan["index32"]) == (fixed_lp, reduce, not index64)
+    # Per-point sums: the shuffle path stores them (no atomics); the segmented one adds once per
+    # warp a group touches (one or two warps for groups up to 32), not once per thread.
+    if reduce == SHUFFLE:
+        assert plan["point_adds"] == 0
+    else:
+        adds, per_thread = expected_point_adds(inputs[3], shapes, plan["group"])
+        assert plan["point_adds"] == adds < per_thread
     tol = TOLERANCE[dtype]
     names = ("output", "grad value", "grad loc", "grad attn")
     for name, g, ref in zip(names, got, reference_grads(inputs, shapes), strict=True):
