@@ -392,16 +392,21 @@ def saved_transformers(transformers_lib, tmp_path_factory):
 
 @transformers_marks
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_transformers_outputs_in_ddetr(saved_transformers, variant, capsys):
-    _, (logits, boxes), hub, v5 = saved_transformers[variant]
+def test_transformers_to_ddetr_and_back(saved_transformers, transformers_lib, variant, tmp_path,
+                                         capsys):  # fmt: skip
+    """Both layouts give one ddetr state dict with transformers' outputs; written back, it
+    loads in transformers tensor for tensor."""
+    original, (logits, boxes), hub, v5 = saved_transformers[variant]
     hub_ckpt, v5_ckpt = hf.read_hf_folder(hub), hf.read_hf_folder(v5)
     assert any(k.startswith("model.backbone.model.") for k in
                safetensors_torch.load_file(str(v5 / "model.safetensors")))  # fmt: skip
-    _assert_same_tensors(hub_ckpt["model"], v5_ckpt["model"])  # both layouts: one state dict
+    _assert_same_tensors(hub_ckpt["model"], v5_ckpt["model"])
     assert hub_ckpt["recipe"] == v5_ckpt["recipe"]
-    model, recipe = load_model(hub)
+    recipe = recipe_for_checkpoint(hub_ckpt)
     assert recipe["model"]["class_names"] == list("abcde")
-    ours_logits, ours_boxes = _ddetr_outputs(model.double(), _picture())
+    model = build_model(recipe).double().eval()  # float64 before the tensors go in
+    load_state_dict(model, hub_ckpt["model"], str(hub))
+    ours_logits, ours_boxes = _ddetr_outputs(model, _picture())
     dl, db = _max_diff(ours_logits, logits), _max_diff(ours_boxes, boxes)
     with capsys.disabled():
         print(
@@ -410,16 +415,6 @@ def test_transformers_outputs_in_ddetr(saved_transformers, variant, capsys):
         )
     assert dl <= LOGITS_TOL and db <= BOXES_TOL
 
-
-@transformers_marks
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_transformers_ddetr_transformers_is_exact(saved_transformers, transformers_lib, variant,
-                                                   tmp_path):  # fmt: skip
-    original = saved_transformers[variant][0]
-    ckpt = hf.read_hf_folder(saved_transformers[variant][2])
-    recipe = recipe_for_checkpoint(ckpt)
-    model = build_model(recipe).double()
-    load_state_dict(model, ckpt["model"], "transformers")
     hf.write_hf_folder(model.state_dict(), recipe, tmp_path / "out")
     again = transformers_lib.DeformableDetrForObjectDetection.from_pretrained(tmp_path / "out")
     assert again.dtype == torch.float64
@@ -461,10 +456,12 @@ def test_transformers_resnet_backbone(transformers_lib, tmp_path):
     model = transformers_lib.DeformableDetrForObjectDetection(config).double().eval()
     _noise_(model.state_dict(), 5, "model.backbone.")
     model.save_pretrained(tmp_path / "resnet")
-    ours, _ = load_model(tmp_path / "resnet")
+    ckpt = hf.read_hf_folder(tmp_path / "resnet")
+    ours = build_model(recipe_for_checkpoint(ckpt)).double().eval()
+    load_state_dict(ours, ckpt["model"], "transformers ResNet")
     image = _picture()
     logits, boxes = _hf_outputs(model, image)
-    ours_logits, ours_boxes = _ddetr_outputs(ours.double(), image)
+    ours_logits, ours_boxes = _ddetr_outputs(ours, image)
     assert _max_diff(ours_logits, logits) <= LOGITS_TOL
     assert _max_diff(ours_boxes, boxes) <= BOXES_TOL
 
