@@ -254,6 +254,25 @@ def test_hub_offline(monkeypatch):
     assert "\n" not in message
 
 
+def test_hub_download_fetches_config_and_weights_only(monkeypatch, tmp_path):
+    hub = pytest.importorskip("huggingface_hub")
+    asked = []
+
+    def fake(repo_id, allow_patterns):
+        asked.append((repo_id, allow_patterns))
+        folder = tmp_path / "cache" / repo_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in allow_patterns:
+            if (TINY / name).is_file():
+                shutil.copy(TINY / name, folder)
+        return str(folder)
+
+    monkeypatch.setattr(hub, "snapshot_download", fake)
+    ckpt = read_weights("someone/tiny-deformable-detr")
+    assert asked == [("someone/tiny-deformable-detr", ["config.json", "model.safetensors"])]
+    assert ckpt["recipe"]["model"]["class_names"] == ["N/A", "cat", "dog"]
+
+
 def test_hub_without_huggingface_hub(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(DdetrError, match=r"pip install 'ddetr-cli\[hf\]'"):

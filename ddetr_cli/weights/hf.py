@@ -23,7 +23,6 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -494,8 +493,9 @@ def write_hf_folder(
     return folder
 
 
-def download(model_id: str, allow_patterns: Iterable[str] | None = None) -> Path:
-    """A Hub model's folder in huggingface_hub's cache (config.json and the weights only)."""
+def download(model_id: str) -> Path:
+    """A Hub model's folder in huggingface_hub's cache: config.json and model.safetensors, or
+    pytorch_model.bin when the model has no safetensors file (nothing else is fetched)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -503,9 +503,12 @@ def download(model_id: str, allow_patterns: Iterable[str] | None = None) -> Path
             f"--weights {model_id} names a Hugging Face Hub model; reading it needs "
             f"huggingface_hub: {INSTALL_HINT}"
         ) from None
-    patterns = list(allow_patterns or ("config.json", "*.safetensors", "pytorch_model.bin"))
     try:
-        path = snapshot_download(repo_id=model_id, allow_patterns=patterns)
+        path = Path(
+            snapshot_download(repo_id=model_id, allow_patterns=["config.json", _WEIGHT_FILES[0]])
+        )
+        if not (path / _WEIGHT_FILES[0]).is_file():
+            path = Path(snapshot_download(repo_id=model_id, allow_patterns=[_WEIGHT_FILES[1]]))
     except Exception as exc:  # offline, no such repo, gated, proxy: one line for all of them
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
@@ -514,4 +517,4 @@ def download(model_id: str, allow_patterns: Iterable[str] | None = None) -> Path
             "reached or has no such model: download the folder elsewhere and pass it "
             "(--weights path/to/folder)"
         ) from exc
-    return Path(path)
+    return path
