@@ -112,8 +112,8 @@ def child_section(name: str, ctx: Context, timeout: float, extra: list[str] = ()
         if proc["rc"] != 0:
             result["child"]["stderr_tail"] = proc["stderr_tail"]
         return result
-    raise RuntimeError(f"child section {name} wrote nothing: rc={proc['rc']}\n"
-                       f"{proc['stderr_tail'][-1500:]}")  # fmt: skip
+    raise SectionError(f"child section {name} wrote nothing: rc={proc['rc']}",
+                       {"run": {k: proc[k] for k in ("rc", "seconds", "stderr_tail")}})  # fmt: skip
 
 
 class Context:
@@ -609,7 +609,10 @@ def run_all(ctx: Context, only: set[str] | None) -> int:
                 entry = fn(ctx)
                 entry.setdefault("status", "ok")
             except SectionError as e:
-                entry = {**e.partial, "status": "failed", "error": str(e)}
+                # A child stopped at the time budget is "timeout", not a failure of the code.
+                timed_out = (e.partial.get("run") or {}).get("rc") == "timeout"
+                status = "timeout" if timed_out else "failed"
+                entry = {**e.partial, "status": status, "error": str(e)}
             except Exception as e:  # recorded; the next section still runs
                 entry = {"status": "failed", "error": f"{type(e).__name__}: {e}",
                          "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
@@ -621,6 +624,9 @@ def run_all(ctx: Context, only: set[str] | None) -> int:
     for g in ctx.report["goals"].values():
         print(f"{g['verdict']}: {g['goal']} -- {g['value']}")
     print(f"report: {js} and {md}")
+    timeouts = [n for n, s in ctx.report["sections"].items() if s["status"] == "timeout"]
+    if timeouts:
+        print(f"stopped at the time budget: {', '.join(timeouts)} (raise --budget-s)")
     failed = [n for n, s in ctx.report["sections"].items() if s["status"] == "failed"]
     if failed:
         print(f"failed sections: {', '.join(failed)}")

@@ -108,3 +108,18 @@ def test_a_failing_section_does_not_stop_the_others(tmp_path: Path, monkeypatch)
     assert report["sections"]["a"]["status"] == "failed"
     assert "simulated failure" in report["sections"]["a"]["error"]
     assert report["sections"]["b"]["status"] == "ok" and report["sections"]["b"]["value"] == 1
+
+
+def test_a_section_cut_off_by_the_budget_is_a_timeout(tmp_path: Path, monkeypatch) -> None:
+    gpu_check = load_module()
+
+    def slow(ctx):
+        raise gpu_check.SectionError("child stopped", {"run": {"rc": "timeout", "seconds": 9}})
+
+    monkeypatch.setattr(gpu_check, "SECTIONS", [("slow", slow, 0)])
+    monkeypatch.setenv("DDETR_CACHE_DIR", str(tmp_path / "cache"))
+    ctx = gpu_check.Context(gpu_check.parse_args(["--dry-run", "--out-dir", str(tmp_path)]))
+    assert gpu_check.run_all(ctx, None) == 0
+    report = json.loads((tmp_path / "gpu_cpu_dry_run.json").read_text())
+    assert report["sections"]["slow"]["status"] == "timeout"
+    assert "| slow | timeout |" in (tmp_path / "gpu_cpu_dry_run.md").read_text()
