@@ -7,6 +7,7 @@ Ctrl-C exits 130. ``ddetr --debug ...`` shows the traceback instead.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import typer
@@ -82,12 +83,38 @@ class ErrorReportingGroup(_PlainFlags, TyperGroup):
             ctx.exit(status)
 
 
+def reflow(doc: str | None) -> str | None:
+    """A docstring as help text: the lines of a prose paragraph joined (typer's rich help keeps
+    every source line break, so wrapped docstrings came out ragged); paragraphs with indented
+    lines, such as the examples, kept line by line."""
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs
+    )
+
+
 class App(typer.Typer):
-    """A typer app whose commands are ``Command``s (flags shown as flags)."""
+    """A typer app whose commands are ``Command``s (flags shown as flags) and whose help text
+    is reflowed."""
 
     def command(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cls", Command)
-        return super().command(*args, **kwargs)
+
+        def register(function: Any) -> Any:
+            help_text = kwargs.pop("help", None) or reflow(function.__doc__)
+            return super(App, self).command(*args, help=help_text, **kwargs)(function)
+
+        return register
+
+    def callback(self, *args: Any, **kwargs: Any) -> Any:
+        def register(function: Any) -> Any:
+            help_text = kwargs.pop("help", None) or reflow(function.__doc__)
+            return super(App, self).callback(*args, help=help_text, **kwargs)(function)
+
+        return register
 
 
 def group(help_text: str, cls: type[TyperGroup] = ErrorReportingGroup) -> App:
