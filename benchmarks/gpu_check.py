@@ -518,9 +518,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"| {versions.get('driver')} | {versions.get('torch')} | {versions.get('torch_cuda')} "
         f"| {versions.get('capability')} | {versions.get('nvcc')} |",
         "",
-        "## Goals",
-        "",
     ]
+    build = report["sections"].get("build", {})
+    if build.get("build"):
+        b = build["build"]
+        lines += [f"Kernel: built for {b.get('arch_list')} in {b.get('build_seconds')} s into a "
+                  f"fresh cache ({b.get('cache_dir')}); {build.get('reason')}.", ""]  # fmt: skip
+    lines += ["## Goals", ""]
     if report["dry_run"]:
         lines += [
             "Dry run: evaluated on the CPU benchmark files, so the verdicts mean nothing.",
