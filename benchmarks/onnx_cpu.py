@@ -28,7 +28,7 @@ from ddetr_cli.export import export_onnx, ort_session
 from ddetr_cli.model import build_model
 from ddetr_cli.ops import ms_deform_attn
 from ddetr_cli.ops.backends import resolve_backend
-from ddetr_cli.ops.onnx import translation_table
+from ddetr_cli.ops.onnx import SAMPLERS, translation_table
 
 
 def _median_ms(fn, warmup: int, iters: int) -> float:
@@ -82,9 +82,9 @@ def bench_op(size: tuple[int, int], threads: int, warmup: int, iters: int, tmp: 
             result["torch_kernel_ms"] = _median_ms(
                 lambda: _Attention(shapes, "kernel")(*inputs), warmup, iters
             )
-    for sampler in ("gather", "gridsample"):
+    for sampler in SAMPLERS:
         program = torch.onnx.export(
-            _Attention(shapes, "reference"),
+            _Attention(shapes, "reference").eval(),
             inputs,
             dynamo=True,
             custom_translation_table=translation_table(sampler),
@@ -105,16 +105,20 @@ def bench_op(size: tuple[int, int], threads: int, warmup: int, iters: int, tmp: 
 
 
 def bench_model(size: tuple[int, int], threads: int, warmup: int, iters: int, tmp: Path) -> dict:
+    """PyTorch and both exports, one run of each per round (the machine's load drifts)."""
     recipe = load_recipe(None, ["model.pretrained_backbone=false"])
     torch.manual_seed(0)
     model = build_model(recipe).eval()
-    path = tmp / "r50.onnx"
-    started = time.perf_counter()
-    report = export_onnx(model, recipe, path, image_size=size, batch_size=1, check=False)
-    export_s = time.perf_counter() - started
+    sessions, export_s = {}, {}
+    for sampler in SAMPLERS:
+        path = tmp / f"r50_{sampler}.onnx"
+        started = time.perf_counter()
+        export_onnx(model, recipe, path, image_size=size, sampler=sampler, check=False)
+        export_s[sampler] = round(time.perf_counter() - started, 1)
+        sessions[sampler] = ort_session(path, threads=threads)
+        print(f"exported {sampler} in {export_s[sampler]} s", flush=True)
     model.optimize_for_inference()
     backend = resolve_backend("cpu", None)[0]
-    session = ort_session(path, threads=threads)
     picture = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
     feeds = {"images": picture.numpy()}
 
@@ -122,32 +126,45 @@ def bench_model(size: tuple[int, int], threads: int, warmup: int, iters: int, tm
         with torch.inference_mode():
             return model(picture)
 
+    runners = {"torch": run_torch}
+    for sampler, session in sessions.items():
+        runners[f"onnx_{sampler}"] = lambda s=session: s.run(None, feeds)
+    outputs = {}
     for _ in range(warmup):
-        run_torch()
-        session.run(None, feeds)
-    torch_times, onnx_times = [], []
+        for name, run in runners.items():
+            outputs[name] = run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(iters):  # side by side: one of each per round
-        start = time.perf_counter()
-        ref = run_torch()
-        torch_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        out = session.run(None, feeds)
-        onnx_times.append(time.perf_counter() - start)
-    torch_ms = statistics.median(torch_times) * 1e3
-    onnx_ms = statistics.median(onnx_times) * 1e3
-    return {
+        for name, run in runners.items():
+            start = time.perf_counter()
+            outputs[name] = run()
+            times[name].append(time.perf_counter() - start)
+    ref = outputs["torch"]
+    result: dict = {
         "image_size": list(size),
-        "export_seconds": round(export_s, 1),
-        "onnx_mb": report.size_mb,
+        "export_seconds": export_s,
         "torch_attention_backend": backend,
-        "torch_ms": round(torch_ms, 1),
-        "onnx_ms": round(onnx_ms, 1),
-        "onnx_over_torch": round(onnx_ms / torch_ms, 3),
-        "torch_ms_all": [round(t * 1e3, 1) for t in torch_times],
-        "onnx_ms_all": [round(t * 1e3, 1) for t in onnx_times],
-        "max_logits_diff": float((torch.from_numpy(out[0]) - ref["pred_logits"]).abs().max()),
-        "max_boxes_diff": float((torch.from_numpy(out[1]) - ref["pred_boxes"]).abs().max()),
+        "median_ms": {k: round(statistics.median(v) * 1e3, 1) for k, v in times.items()},
+        "all_ms": {k: [round(t * 1e3, 1) for t in v] for k, v in times.items()},
     }
+    torch_ms = result["median_ms"]["torch"]
+    for sampler in SAMPLERS:
+        out = outputs[f"onnx_{sampler}"]
+        result[f"onnx_{sampler}_over_torch"] = round(
+            result["median_ms"][f"onnx_{sampler}"] / torch_ms, 3
+        )
+        # Per round ratios: each round's runs are seconds apart, under the same load.
+        per_round = [o / t for o, t in zip(times[f"onnx_{sampler}"], times["torch"], strict=True)]
+        result[f"onnx_{sampler}_over_torch_per_round_median"] = round(
+            statistics.median(per_round), 3
+        )
+        result[f"onnx_{sampler}_max_logits_diff"] = float(
+            (torch.from_numpy(out[0]) - ref["pred_logits"]).abs().max()
+        )
+        result[f"onnx_{sampler}_max_boxes_diff"] = float(
+            (torch.from_numpy(out[1]) - ref["pred_boxes"]).abs().max()
+        )
+    return result
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def test_graph_is_standard_onnx_with_metadata(two_stage_export):
     proto = onnx.load(str(path))
     assert {domain for domain, _ in _ops(proto)} <= STANDARD_DOMAINS
     ops = {op for _, op in _ops(proto)}
-    assert "Gather" in ops and "GridSample" not in ops
+    assert "GridSample" in ops  # the default sampler
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == ["pred_logits", "pred_boxes"]
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -118,8 +118,11 @@ def test_onnx_model_runs_like_pytorch(two_stage_export):
 
 def test_plain_model_exports(tmp_path):
     model, recipe = _model(with_box_refine=False, two_stage=False)
-    report = export_onnx(model, recipe, tmp_path / "plain.onnx", image_size=(64, 96), batch_size=2)
+    path = tmp_path / "plain.onnx"
+    report = export_onnx(model, recipe, path, image_size=(64, 96), batch_size=2, sampler="gather")
     assert report.check is not None and report.check.ok, report.check.line()
+    ops = {op for _, op in _ops(onnx.load(str(path)))}
+    assert "Gather" in ops and "GridSample" not in ops
     assert report.check.batch_size == 3
 
 
@@ -172,7 +175,7 @@ def test_translation_matches_reference_sampling(tmp_path, sampler):
     locations = torch.rand(n, lq, m, len(shapes), p, 2, generator=g) * 1.4 - 0.2
     weights = torch.rand(n, lq, m, len(shapes), p, generator=g)
     sources = [torch.zeros(1, h, w) for h, w in shapes]
-    module = _AttentionOnly()
+    module = _AttentionOnly().eval()
     program = torch.onnx.export(
         module,
         (value, sources, locations, weights),

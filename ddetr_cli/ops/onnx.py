@@ -6,10 +6,12 @@ one ``ddetr.ms_deform_attn.default`` node per attention and asks its translation
 and both following the official sampling rule of ``reference.py`` (bilinear, zero padding,
 ``align_corners=False``: pixel = loc * size - 0.5, corners outside the map count 0):
 
+- ``"gridsample"`` (the default, faster in onnxruntime): the reference's own form, one
+  ``GridSample`` per level (opset >= 16).
 - ``"gather"``: every corner of every sampling point of every level in one ``Gather`` from the
   flattened value, its bilinear weight times the attention weight (zero for corners off the map)
-  in one ``MatMul``. No per-level subgraph; the runtime needs nothing beyond Gather and MatMul.
-- ``"gridsample"``: the reference's own form, one ``GridSample`` per level (opset >= 16).
+  in one ``MatMul``. No per-level subgraph and no GridSample, for runtimes whose GridSample is
+  missing or wrong (TensorRT has miscompiled it, NVIDIA/TensorRT#4813).
 
 Both are written in ONNX opset 18 (what torch.onnx builds in before converting to the asked
 opset). Functions here run while the exporter traces: their arguments are symbolic values whose
@@ -21,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SAMPLERS = ("gather", "gridsample")
-DEFAULT_SAMPLER = "gather"
+SAMPLERS = ("gridsample", "gather")
+DEFAULT_SAMPLER = "gridsample"  # faster in onnxruntime (docs/export.md)
 BUILD_OPSET = 18  # the opset torch.onnx's translations are written in
 
 
