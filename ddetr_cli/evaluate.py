@@ -1,4 +1,4 @@
-"""COCO box AP of a model on a data set, with pycocotools (FIDELITY §5.3)."""
+"""COCO box AP of a model on a data set, with pycocotools (docs/design.md#evaluation)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from ddetr_cli.errors import DdetrError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
-# ImageNet statistics of RGB in [0, 1], as the official model was trained with (FIDELITY item 4).
+# ImageNet statistics of RGB in [0, 1], as the official model used (docs/design.md#inputs).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -68,7 +68,7 @@ def load_image(path: str | Path) -> torch.Tensor:
 
 
 def eval_size(h: int, w: int, min_size: int = 800, max_size: int | None = 1333) -> tuple[int, int]:
-    """(new_h, new_w) of the official evaluation resize (FIDELITY §5.2 "Resize rule").
+    """(new_h, new_w) of the official evaluation resize (docs/design.md#resize-rule).
 
     The short side becomes ``min_size`` unless that makes the long side exceed ``max_size``, in
     which case the short side becomes ``round(max_size * short / long)``. The long side is

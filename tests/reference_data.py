@@ -11,7 +11,7 @@ import torch
 
 DATA = Path(__file__).parent / "data"
 VARIANTS = ("plain", "refine", "two_stage", "single_scale")
-# Official parameter counts (requires_grad only, all) from the release logs (FIDELITY.md).
+# Official parameter counts (requires_grad only, all), release logs (docs/design.md#parameters).
 OFFICIAL_PARAMS = {
     "plain": (39_847_265, 40_069_665),
     "refine": (40_627_260, 40_849_660),

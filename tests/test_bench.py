@@ -24,7 +24,7 @@ from ddetr_cli.model import build_model
 from ddetr_cli.ops import ms_deform_attn_macs
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-# Official counts (trainable, all) from the release logs; FIDELITY.md.
+# Official counts (trainable, all) from the release logs; docs/design.md#parameters.
 OFFICIAL_PARAMS = {
     "deformable_detr.yaml": (39_847_265, 40_069_665),
     "refine.yaml": (40_627_260, 40_849_660),

@@ -182,7 +182,7 @@ def test_pictures_in_a_batch_do_not_interact():
 
 
 def test_refinement_detaches_the_reference_chain():
-    """Layer k's boxes get no gradient through layer k-1's box head (FIDELITY item 18)."""
+    """Layer k's boxes get no gradient via layer k-1's box head (docs/design.md#box-refinement)."""
     model = _tiny("model.with_box_refine=true", "model.dec_layers=3")
     model.train()
     out = model([torch.randn(3, 64, 64)])

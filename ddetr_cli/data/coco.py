@@ -1,4 +1,4 @@
-"""COCO-format detection datasets read with pycocotools (FIDELITY §5.2 target preparation).
+"""COCO-format detection datasets read with pycocotools (docs/design.md#coco-targets).
 
 Also the COCO readers of ``data.root``: the standard layout (train2017/, val2017/,
 annotations/instances_{train,val}2017.json) and Roboflow's export (train/, valid/, test/, each

@@ -1,4 +1,4 @@
-"""Training augmentation (FIDELITY §5.2) and target conversion, on torchvision.transforms.v2.
+"""Training augmentation (docs/design.md#augmentation) and target conversion, on transforms.v2.
 
 Pictures are ``tv_tensors.Image`` uint8 and boxes ``tv_tensors.BoundingBoxes`` in absolute xyxy,
 so every geometric transform moves the boxes with the picture. The output is a normalised float

@@ -1,6 +1,6 @@
 """Pure-PyTorch multi-scale deformable attention (the always-available backend).
 
-Sampling follows the official fallback (FIDELITY.md item 15, appendix §3.2): ``F.grid_sample``
+Sampling follows the official fallback (docs/design.md#bilinear-sampling): ``F.grid_sample``
 with bilinear interpolation, zero padding and ``align_corners=False`` on ``grid = 2 * loc - 1``,
 which equals ``pix = loc * size - 0.5`` with out-of-range corners contributing 0.
 

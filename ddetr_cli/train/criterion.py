@@ -1,4 +1,4 @@
-"""The official training losses (FIDELITY §4.2 and items 21-22).
+"""The official training losses (docs/design.md#losses).
 
 Targets follow the official convention: one dict per image with ``labels`` (T,) int64 class
 indices and ``boxes`` (T, 4) normalised cxcywh relative to the unpadded picture.

@@ -1,4 +1,4 @@
-"""Hungarian matching of predictions to targets (FIDELITY §4.1), solved by scipy."""
+"""Hungarian matching of predictions to targets (docs/design.md#matcher), solved by scipy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""AdamW with the official parameter groups and the step schedule (FIDELITY §5.1)."""
+"""AdamW with the official parameter groups and the step schedule (docs/design.md#optimiser)."""
 
 from __future__ import annotations
 
