@@ -299,3 +299,11 @@ def test_check_category_not_in_class_names(tmp_path):
     problems = _check(root, "model.num_classes=2", "model.class_names=[circle, rectangle]").problems
     assert any(p.message == "category 'triangle' is not in model.class_names" for p in problems)
     assert any(p.message == "class 'triangle' is not in the class list" for p in problems)
+
+
+def test_transfer_recipes_load():
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    transfer = load_recipe(root / "shapes_transfer.yaml")
+    assert transfer["data"]["shapes"]["task"] == "shapes6" and transfer["model"]["num_classes"] == 6
+    finetune = load_recipe(root / "finetune.yaml", ["data.root=/data/mine"])
+    assert finetune["data"]["format"] == "auto" and finetune["train"]["lr"] == 1e-4
