@@ -1,4 +1,4 @@
-"""The multi-scale deformable attention module (FIDELITY items 10-15, appendix 3.1)."""
+"""Multi-scale deformable attention, eq. 3 of the paper (docs/design.md#equations)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ class Backbone(nn.Module):
     """torchvision ResNet trunk; `body` holds the official `backbone.0.body.*` keys.
 
     Returns the last `num_levels` (at most 3) of the stride-8/16/32 maps, each with its
-    padding mask nearest-interpolated from the image mask (FIDELITY item 3).
+    padding mask nearest-interpolated from the image mask (docs/design.md#padding-mask).
     """
 
     def __init__(

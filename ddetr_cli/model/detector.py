@@ -42,7 +42,10 @@ def _projection(in_channels: int, hidden_dim: int, **conv: Any) -> nn.Sequential
 
 class DeformableDETR(nn.Module):
     """Module tree and attribute names mirror the official model, so official state dicts
-    load with strict=True and ours load in the official code (FIDELITY 17, appendix 6.9)."""
+    load with strict=True and ours load in the official code (docs/design.md#head-sharing).
+
+    Box prediction relative to the reference (paper appendix A.3), iterative refinement (A.4)
+    and two-stage (A.5) are switched by `with_box_refine` and `two_stage`."""
 
     def __init__(
         self,
@@ -142,7 +145,8 @@ class DeformableDETR(nn.Module):
             masks.append(level_mask)
         for lvl in range(len(levels), self.num_feature_levels):
             src = self.input_proj[lvl](levels[-1][0] if lvl == len(levels) else srcs[-1])
-            # The extra levels' masks come from the image mask, not from C5's (item 3).
+            # The extra levels' masks come from the image mask, not from C5's
+            # (docs/design.md#padding-mask).
             masks.append(F.interpolate(mask[None].float(), size=src.shape[-2:])[0].bool())
             srcs.append(src)
         for src, level_mask in zip(srcs, masks, strict=True):

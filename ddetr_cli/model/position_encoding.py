@@ -19,7 +19,7 @@ def _frequencies(num_feats: int, temperature: float, device: torch.device) -> Te
 
 
 class PositionEmbeddingSine(nn.Module):
-    """Normalised sine encoding of the valid (unpadded) region (FIDELITY item 5).
+    """Normalised sine encoding of the valid (unpadded) region (docs/design.md#sine-encoding).
 
     Computed in float32 from the padding mask with Deformable DETR's -0.5 offset; the
     first `num_feats` channels encode y, the next `num_feats` encode x.
@@ -45,7 +45,8 @@ class PositionEmbeddingSine(nn.Module):
 
 
 def proposal_pos_embed(proposals: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
-    """Two-stage query encoding of unactivated (cx, cy, w, h) proposals (FIDELITY item 7).
+    """Two-stage query encoding of unactivated (cx, cy, w, h) proposals (paper appendix A.5;
+    docs/design.md#proposal-encoding).
 
     sigmoid, times 2*pi, no -0.5 offset; coordinate-major, sin/cos interleaved:
     (B, K, 4) -> (B, K, 4 * num_feats).

@@ -13,7 +13,9 @@ from torchvision.ops import box_convert
 def post_process(
     outputs: dict[str, Any], target_sizes: Tensor, num_detections: int = 100
 ) -> list[dict[str, Tensor]]:
-    """Top `num_detections` (query, class) pairs by sigmoid score per image (FIDELITY item 23).
+    """Top `num_detections` (query, class) pairs by sigmoid score per image.
+
+    See docs/design.md#post-processing.
 
     target_sizes: (B, 2) of (h, w) the boxes are scaled to; no clamping, no NMS.
     Returns per image `scores` (K,), `labels` (K,) class indices, `boxes` (K, 4) xyxy.

@@ -1,4 +1,6 @@
-"""Deformable encoder and decoder (FIDELITY items 6-13, 16, 18-19; appendix 6.5-6.10)."""
+"""Deformable Transformer encoder and decoder (paper section 4.1, appendix A.4-A.5).
+
+Which module holds which symbol of the paper: docs/design.md#equations."""
 
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ class Encoder(nn.Module):
         shapes: list[tuple[int, int]], valid_ratios: Tensor, device: torch.device
     ) -> Tensor:
         """Pixel centres of every level, normalised to the valid area, then mapped onto every
-        level through its valid ratio: (B, S, L, 2) in (x, y) order (FIDELITY item 9)."""
+        level through its valid ratio: (B, S, L, 2) in (x, y) order: the normalised p̂_q of eq. 3
+        (docs/design.md#encoder-reference-points)."""
         per_level = []
         for lvl, (h, w) in enumerate(shapes):
             ref_y, ref_x = torch.meshgrid(
@@ -131,7 +134,8 @@ class DecoderLayer(nn.Module):
 
 
 def refine_boxes(delta: Tensor, reference: Tensor) -> Tensor:
-    """sigmoid(delta + logit(reference)); a 2-d (point) reference only moves cx, cy (item 18)."""
+    """sigmoid(delta + logit(reference)): box prediction relative to a reference (paper appendix
+    A.3-A.4); a 2-d (point) reference only moves cx, cy (docs/design.md#box-refinement)."""
     logit = inverse_sigmoid(reference)
     if reference.shape[-1] == 4:
         return (delta + logit).sigmoid()
@@ -232,7 +236,8 @@ class DeformableTransformer(nn.Module):
         self, memory: Tensor, padding_mask: Tensor, shapes: list[tuple[int, int]]
     ) -> tuple[Tensor, Tensor]:
         """One proposal per encoder position: its pixel centre with a level-sized box; returns
-        the projected memory and the proposals as logits, +inf where invalid (item 13)."""
+        the projected memory and the proposals as logits, +inf where invalid (paper appendix A.5;
+        docs/design.md#two-stage)."""
         n = memory.shape[0]
         proposals, start = [], 0
         for lvl, (h, w) in enumerate(shapes):
@@ -257,6 +262,32 @@ class DeformableTransformer(nn.Module):
         output_memory = memory.masked_fill(invalid, 0.0)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         return output_memory, proposals
+
+    def select_proposals(
+        self, output_memory: Tensor, proposals: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Two-stage query selection (paper appendix A.5): the encoder head scores and refines
+        every proposal, the `two_stage_num_proposals` best become the decoder's queries.
+
+        output_memory (B, S, C) and proposals (B, S, 4, logits) come from `encoder_proposals`.
+        Returns the encoder head's class logits (B, S, K) and unactivated boxes (B, S, 4), then
+        the decoder's initial reference boxes (B, Q, 4), query_pos and tgt (B, Q, C) each.
+        The ranking uses class channel 0 only and the chosen boxes are detached: see
+        docs/design.md#two-stage.
+        """
+        head = self.decoder.num_layers  # the extra head after the decoder's, for the encoder
+        enc_class = self.decoder.class_embed[head](output_memory)
+        enc_coord_unact = self.decoder.bbox_embed[head](output_memory) + proposals
+        topk = min(self.two_stage_num_proposals, enc_class.shape[1])
+        topk_idx = torch.topk(enc_class[..., 0], topk, dim=1)[1]
+        topk_coords = torch.gather(enc_coord_unact, 1, topk_idx.unsqueeze(-1).expand(-1, -1, 4))
+        topk_coords = topk_coords.detach()
+        reference_points = topk_coords.sigmoid()
+        pos_trans = self.pos_trans_norm(
+            self.pos_trans(proposal_pos_embed(topk_coords, self.d_model // 2))
+        )
+        query_pos, tgt = torch.split(pos_trans, self.d_model, dim=2)
+        return enc_class, enc_coord_unact, reference_points, query_pos, tgt
 
     def forward(
         self,
@@ -289,19 +320,9 @@ class DeformableTransformer(nn.Module):
         enc_class = enc_coord_unact = None
         if self.two_stage:
             output_memory, proposals = self.encoder_proposals(memory, mask_flatten, shapes)
-            head = self.decoder.num_layers
-            enc_class = self.decoder.class_embed[head](output_memory)
-            enc_coord_unact = self.decoder.bbox_embed[head](output_memory) + proposals
-            # Top-k on the first class channel only, the binary "object" score (item 19).
-            topk = min(self.two_stage_num_proposals, enc_class.shape[1])
-            topk_idx = torch.topk(enc_class[..., 0], topk, dim=1)[1]
-            topk_coords = torch.gather(enc_coord_unact, 1, topk_idx.unsqueeze(-1).expand(-1, -1, 4))
-            topk_coords = topk_coords.detach()
-            reference_points = topk_coords.sigmoid()
-            pos_trans = self.pos_trans_norm(
-                self.pos_trans(proposal_pos_embed(topk_coords, self.d_model // 2))
+            enc_class, enc_coord_unact, reference_points, query_pos, tgt = self.select_proposals(
+                output_memory, proposals
             )
-            query_pos, tgt = torch.split(pos_trans, self.d_model, dim=2)
         else:
             if query_embed is None:
                 raise ValueError("query_embed is required without two_stage")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """Logit with the official clamping (FIDELITY item 13)."""
+    """Logit with the official clamping: σ^-1 of the paper (docs/design.md#inverse-sigmoid)."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
