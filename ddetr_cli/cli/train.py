@@ -1,4 +1,4 @@
-"""The ``ddetr train`` command and the ``ddetr data`` group (registered in cli.py)."""
+"""The ``ddetr train`` command (registered in cli/__init__.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,10 @@ from typing import Annotated
 
 import typer
 
+# TODO-LEAD: the `ddetr data` group moved to cli/data.py; register it from there
+# (`app.add_typer(data.data_app, name="data")`), then delete this re-export.
+from ddetr_cli.cli.data import data_app  # noqa: F401
 from ddetr_cli.cli.options import Overrides
-
-data_app = typer.Typer(
-    help="Datasets: write the built-in shapes data as a COCO-format folder.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-)
-
 
 _RecipeOrRun = Annotated[
     Path | None,
@@ -115,34 +111,3 @@ def _print_summary(result) -> None:
     for note in result.notes:
         table.add_row("note", note)
     Console().print(table)
-
-
-@data_app.command("shapes")
-def data_shapes(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write.", show_default=False)],
-    train_count: Annotated[int, typer.Option("--train", help="Training pictures.", min=0)] = 2000,
-    val_count: Annotated[
-        int, typer.Option("--val", help="Val pictures (of the fixed val split).", min=0)
-    ] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the training pictures.", min=0)] = 0,
-) -> None:
-    """Write the built-in shapes pictures as a COCO-format folder (standard COCO layout).
-
-    The same pictures as `data.format: shapes` uses, so `data.format=coco data.root=OUT_DIR`
-    trains on exactly the same data through the COCO reader.
-
-    Examples:
-      ddetr data shapes shapes_coco --train 2000 --val 200
-      ddetr train recipes/shapes.yaml data.format=coco data.root=shapes_coco
-    """
-    from rich.progress import Progress
-
-    from ddetr_cli.data.export import write_shapes_coco
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task("writing pictures", total=train_count + val_count)
-        written = write_shapes_coco(
-            out_dir, train_count, val_count, seed, on_picture=lambda: bar.advance(task)
-        )
-    for split, path in written.items():
-        typer.echo(f"{split}: {path}")
