@@ -63,8 +63,9 @@ def label_box(
     below: float | None = None,
 ) -> tuple[int, int]:
     """Top-left corner of a label of `text_size` (w, h) for a box whose top-left corner is
-    `anchor`: just above the box, or inside its top edge (at `below`, default the anchor's y)
-    when there is no room above; moved left and up as needed to stay inside `picture_size`."""
+    `anchor`: just above the box, or at `below` (the box's bottom, so the label does not cover
+    the object; default the anchor's y) when there is no room above; moved left and up as
+    needed to stay inside `picture_size`."""
     (x, y), (w, h), (width, height) = anchor, text_size, picture_size
     top = y - h if y - h >= 0 else (y if below is None else below)
     left = min(x, width - w)
@@ -130,5 +131,5 @@ def draw_detections(
     for i, box, color in zip(keep, boxes.tolist(), colors, strict=True):
         text = label_text(labels[i], None if values is None else float(values[i]), class_names)
         # Text on a box-coloured plate stays readable on any picture.
-        draw_label(draw, picture.size, (box[0], box[1]), text, color, size, box[1] + line)
+        draw_label(draw, picture.size, (box[0], box[1]), text, color, size, box[3] + 1)
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)

@@ -148,7 +148,7 @@ def attention_pictures(
         x0, y0 = cx - w / 2, cy - h / 2
         draw.rectangle([x0, y0, cx + w / 2, cy + h / 2], outline=(0, 255, 0), width=line)
         text = label_text(label, score, class_names)
-        draw_label(draw, picture.size, (x0, y0), text, (0, 255, 0), size, y0 + line)
+        draw_label(draw, picture.size, (x0, y0), text, (0, 255, 0), size, cy + h / 2 + 1)
         picture = _legend(picture, decoded["locations"].shape[3], f"decoder layer {layer_name}")
         path = out_dir / f"{name}_attention_{rank + 1}_query{query}.png"
         picture.convert("RGB").save(path)

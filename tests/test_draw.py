@@ -31,10 +31,10 @@ def test_a_label_at_the_right_edge_is_moved_left_not_cut():
     assert at_right >= 0.97 * at_left
 
 
-def test_a_label_at_the_top_edge_goes_inside_the_box_and_stays_in_the_picture():
-    drawn = _draw_one((128, 128), [30, 0, 90, 60])
-    rows = np.nonzero(_mask(drawn, class_color(1)).any(1))[0]
-    assert rows.min() == 0 and rows.max() <= 60  # the plate lies within the box's rows
+def test_a_label_at_the_top_edge_goes_below_the_box_not_over_the_object():
+    drawn = _mask(_draw_one((128, 128), [30, 0, 90, 60]), class_color(1))
+    assert not drawn[3:57, 33:87].any()  # the inside of the box stays clear
+    assert drawn[62:, 30:90].any(1).sum() >= 10  # the plate is just below it
 
 
 def test_a_label_sits_above_its_box_when_there_is_room():
