@@ -7,9 +7,6 @@ from typing import Annotated
 
 import typer
 
-# TODO-LEAD: the `ddetr data` group moved to cli/data.py; register it from there
-# (`app.add_typer(data.data_app, name="data")`), then delete this re-export.
-from ddetr_cli.cli.data import data_app  # noqa: F401
 from ddetr_cli.cli.options import Overrides
 
 _RecipeOrRun = Annotated[
