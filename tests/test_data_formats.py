@@ -17,7 +17,8 @@ from ddetr_cli.cli.data import data_app
 from ddetr_cli.config import load_recipe
 from ddetr_cli.data import build_datasets, shapes
 from ddetr_cli.data.check import check_data
-from ddetr_cli.data.formats import data_classes, detect_format, load_source
+from ddetr_cli.data.formats import detect_format
+from ddetr_cli.data.sources import data_classes, load_source
 from ddetr_cli.errors import DdetrError
 
 NAMES = list(shapes.CLASS_NAMES)

@@ -77,7 +77,7 @@ def data_convert(
     """
     from ddetr_cli.data.check import recipe_for
     from ddetr_cli.data.export import write_coco
-    from ddetr_cli.data.formats import load_source
+    from ddetr_cli.data.sources import load_source
 
     if to != "coco":
         raise UsageError(f"--to: only coco is written, got {to!r}")

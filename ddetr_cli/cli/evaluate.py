@@ -62,8 +62,6 @@ def evaluate(
             "-t",
             help="Also precision, recall, F1 and the confusion matrix of the detections scoring "
             "at least this (0 to 1).",
-            min=0,
-            max=1,
             show_default=False,
         ),
     ] = None,
@@ -71,9 +69,7 @@ def evaluate(
         float,
         typer.Option(
             "--iou",
-            help="IoU at which a detection matches a box, for --threshold.",
-            min=0.05,
-            max=1,
+            help="IoU at which a detection matches a box, for --threshold (0.05 to 1).",
         ),
     ] = 0.5,
     plots: Annotated[
@@ -100,6 +96,10 @@ def evaluate(
     from ddetr_cli.evaluate import evaluate_checkpoint, score_predictions
     from ddetr_cli.files import write_json
 
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UsageError(f"--threshold must be between 0 and 1, got {threshold:g}")
+    if not 0.05 <= iou <= 1:
+        raise UsageError(f"--iou must be between 0.05 and 1, got {iou:g}")
     if predictions is not None:
         if weights is not None or annotations is None:
             raise UsageError("--predictions needs --annotations, and no --weights")
@@ -111,22 +111,7 @@ def evaluate(
                                      batch_size, device, out)  # fmt: skip
         if report is None:  # a torchrun process other than 0: process 0 reports
             return
-    console = stdout
-    summary = Table(title=f"COCO box AP ({report.num_images} pictures, "
-                    f"{report.num_detections} detections)", title_justify="left")  # fmt: skip
-    for column in ("", "value", "what (pycocotools)"):
-        summary.add_column(column, justify="right" if column == "value" else "left")
-    for (name, value), what in zip(report.stats.items(), _MEANINGS, strict=True):
-        # pycocotools' -1: no ground truth in that size range.
-        summary.add_row(name, "n/a" if value < 0 else f"{value:.3f}", what)
-    console.print(summary)
-    per_class = Table(title="AP per class", title_justify="left")
-    for column in ("category_id", "name", "AP"):
-        per_class.add_column(column, justify="right" if column != "name" else "left")
-    for category, ap in report.per_class.items():
-        name = report.class_names.get(category, str(category))
-        per_class.add_row(str(category), name, "-" if ap is None else f"{ap:.3f}")
-    console.print(per_class)
+    _print_report(report)
     if threshold is not None:
         _print_threshold_metrics(report.add_threshold_metrics(threshold, iou))
     if plots:
@@ -141,6 +126,25 @@ def evaluate(
     if json_out is not None:
         write_json(report.to_json(), json_out, indent=2)
         print_line(f"metrics: {json_out}")
+
+
+def _print_report(report: Any) -> None:
+    """The 12 COCOeval numbers and the AP of each class, as tables."""
+    summary = Table(title=f"COCO box AP ({report.num_images} pictures, "
+                    f"{report.num_detections} detections)", title_justify="left")  # fmt: skip
+    for column in ("", "value", "what (pycocotools)"):
+        summary.add_column(column, justify="right" if column == "value" else "left")
+    for (name, value), what in zip(report.stats.items(), _MEANINGS, strict=True):
+        # pycocotools' -1: no ground truth in that size range.
+        summary.add_row(name, "n/a" if value < 0 else f"{value:.3f}", what)
+    stdout.print(summary)
+    per_class = Table(title="AP per class", title_justify="left")
+    for column in ("category_id", "name", "AP"):
+        per_class.add_column(column, justify="right" if column != "name" else "left")
+    for category, ap in report.per_class.items():
+        name = report.class_names.get(category, str(category))
+        per_class.add_row(str(category), name, "-" if ap is None else f"{ap:.3f}")
+    stdout.print(per_class)
 
 
 def _print_threshold_metrics(at: Any) -> None:

@@ -4,9 +4,10 @@ batching."""
 from ddetr_cli.data.build import Splits, build_datasets, coco_paths
 from ddetr_cli.data.coco import CocoDataset, read_coco
 from ddetr_cli.data.dataset import DetectionDataset
-from ddetr_cli.data.formats import DataSource, data_classes, detect_format, load_source
+from ddetr_cli.data.formats import DataSource, detect_format
 from ddetr_cli.data.loader import ResumableBatchSampler, collate
 from ddetr_cli.data.shapes_dataset import ShapesDataset
+from ddetr_cli.data.sources import data_classes, load_source
 
 __all__ = [
     "CocoDataset", "DataSource", "DetectionDataset", "ResumableBatchSampler", "ShapesDataset",

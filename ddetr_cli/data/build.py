@@ -12,8 +12,9 @@ from pycocotools.coco import COCO
 from ddetr_cli.data import shapes
 from ddetr_cli.data.coco import CocoDataset
 from ddetr_cli.data.dataset import DetectionDataset
-from ddetr_cli.data.formats import data_classes, load_source, warn_problems
+from ddetr_cli.data.formats import warn_problems
 from ddetr_cli.data.shapes_dataset import ShapesDataset
+from ddetr_cli.data.sources import data_classes, load_source
 
 log = logging.getLogger(__name__)
 __all__ = ["Splits", "build_datasets", "coco_paths", "data_classes"]

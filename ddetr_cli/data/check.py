@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddetr_cli.data.formats import DataSource, Problem, SplitData, load_source
+from ddetr_cli.data.formats import DataSource, Problem, SplitData
+from ddetr_cli.data.sources import load_source
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.images import load_image
 

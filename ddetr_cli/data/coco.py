@@ -104,7 +104,7 @@ class CocoDataset(DetectionDataset):
         name: str | None = None,
     ) -> None:
         """``annotations``: a COCO JSON file or an in-memory COCO-style dict (any format
-        converted by ``formats.load_source``); ``name`` names it in messages."""
+        converted by ``sources.load_source``); ``name`` names it in messages."""
         super().__init__(train, augment, min_size, max_size, seed)
         self.images_dir = Path(images_dir)
         if not self.images_dir.is_dir():

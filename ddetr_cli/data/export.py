@@ -1,5 +1,5 @@
 """Write data as a COCO-format folder (the standard COCO layout): the built-in shapes, or any
-format ``formats.load_source`` reads (``ddetr data convert``)."""
+format ``sources.load_source`` reads (``ddetr data convert``)."""
 
 from __future__ import annotations
 

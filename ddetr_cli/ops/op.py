@@ -193,25 +193,34 @@ def _validate(
         "sampling_locations": sampling_locations,
         "attention_weights": attention_weights,
     }
+    _check_ranks_and_dtypes(tensors)
+    _check_sizes_agree(value, spatial_shapes, level_start_index, sampling_locations,
+                       attention_weights)  # fmt: skip
+    # Value checks only when free: reading CUDA shapes would force a device sync on every call,
+    # and under torch.compile they would be data-dependent (graph break).
+    if spatial_shapes.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    _check_levels(spatial_shapes, level_start_index, value.shape[1])
+
+
+def _check_ranks_and_dtypes(tensors: dict[str, torch.Tensor]) -> None:
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             _fail(f"{name} must be a Tensor, got {type(t).__name__}")
-    if value.dim() != 4:
-        _fail(f"value must be 4-D (N, S, M, D), got shape {tuple(value.shape)}")
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
-        _fail(
-            "sampling_locations must be 6-D (N, Lq, M, L, P, 2), "
-            f"got shape {tuple(sampling_locations.shape)}"
+    expected = {
+        "value": (4, "4-D (N, S, M, D)"),
+        "sampling_locations": (6, "6-D (N, Lq, M, L, P, 2)"),
+        "attention_weights": (5, "5-D (N, Lq, M, L, P)"),
+        "spatial_shapes": (2, "(L, 2) of (H, W)"),
+        "level_start_index": (1, "1-D (L,)"),
+    }
+    for name, (rank, what) in expected.items():
+        shape = tensors[name].shape
+        last_ok = name not in ("sampling_locations", "spatial_shapes") or (
+            len(shape) > 0 and shape[-1] == 2
         )
-    if attention_weights.dim() != 5:
-        _fail(
-            "attention_weights must be 5-D (N, Lq, M, L, P), "
-            f"got shape {tuple(attention_weights.shape)}"
-        )
-    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        _fail(f"spatial_shapes must be (L, 2) of (H, W), got shape {tuple(spatial_shapes.shape)}")
-    if level_start_index.dim() != 1:
-        _fail(f"level_start_index must be 1-D (L,), got shape {tuple(level_start_index.shape)}")
+        if len(shape) != rank or not last_ok:
+            _fail(f"{name} must be {what}, got shape {tuple(shape)}")
     for name in ("spatial_shapes", "level_start_index"):
         if tensors[name].dtype != torch.int64:
             _fail(f"{name} must be int64, got {tensors[name].dtype}")
@@ -219,7 +228,15 @@ def _validate(
         if not tensors[name].is_floating_point():
             _fail(f"{name} must be floating point, got {tensors[name].dtype}")
 
-    n, s, m, _ = value.shape
+
+def _check_sizes_agree(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> None:
+    n, _, m, _ = value.shape
     loc_n, lq, loc_m, n_levels, p, _ = sampling_locations.shape
     attn_shape = attention_weights.shape
     dims = {"N": (n, loc_n, attn_shape[0]), "M": (m, loc_m, attn_shape[2])}
@@ -249,10 +266,9 @@ def _validate(
             f"{value.device}, {sampling_locations.device}, {attention_weights.device}"
         )
 
-    # Value checks only when free: reading CUDA shapes would force a device sync on every call,
-    # and under torch.compile they would be data-dependent (graph break).
-    if spatial_shapes.device.type != "cpu" or torch.compiler.is_compiling():
-        return
+
+def _check_levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, s: int) -> None:
+    """The level metadata against the value's length S (CPU tensors only)."""
     if bool((spatial_shapes <= 0).any()):
         _fail(f"spatial_shapes must be positive, got {spatial_shapes.tolist()}")
     areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
