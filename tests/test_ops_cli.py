@@ -22,7 +22,7 @@ def test_ops_info_names_the_backend_and_why(monkeypatch):
 
 def test_ops_build_rejects_an_unknown_device_in_one_line():
     result = CliRunner().invoke(app, ["ops", "build", "--device", "tpu"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error, as in every command
     assert result.output.strip() == "error: --device tpu: expected cpu or cuda"
 
 

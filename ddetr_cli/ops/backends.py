@@ -1,8 +1,8 @@
 """Choosing a backend for ``ms_deform_attn``: "reference" (pure PyTorch) or "kernel" (compiled).
 
 The kernel lives in ``ddetr_cli.ops.kernel`` and is imported lazily, so a missing or broken kernel
-never breaks ``import ddetr_cli``. Availability is asked once per device and cached, because the
-kernel's check may be slow (e.g. a JIT build attempt).
+never breaks ``import ddetr_cli``. Availability is asked once per device type and cached in the
+kernel module, because the kernel's check may be slow (e.g. a JIT build attempt).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ log = logging.getLogger("ddetr_cli.ops")
 BACKENDS = ("auto", "reference", "kernel")
 _KERNEL_MODULE = "ddetr_cli.ops.kernel"
 
-_availability: dict[str, tuple[bool, str]] = {}
 _logged_devices: set[str] = set()
 
 
@@ -45,25 +44,23 @@ def kernel_module() -> ModuleType:
 
 
 def kernel_availability(device: torch.device) -> tuple[bool, str]:
-    """(available, human reason) for the kernel on ``device``, cached per device."""
-    key = str(device)
-    if key not in _availability:
-        module, reason = import_kernel()
-        if module is None:
-            result = (False, reason)
-        else:
-            try:
-                ok, why = module.is_available(device)
-                result = (bool(ok), str(why))
-            except Exception as exc:  # a failing probe means "unavailable", not a crash
-                result = (False, f"kernel.is_available failed: {type(exc).__name__}: {exc}")
-        _availability[key] = result
-    return _availability[key]
+    """(available, human reason) for the kernel on ``device``. The kernel module caches its own
+    answer per device type (the one availability cache); this adds the import failure."""
+    module, reason = import_kernel()
+    if module is None:
+        return False, reason
+    try:
+        ok, why = module.is_available(device)
+    except Exception as exc:  # a failing probe means "unavailable", not a crash
+        return False, f"kernel.is_available failed: {type(exc).__name__}: {exc}"
+    return bool(ok), str(why)
 
 
 def clear_cache() -> None:
-    """Forget cached availability and logging state (tests; after building the kernel)."""
-    _availability.clear()
+    """Forget the kernel's availability and the logging state (tests; after building)."""
+    module, _reason = import_kernel()
+    if module is not None:
+        module.clear_status()
     _logged_devices.clear()
 
 

@@ -84,6 +84,11 @@ def is_available(device: torch.device | str) -> tuple[bool, str]:
     return _status[kind]
 
 
+def clear_status() -> None:
+    """Forget what `is_available` found, so the next call probes again."""
+    _status.clear()
+
+
 def _probe(kind: str) -> tuple[bool, str]:
     if kind not in ("cpu", "cuda"):
         return False, f"no compiled kernel for device type {kind!r}"
