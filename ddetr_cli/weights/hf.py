@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.extras import require
 
 __all__ = [
     "KEY_RULES",
@@ -114,7 +116,6 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
 _RESNETS = ("resnet50", "resnet101")
-INSTALL_HINT = "pip install 'ddetr-cli[hf]'"
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -398,10 +399,6 @@ def _read_tensors(folder: Path) -> dict[str, Tensor]:
     st, bin_ = (folder / name for name in _WEIGHT_FILES)
     if st.is_file():
         try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise DdetrError(f"reading {st} needs safetensors: {INSTALL_HINT}") from None
-        try:
             return load_file(str(st), device="cpu")
         except Exception as exc:  # the library's own error types vary between versions
             raise DdetrError(f"{st} is not a readable safetensors file ({exc})") from exc
@@ -456,12 +453,6 @@ def write_hf_folder(
 
     Written into a temporary sibling first and renamed, so a failure never leaves half a
     folder; an existing folder that is not a transformers folder is never replaced."""
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise DdetrError(
-            f"writing a transformers folder needs safetensors: {INSTALL_HINT}"
-        ) from None
     folder = Path(folder)
     if folder.exists() and not (folder.is_dir() and (folder / "config.json").is_file()):
         if not folder.is_dir() or any(folder.iterdir()):
@@ -496,13 +487,7 @@ def write_hf_folder(
 def download(model_id: str) -> Path:
     """A Hub model's folder in huggingface_hub's cache: config.json and model.safetensors, or
     pytorch_model.bin when the model has no safetensors file (nothing else is fetched)."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise DdetrError(
-            f"--weights {model_id} names a Hugging Face Hub model; reading it needs "
-            f"huggingface_hub: {INSTALL_HINT}"
-        ) from None
+    snapshot_download = require("huggingface_hub", "hf").snapshot_download
     try:
         path = Path(
             snapshot_download(repo_id=model_id, allow_patterns=["config.json", _WEIGHT_FILES[0]])

@@ -9,21 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
+from safetensors import safe_open
 from torch import Tensor
 
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.files import atomic_write
 
 FORMAT = "ddetr"
-INSTALL_HINT = "pip install safetensors"
-
-
-def _safetensors() -> Any:
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise DdetrError(f".safetensors files need safetensors: {INSTALL_HINT}") from None
-    return safetensors.torch
 
 
 def read_safetensors(path: str | Path) -> dict[str, Any]:
@@ -31,13 +24,10 @@ def read_safetensors(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DdetrError(f"weights not found: {path}")
-    st = _safetensors()
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        state_dict = st.load_file(str(path), device="cpu")
+        state_dict = safetensors.torch.load_file(str(path), device="cpu")
     except Exception as exc:  # the library's error types vary between versions
         raise DdetrError(f"{path} is not a readable safetensors file ({exc})") from exc
     ckpt: dict[str, Any] = {"model": state_dict}
@@ -61,14 +51,13 @@ def write_safetensors(
     state_dict: dict[str, Tensor], recipe: dict[str, Any] | None, path: str | Path
 ) -> Path:
     """Write the tensors (ddetr names) and the recipe atomically."""
-    st = _safetensors()
     path = Path(path)
     # safetensors refuses tensors that share storage (the shared heads): one copy per key
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     metadata = {"format": FORMAT}
     if recipe is not None:
         metadata["recipe"] = json.dumps(recipe)
-    data = st.save(tensors, metadata=metadata)
+    data = safetensors.torch.save(tensors, metadata=metadata)
     with atomic_write(path, "wb") as f:
         f.write(data)
     return path
