@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddetr_cli.config import ATTENTION_BACKENDS
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.flops import count_flops
 from ddetr_cli.runtime import DTYPES, amp_autocast
 from ddetr_cli.timing import percentile, time_forward
 
-BACKEND_CHOICES = ("all", "auto", "reference", "kernel")
+BACKEND_CHOICES = ("all", *ATTENTION_BACKENDS)
 # COCO val2017's first picture; after the 800/1333 evaluation resize it is 800x1199, as the
 # official benchmark feeds it.
 COCO_FIRST_PICTURE = (427, 640)

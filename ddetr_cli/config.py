@@ -120,7 +120,10 @@ def migrate_recipe(recipe: dict[str, Any], schema: int) -> dict[str, Any]:
     return recipe
 
 
+# The torchvision ResNets the model builds (model/backbone.py), and the attention op's backends
+# (ops/backends.py): listed here, where recipes are checked, and imported there.
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+ATTENTION_BACKENDS = ("auto", "reference", "kernel")
 
 # Keys whose default is null, and what they accept once set.
 _STR_LIST = "a list of strings"
@@ -137,7 +140,7 @@ _NULLABLE: dict[str, Any] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": (*BACKBONES, "convnet"),  # convnet: small, from scratch (shapes)
     "model.backbone_norm": ("frozen", "batch"),
-    "model.attention_backend": ("auto", "reference", "kernel"),
+    "model.attention_backend": ATTENTION_BACKENDS,
     "train.amp": ("off", "bf16", "fp16"),
     "data.format": ("auto", "coco", "yolo", "voc", "shapes"),
     "data.shapes.task": ("shapes3", "shapes6"),

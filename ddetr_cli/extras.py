@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ddetr_cli.errors import DdetrError
 
-# extra -> the packages it installs, by import name (pyproject.toml [project.optional-dependencies]).
+# extra -> the packages it installs, by import name (pyproject.toml optional-dependencies).
 EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("onnx", "onnxruntime", "onnxscript"),
     "hf": ("huggingface_hub",),

@@ -9,9 +9,9 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ddetr_cli.config import BACKBONES as RESNETS
 from ddetr_cli.errors import DdetrError
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 # Stage names in stride order 8, 16, 32; layer1 (stride 4) is never a feature level.
 _STAGES = ("layer2", "layer3", "layer4")
 

@@ -13,9 +13,11 @@ from types import ModuleType
 
 import torch
 
+from ddetr_cli.config import ATTENTION_BACKENDS
+
 log = logging.getLogger("ddetr_cli.ops")
 
-BACKENDS = ("auto", "reference", "kernel")
+BACKENDS = ATTENTION_BACKENDS
 _KERNEL_MODULE = "ddetr_cli.ops.kernel"
 
 _logged_devices: set[str] = set()
