@@ -31,17 +31,6 @@ from ddetr_cli.ops.backends import resolve_backend
 from ddetr_cli.ops.onnx import SAMPLERS, translation_table
 
 
-def _median_ms(fn, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 class _Attention(torch.nn.Module):
     def __init__(self, shapes: list[tuple[int, int]], backend: str) -> None:
         super().__init__()
@@ -72,16 +61,11 @@ def bench_op(size: tuple[int, int], threads: int, warmup: int, iters: int, tmp: 
     weights = weights.view(n, s, m, levels, p)
     inputs = (value, locations, weights)
     result: dict = {"shapes": shapes, "S": s}
-    kernel = resolve_backend("cpu", None)[0]
     with torch.inference_mode():
         ref = _Attention(shapes, "reference")(*inputs)
-        result["torch_reference_ms"] = _median_ms(
-            lambda: _Attention(shapes, "reference")(*inputs), warmup, iters
-        )
-        if kernel == "kernel":
-            result["torch_kernel_ms"] = _median_ms(
-                lambda: _Attention(shapes, "kernel")(*inputs), warmup, iters
-            )
+    runners = {"torch_reference": lambda: _Attention(shapes, "reference")(*inputs)}
+    if resolve_backend("cpu", None)[0] == "kernel":
+        runners["torch_kernel"] = lambda: _Attention(shapes, "kernel")(*inputs)
     for sampler in SAMPLERS:
         program = torch.onnx.export(
             _Attention(shapes, "reference").eval(),
@@ -97,10 +81,20 @@ def bench_op(size: tuple[int, int], threads: int, warmup: int, iters: int, tmp: 
         names = [i.name for i in session.get_inputs()]
         feeds = dict(zip(names, [t.numpy() for t in inputs], strict=True))
         out = torch.from_numpy(session.run(None, feeds)[0])
-        result[f"onnx_{sampler}_ms"] = _median_ms(
-            lambda s=session, f=feeds: s.run(None, f), warmup, iters
-        )
         result[f"onnx_{sampler}_max_diff"] = float((out - ref).abs().max())
+        runners[f"onnx_{sampler}"] = lambda s=session, f=feeds: s.run(None, f)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    with torch.inference_mode():
+        for round_index in range(warmup + iters):  # interleaved: the load drifts between rounds
+            for name, run in runners.items():
+                start = time.perf_counter()
+                run()
+                if round_index >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    result["median_ms"] = {k: round(statistics.median(v) * 1e3, 1) for k, v in times.items()}
+    result["all_ms"] = {k: [round(t * 1e3, 1) for t in v] for k, v in times.items()}
+    ratios = [a / b for a, b in zip(times["onnx_gridsample"], times["onnx_gather"], strict=True)]
+    result["gridsample_over_gather_per_round_median"] = round(statistics.median(ratios), 3)
     return result
 
 

@@ -255,7 +255,7 @@ def _metadata(
     data = recipe.get("data", {})
     return {
         "format_version": FORMAT_VERSION,
-        "recipe": json.dumps(recipe, sort_keys=True),
+        "recipe": json.dumps(recipe, sort_keys=True, default=str),
         "class_names": json.dumps(names),
         "num_classes": str(cfg["num_classes"]),
         "inputs": json.dumps({"images": "float32 (N, 3, H, W), RGB, (x / 255 - mean) / std"}),
