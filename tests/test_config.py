@@ -272,7 +272,8 @@ SHIPPED = {
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
 def test_every_recipe_file_loads(name):
-    assert load_recipe(RECIPES / name)["model"]["num_classes"] >= 1
+    classes = load_recipe(RECIPES / name)["model"]["num_classes"]
+    assert classes is None or classes >= 1  # null: from the data (finetune.yaml)
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
