@@ -5,6 +5,7 @@ Public API (imported lazily so the CLI starts fast):
     build_model(recipe)               -> DeformableDETR
     load_weights(model, path)         -> model with a checkpoint's weights
     load_model(weights, recipe=None)  -> (model, recipe), architecture inferred when needed
+    resolve_model(weights, recipe_path, overrides, device) -> (model, recipe), as the CLI does
     post_process(outputs, sizes)      -> top-k detections in pixels
     ms_deform_attn(...)               -> the multi-scale deformable attention op
     build_criterion(recipe)           -> the official Hungarian-matched losses
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 _EXPORTS = {
     "load_recipe": "ddetr_cli.config",
@@ -23,6 +24,7 @@ _EXPORTS = {
     "post_process": "ddetr_cli.model",
     "load_weights": "ddetr_cli.weights",
     "load_model": "ddetr_cli.weights",
+    "resolve_model": "ddetr_cli.weights",
     "save_checkpoint": "ddetr_cli.weights",
     "ms_deform_attn": "ddetr_cli.ops",
     "build_criterion": "ddetr_cli.train",
