@@ -157,7 +157,7 @@ def probe_attention_backend(device: torch.device | str) -> None:
     backward, which fails under no_grad and would be recorded if it first ran inside a trace."""
     from ddetr_cli.ops.backends import resolve_backend
 
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():
         resolve_backend(torch.device(device), None)
 
 
@@ -464,8 +464,7 @@ def check_onnx(
     outputs = session.run(None, {"images": images.numpy()})
     onnx_seconds = time.perf_counter() - started
     device = next(iter(model.parameters())).device
-    with torch.enable_grad():
-        probe_attention_backend(device)
+    probe_attention_backend(device)
     was_training = model.training
     model.eval()
     try:

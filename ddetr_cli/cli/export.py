@@ -23,9 +23,14 @@ def export(
         int | None, typer.Option("--opset", help="ONNX opset (default 18; at least 16).")
     ] = None,
     image_size: Annotated[
-        tuple[int, int],
-        typer.Option("--image-size", help="H W of the example batch (the only size if --static)."),
-    ] = (800, 1066),
+        tuple[int, int] | None,
+        typer.Option(
+            "--image-size",
+            help="H W of the example batch (the only size if --static); default: a 480x640 "
+            "picture after the recipe's evaluation resize (800 1066 for COCO recipes).",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", help="Example batch (the only batch if --static).")
     ] = 1,
@@ -70,21 +75,21 @@ def export(
 
     Examples:
       ddetr export -w r50_deformable_detr.pth -o deformable_detr.onnx
-      ddetr export -w runs/shapes --image-size 128 128 -o shapes.onnx
+      ddetr export -w runs/shapes -o shapes.onnx
       ddetr export -w model.pth -o model_b1.onnx --static --batch-size 1 --postprocess
       ddetr predict -w shapes.onnx pictures/
     """
     from ddetr_cli.export import export_onnx, require_export_extra
     from ddetr_cli.files import write_json
+    from ddetr_cli.images import eval_size
     from ddetr_cli.runtime import resolve_device
     from ddetr_cli.weights import resolve_model
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if min(image_size) < 32:
-        raise UsageError(
-            f"--image-size must be at least 32 32, got {image_size[0]} {image_size[1]}"
-        )
+    if image_size is not None and min(image_size) < 32:
+        h, w = image_size
+        raise UsageError(f"--image-size must be at least 32 32, got {h} {w}")
     if sampler not in ("gridsample", "gather"):
         raise UsageError(f"--sampler {sampler!r}: choose gridsample or gather")
     if str(weights).endswith(".onnx"):
@@ -92,7 +97,10 @@ def export(
     require_export_extra()
     dev = resolve_device(device)
     model, resolved = resolve_model(weights, recipe, overrides or [], str(dev))
-    print_line(f"exporting {weights} to {out} ...", stderr)
+    if image_size is None:
+        data = resolved["data"]
+        image_size = eval_size(480, 640, data["eval_min_size"], data["eval_max_size"])
+    print_line(f"exporting {weights} to {out} at {image_size[0]}x{image_size[1]} ...", stderr)
     report = export_onnx(
         model,
         resolved,
