@@ -40,7 +40,7 @@ STANDARD_DOMAINS = {"", "ai.onnx"}
 
 def _model(**flags: bool):
     overrides = [*TINY, *(f"model.{k}={str(v).lower()}" for k, v in flags.items())]
-    recipe = load_recipe("recipes/shapes.yaml", overrides)
+    recipe = load_recipe("shapes", overrides)  # the packaged recipe
     torch.manual_seed(0)
     model = build_model(recipe).eval()
     # Sharper, query-dependent attention than the initialisation's uniform weights.
