@@ -8,6 +8,7 @@ on GPU, perf_counter on CPU). FPS = pictures / timed seconds. Every setting is i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -312,6 +313,17 @@ def check_options(options: BenchOptions) -> None:
         )
 
 
+def _onnx_options(options: BenchOptions) -> BenchOptions:
+    """What can be measured of an ONNX file: its speed as exported (fp32, no torch.compile);
+    FLOPs and parameters belong to the weights it was exported from."""
+    if options.compile or set(options.dtypes) != {"fp32"}:
+        raise UsageError(
+            "an ONNX file runs as exported: fp32 and no --compile (bench its source weights "
+            "for other dtypes and torch.compile)"
+        )
+    return dataclasses.replace(options, flops=False, fps=True)
+
+
 def run_bench(
     model: nn.Module,
     recipe: dict[str, Any],
@@ -325,6 +337,9 @@ def run_bench(
 
     say = progress or (lambda _msg: None)
     check_options(options)
+    onnx = not isinstance(model, nn.Module)  # an exported file, run by onnxruntime
+    if onnx:
+        options = _onnx_options(options)
     device = resolve_device(options.device)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -345,7 +360,7 @@ def run_bench(
         inputs = {"image_size": list(size)}
     inputs["speed_picture_size"] = list(picture.shape[-2:])
 
-    total, trainable = count_params(model)
+    total, trainable = count_params(model) if not onnx else (None, None)
     report: dict[str, Any] = {
         "ddetr_version": __version__,
         "model": {"source": source, "description": describe_model(recipe)},
@@ -376,6 +391,9 @@ def _run_speed(
 ) -> dict[str, Any]:
     warmup, iters = resolve_protocol(options, device)
     backends = resolve_backends(device, options.attention_backend)
+    if not isinstance(model, nn.Module):
+        providers = ", ".join(model.session.get_providers())
+        backends = [("onnxruntime", f"the exported graph ({providers})")]
     modes = [False, True] if options.compile else [False]
     # Our own copy: switching backends must not change the caller's model.
     model = copy.deepcopy(model).to(device).eval().optimize_for_inference()

@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import time
-import types
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.extras import EXTRAS, require
 
-EXTRA_HINT = "pip install 'ddetr-cli[export]'  (onnx, onnxruntime, onnxscript)"
 DEFAULT_OPSET = 18
 MIN_OPSET = 16  # GridSample (the gridsample sampler); the gather translation needs 13
 LOGITS_TOLERANCE = 1e-4
@@ -41,15 +40,8 @@ POSTPROCESS_OUTPUTS = ("scores", "labels", "boxes")
 
 def require_export_extra(*modules: str) -> None:
     """DdetrError naming the extra to install when an export dependency is missing."""
-    import importlib
-
-    for name in modules or ("onnx", "onnxruntime", "onnxscript"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            raise DdetrError(
-                f"ONNX export needs {name}, which is not installed: {EXTRA_HINT}"
-            ) from None
+    for name in modules or EXTRAS["export"]:
+        require(name, "export")
 
 
 # --------------------------------------------------------------------------- the traced module
@@ -92,64 +84,6 @@ def topk_detections(
     xyxy = torch.gather(xyxy, 1, query.unsqueeze(-1).expand(-1, -1, 4))
     full = [torch.full((), v, dtype=xyxy.dtype, device=xyxy.device) for v in (width, height)]
     return scores, labels, xyxy * torch.stack(full).repeat(2)
-
-
-class _ExportTorch(types.ModuleType):
-    """``torch`` whose linspace and as_tensor keep symbolic sizes symbolic (see _dynamic_sizes)."""
-
-    def __init__(self) -> None:
-        super().__init__("torch")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    @staticmethod
-    def linspace(start: Any, end: Any, steps: Any, **kwargs: Any) -> Tensor:
-        if not isinstance(steps, torch.SymInt):
-            return torch.linspace(start, end, steps, **kwargs)
-        # aten::linspace takes an int step count, which torch.export would specialise to the
-        # example's size; arange takes a symbolic end. Same values: start + i * step.
-        step = (end - start) / torch.sym_max(steps - 1, 1)
-        return torch.arange(steps, **kwargs) * step + start
-
-    @staticmethod
-    def as_tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
-        if not _has_symint(data):
-            return torch.as_tensor(data, dtype=dtype, device=device)
-        # torch.export would record a list of symbolic sizes as a constant tensor of the
-        # example's sizes (the spatial shapes); full() of each size stays symbolic.
-        return _stack_nested(data, dtype, device)
-
-
-def _has_symint(data: Any) -> bool:
-    if isinstance(data, (list, tuple)):
-        return any(_has_symint(item) for item in data)
-    return isinstance(data, torch.SymInt)
-
-
-def _stack_nested(data: Any, dtype: Any, device: Any) -> Tensor:
-    if isinstance(data, (list, tuple)):
-        return torch.stack([_stack_nested(item, dtype, device) for item in data])
-    return torch.full((), data, dtype=dtype or torch.long, device=device)
-
-
-@contextlib.contextmanager
-def _dynamic_sizes() -> Iterator[None]:
-    """While tracing, keep feature-map sizes symbolic in ``ddetr_cli.model.transformer``.
-
-    It builds ``spatial_shapes`` with ``torch.as_tensor`` of the sizes, and the encoder's
-    reference points and the two-stage proposals with ``torch.linspace(.., .., h)``: torch.export
-    records the first as a constant and specialises the second, so the graph would silently
-    compute wrong results at any other picture size. Scoped to that one module and this block.
-    """
-    from ddetr_cli.model import transformer
-
-    original = transformer.torch
-    transformer.torch = _ExportTorch()
-    try:
-        yield
-    finally:
-        transformer.torch = original
 
 
 def probe_attention_backend(device: torch.device | str) -> None:
@@ -322,7 +256,7 @@ def export_onnx(
         dynamic_shapes = {"images": {0: dim, 2: dim, 3: dim}}
     outputs = list(POSTPROCESS_OUTPUTS if postprocess else RAW_OUTPUTS)
     started = time.perf_counter()
-    with _export_mode(model), _dynamic_sizes(), torch.no_grad():
+    with _export_mode(model), torch.no_grad():
         try:
             program = torch.onnx.export(
                 wrapper,
@@ -371,8 +305,7 @@ def export_onnx(
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The ``ddetr.*`` metadata of an exported file, prefix removed (values are strings)."""
-    require_export_extra("onnx")
-    import onnx
+    onnx = require("onnx", "export")
 
     model = onnx.load(str(path), load_external_data=False)
     return {
@@ -384,8 +317,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def ort_session(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
     """An onnxruntime InferenceSession: CUDA provider for a cuda device when present."""
-    require_export_extra("onnxruntime")
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export")
 
     options = ort.SessionOptions()
     if threads is not None:

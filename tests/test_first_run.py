@@ -192,3 +192,15 @@ def test_usage_mistakes_exit_2_everywhere(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr.strip().startswith("error: "), (args, result.output)
+
+
+def test_the_kernel_is_found_available_under_inference_mode(monkeypatch):
+    """predict runs under inference_mode: the kernel's first availability probe (which runs a
+    backward) must not fail there and leave the slow reference backend for the whole process."""
+    from ddetr_cli.ops import backends, kernel
+
+    monkeypatch.setattr(kernel, "_status", {})
+    backends.clear_cache()
+    with torch.inference_mode():
+        ok, reason = backends.kernel_availability(torch.device("cpu"))
+    assert ok, reason

@@ -16,7 +16,17 @@ import typer
 from rich.logging import RichHandler
 
 from ddetr_cli import __version__
-from ddetr_cli.cli import bench, convert, data, evaluate, ops, predict, recipe, train  # TODO-LEAD: +1
+from ddetr_cli.cli import (
+    bench,
+    convert,
+    data,
+    evaluate,
+    export,
+    ops,
+    predict,
+    recipe,
+    train,
+)
 from ddetr_cli.cli import visualize as visualize_commands
 from ddetr_cli.cli.console import (
     EXIT_INTERRUPTED,
@@ -78,9 +88,9 @@ app.command("predict")(predict.predict)
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(bench.bench_app, name="bench")
 app.add_typer(visualize_commands.visualize_app, name="visualize")
-# TODO-LEAD: export
 app.add_typer(data.data_app, name="data")
 app.command("convert")(convert.convert)
+app.command("export")(export.export)
 app.add_typer(recipe.recipe_app, name="recipe")
 app.add_typer(ops.ops_app, name="ops")
 

@@ -72,7 +72,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     machine = report["machine"]
     where = machine.get("gpu") or f"{machine['cpu']} ({machine['torch_threads']} threads)"
     summary.add_row("machine", f"{where}; torch {machine['torch']}")
-    summary.add_row("params", f"{report['params']:,} ({report['params_trainable']:,} trainable)")
+    if report["params"] is not None:  # None for an ONNX file: see its source weights
+        params = f"{report['params']:,} ({report['params_trainable']:,} trainable)"
+        summary.add_row("params", params)
     flops = report.get("flops")
     if flops:
         sizes = flops["sizes"]

@@ -1,4 +1,4 @@
-"""The ``ddetr export`` command (registered in cli/__init__.py): the detector as ONNX."""
+"""``ddetr export``: the detector as ONNX, checked in onnxruntime when written."""
 
 from __future__ import annotations
 
@@ -11,55 +11,64 @@ from ddetr_cli.cli.console import print_line, stderr
 from ddetr_cli.cli.options import Device, JsonOut, Overrides, Recipe, Weights
 from ddetr_cli.errors import DdetrError, UsageError
 
+# The options of `ddetr export` alone (the shared ones are in cli/options.py).
+OnnxFile = Annotated[
+    Path, typer.Option("--out", "-o", help="The ONNX file to write.", show_default=False)
+]
+Opset = Annotated[int | None, typer.Option("--opset", help="ONNX opset (default 18; at least 16).")]
+ExampleSize = Annotated[
+    tuple[int, int] | None,
+    typer.Option(
+        "--image-size",
+        metavar="H W",
+        help="H W of the example batch (the only size if --static); default: a 480x640 "
+        "picture after the recipe's evaluation resize (800 1066 for COCO recipes).",
+        show_default=False,
+    ),
+]
+ExampleBatch = Annotated[
+    int, typer.Option("--batch-size", "-b", help="Example batch (the only batch if --static).")
+]
+Static = Annotated[
+    bool, typer.Option("--static", help="Fix batch, height and width to the example's.")
+]
+Postprocess = Annotated[
+    bool,
+    typer.Option(
+        "--postprocess",
+        help="Output the top-k scores, labels and boxes (x0 y0 x1 y1, input pixels) instead "
+        "of pred_logits and pred_boxes.",
+    ),
+]
+Sampler = Annotated[
+    str,
+    typer.Option(
+        "--sampler",
+        help="Deformable attention sampling in the graph: gridsample (faster in "
+        "onnxruntime) or gather (no GridSample: for TensorRT and opset < 16 runtimes).",
+    ),
+]
+Check = Annotated[
+    bool,
+    typer.Option(
+        "--check/--no-check",
+        help="Run the file in onnxruntime at another size and batch and compare with PyTorch.",
+    ),
+]
+
 
 def export(
     overrides: Overrides = None,
     weights: Weights = ...,  # type: ignore[assignment]
     recipe: Recipe = None,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="The ONNX file to write.", show_default=False)
-    ] = ...,  # type: ignore[assignment]
-    opset: Annotated[
-        int | None, typer.Option("--opset", help="ONNX opset (default 18; at least 16).")
-    ] = None,
-    image_size: Annotated[
-        tuple[int, int] | None,
-        typer.Option(
-            "--image-size",
-            help="H W of the example batch (the only size if --static); default: a 480x640 "
-            "picture after the recipe's evaluation resize (800 1066 for COCO recipes).",
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", help="Example batch (the only batch if --static).")
-    ] = 1,
-    static: Annotated[
-        bool, typer.Option("--static", help="Fix batch, height and width to the example's.")
-    ] = False,
-    postprocess: Annotated[
-        bool,
-        typer.Option(
-            "--postprocess",
-            help="Output the top-k scores, labels and boxes (x0 y0 x1 y1, input pixels) instead "
-            "of pred_logits and pred_boxes.",
-        ),
-    ] = False,
-    sampler: Annotated[
-        str,
-        typer.Option(
-            "--sampler",
-            help="Deformable attention sampling in the graph: gridsample (faster in "
-            "onnxruntime) or gather (no GridSample: for TensorRT and opset < 16 runtimes).",
-        ),
-    ] = "gridsample",
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check/--no-check",
-            help="Run the file in onnxruntime at another size and batch and compare with PyTorch.",
-        ),
-    ] = True,
+    out: OnnxFile = ...,  # type: ignore[assignment]
+    opset: Opset = None,
+    image_size: ExampleSize = None,
+    batch_size: ExampleBatch = 1,
+    static: Static = False,
+    postprocess: Postprocess = False,
+    sampler: Sampler = "gridsample",
+    check: Check = True,
     device: Device = "cpu",
     json_out: JsonOut = None,
 ) -> None:

@@ -68,8 +68,10 @@ class Encoder(nn.Module):
         per_level = []
         for lvl, (h, w) in enumerate(shapes):
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                # arange, not linspace: the same values, and a size that stays symbolic
+                # when the model is exported with dynamic shapes.
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -245,8 +247,8 @@ class DeformableTransformer(nn.Module):
             valid_h = torch.sum(~level_mask[:, :, 0], 1)
             valid_w = torch.sum(~level_mask[:, 0, :], 1)
             grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
+                torch.arange(h, dtype=torch.float32, device=memory.device),
+                torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
             grid = torch.stack([grid_x, grid_y], -1)
@@ -307,7 +309,12 @@ class DeformableTransformer(nn.Module):
             1,
         )
         device = src_flatten.device
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
+        # Stacked from the sizes, not as_tensor(shapes): an exported graph then keeps them
+        # symbolic instead of recording the example's sizes as a constant.
+        spatial_shapes = torch.stack(
+            [torch.stack([torch.full((), s, dtype=torch.long, device=device) for s in hw])
+             for hw in shapes]
+        )  # fmt: skip
         level_start_index = torch.cat(
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
         )

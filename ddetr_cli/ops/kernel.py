@@ -96,7 +96,10 @@ def _probe(kind: str) -> tuple[bool, str]:
         return False, "CUDA is not available"
     try:
         ext = build.load_extension(kind)
-        _smoke_test(ext, kind)
+        # The first use may come under no_grad / inference_mode (predict): the reference's
+        # backward needs autograd, whatever the caller's mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            _smoke_test(ext, kind)
     except build.KernelBuildError as e:
         return False, str(e)
     except Exception as e:  # any failure to run means "use the reference", with the reason

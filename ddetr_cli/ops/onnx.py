@@ -29,9 +29,9 @@ BUILD_OPSET = 18  # the opset torch.onnx's translations are written in
 
 
 def _op() -> Any:
-    import onnxscript
+    from ddetr_cli.extras import require
 
-    return onnxscript.opset18
+    return require("onnxscript", "export").opset18
 
 
 def _ints(op: Any, values: list[int]) -> Any:
