@@ -188,10 +188,10 @@ def run_predict(
         min_size or recipe["data"]["eval_min_size"],
         max_size or recipe["data"]["eval_max_size"],
     )
-    names = class_names(recipe)
+    class_labels = class_names(recipe)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = output_names(paths)
+    output_files = output_names(paths)
     results: list[dict[str, Any]] = []
     failures: list[tuple[Path, str]] = []
     started = time.perf_counter()
@@ -199,7 +199,7 @@ def run_predict(
         task = bar.add_task("predict", total=len(paths))
         for start in range(0, len(paths), batch_size):
             indices = range(start, min(start + batch_size, len(paths)))
-            batch = _read_batch(paths, names, indices, failures)
+            batch = _read_batch(paths, output_files, indices, failures)
             detections = (
                 _detect(model, batch, sizes, recipe["model"]["num_detections"], dev)
                 if batch
@@ -211,7 +211,7 @@ def run_predict(
                 labels = det["labels"][keep].cpu()
                 boxes = det["boxes"][keep].float().cpu()
                 results.extend(_coco_results(item.image_id, item.path, boxes, labels, scores))
-                drawn = draw_detections(item.picture, boxes, labels, scores, names)
+                drawn = draw_detections(item.picture, boxes, labels, scores, class_labels)
                 _save_picture(drawn, out_dir / item.output_name)
             bar.advance(task, len(indices))
     n_done = len(paths) - len(failures)
