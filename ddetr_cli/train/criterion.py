@@ -116,14 +116,14 @@ class SetCriterion(nn.Module):
         for i, aux in enumerate(outputs.get("aux_outputs", ())):
             losses.update(self._one_level(aux, targets, num_boxes, f"_{i}", log=False))
         if "enc_outputs" in outputs:
-            # Two-stage proposals are class-agnostic: every target is class 0 (item 22).
+            # Two-stage proposals are class-agnostic: every target is class 0 (docs/design.md#losses).
             binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
             losses.update(self._one_level(outputs["enc_outputs"], binary, num_boxes, "_enc", False))
         return losses
 
     @staticmethod
     def num_boxes(targets: Targets, device: torch.device) -> float:
-        """Target boxes per process, averaged over processes, at least 1 (item 21)."""
+        """Target boxes per process, averaged over processes, at least 1 (docs/design.md#losses)."""
         total = torch.as_tensor(
             [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float64, device=device
         )
