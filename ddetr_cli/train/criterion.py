@@ -116,7 +116,8 @@ class SetCriterion(nn.Module):
         for i, aux in enumerate(outputs.get("aux_outputs", ())):
             losses.update(self._one_level(aux, targets, num_boxes, f"_{i}", log=False))
         if "enc_outputs" in outputs:
-            # Two-stage proposals are class-agnostic: every target is class 0 (docs/design.md#losses).
+            # Two-stage proposals are class-agnostic: every target is class 0
+            # (docs/design.md#losses).
             binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
             losses.update(self._one_level(outputs["enc_outputs"], binary, num_boxes, "_enc", False))
         return losses
