@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -84,6 +85,21 @@ def topk_detections(
     xyxy = torch.gather(xyxy, 1, query.unsqueeze(-1).expand(-1, -1, 4))
     full = [torch.full((), v, dtype=xyxy.dtype, device=xyxy.device) for v in (width, height)]
     return scores, labels, xyxy * torch.stack(full).repeat(2)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's optimiser logs notes such as "Skipping constant folding for op Split"
+    as warnings: they are about its own passes, not about the user's model."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def probe_attention_backend(device: torch.device | str) -> None:
@@ -256,7 +272,7 @@ def export_onnx(
         dynamic_shapes = {"images": {0: dim, 2: dim, 3: dim}}
     outputs = list(POSTPROCESS_OUTPUTS if postprocess else RAW_OUTPUTS)
     started = time.perf_counter()
-    with _export_mode(model), torch.no_grad():
+    with _export_mode(model), torch.no_grad(), _quiet_exporter():
         try:
             program = torch.onnx.export(
                 wrapper,

@@ -223,3 +223,19 @@ def test_predicted_pictures_are_labelled_with_class_names(tmp_path, monkeypatch)
     Image.new("RGB", (64, 48), "white").save(picture)
     predict_module.run_predict([picture], OLD, out_dir=tmp_path / "o", progress=False)
     assert seen == [["circle", "rectangle", "triangle"]]
+
+
+def test_resume_drops_the_metrics_a_killed_run_wrote_after_its_checkpoint(tmp_path):
+    """A run killed (not Ctrl-C) after its last checkpoint left lines past it; the resumed run
+    would repeat those steps and the curves would jump back."""
+    from ddetr_cli.train.report import Reporter
+
+    lines = [{"type": "step", "step": s} for s in (50, 100, 150)] + [
+        {"type": "epoch", "epoch": 0, "step": 150, "AP": 0.1},
+        {"type": "step", "step": 200},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    reporter = Reporter(tmp_path, enabled=True, progress=False, tensorboard=False)
+    reporter.forget_after(150)
+    kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == lines[:4]

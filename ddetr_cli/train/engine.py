@@ -228,6 +228,8 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             dump_recipe(recipe, self.output_dir / "recipe.yaml")
         self.reporter = Reporter(self.output_dir, ctx.is_main, progress, cfg["tensorboard"])
+        if ckpt is not None:
+            self.reporter.forget_after(self.state.step)
         self._report_start(ckpt, resume)
 
     def _build_model(self, ckpt, resume, weights) -> None:

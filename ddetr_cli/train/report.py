@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ddetr_cli.files import atomic_write
+
 log = logging.getLogger(__name__)
 SHOWN_LOSSES = ("loss_ce", "loss_bbox", "loss_giou")
 TENSORBOARD_HINT = (
@@ -94,6 +96,17 @@ class Reporter:
                 fh.write(json.dumps(record) + "\n")
         if self.writer is not None:
             _to_tensorboard(self.writer, record, lrs or {})
+
+    def forget_after(self, step: int) -> None:
+        """On resume: drop the metrics lines a killed run wrote after its last checkpoint
+        (step > `step`), so the resumed run's lines follow on instead of repeating steps."""
+        if self.metrics_path is None or not self.metrics_path.is_file():
+            return
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            with atomic_write(self.metrics_path) as fh:
+                fh.write("".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self.bar is not None:
