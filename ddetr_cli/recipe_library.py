@@ -2,12 +2,13 @@
 
 They are the repository's top-level `recipes/*.yaml`; the package reaches them through
 `ddetr_cli/recipes`, a link to that folder that the wheel turns into copies. Each file starts
-with comment lines: the first says what the recipe is; "COCO val2017 AP N" states the official
-result, when there is one.
+with comment lines: their first sentence says what the recipe is; "COCO val2017 AP N" states
+the official result, when there is one.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import shutil
@@ -43,7 +44,9 @@ def describe(path: Path) -> PackagedRecipe:
             break
         comments.append(line.lstrip("#").strip())
     match = _AP.search(" ".join(comments))
-    description = comments[0].rstrip(".") if comments else ""
+    # The first sentence of the first comment paragraph.
+    paragraph = " ".join(itertools.takewhile(bool, comments))
+    description = re.split(r"(?<=\.)\s", paragraph + " ", maxsplit=1)[0].rstrip(".: ")
     return PackagedRecipe(path.stem, path, description, float(match.group(1)) if match else None)
 
 
