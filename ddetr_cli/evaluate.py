@@ -322,13 +322,17 @@ def _evaluate_model(
     from ddetr_cli.data import build_datasets, collate
     from ddetr_cli.files import write_json
 
+    no_data = DdetrError(
+        "no evaluation data: the recipe has no val split; pass --images and --annotations "
+        "(or data.root=... / data.val.images=... data.val.annotations=...)"
+    )
+    data = recipe["data"]
+    if data["format"] != "shapes" and data["root"] is None and not data["val"]["images"]:
+        raise no_data
     model.optimize_for_inference()
     splits = build_datasets(recipe, train=False)
     if splits.val is None:
-        raise DdetrError(
-            "no evaluation data: the recipe has no val split; pass --images and --annotations "
-            "(or data.root=... / data.val.images=... data.val.annotations=...)"
-        )
+        raise no_data
     sampler = DistributedSampler(splits.val, shuffle=False) if ctx.enabled else None
     loader = DataLoader(splits.val, batch_size=batch_size, sampler=sampler, collate_fn=collate)
     local = predict_coco_results(
