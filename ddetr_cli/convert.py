@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,16 @@ def official_args(model: dict[str, Any]) -> argparse.Namespace:
     )
 
 
-def convert(src: str | Path, dst: str | Path, to: str = "ddetr") -> dict[str, Any]:
-    """Read `src`, write `dst` in format `to` (ddetr | hf | official). Returns a summary:
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    to: str = "ddetr",
+    recipe_path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Read `src`, write `dst` in format `to` (ddetr | hf | official). The architecture is the
+    weights' own (stored, inferred or config.json) unless `recipe_path` names one; `overrides`
+    apply to it. Returns a summary:
     {"src", "src_format", "dst", "to", "tensors_read", "tensors_written", "model"}."""
     from ddetr_cli.model import build_model
     from ddetr_cli.weights import load_state_dict, read_weights, weights_format
@@ -61,7 +70,12 @@ def convert(src: str | Path, dst: str | Path, to: str = "ddetr") -> dict[str, An
     if src_format != "hub" and not Path(src).exists():
         raise UsageError(f"{src}: no such file or folder")
     ckpt = read_weights(src)
-    recipe = copy.deepcopy(recipe_for_checkpoint(ckpt, (), f"weights {src}"))
+    if recipe_path is not None:
+        from ddetr_cli.config import load_recipe
+
+        recipe = load_recipe(recipe_path, overrides)
+    else:
+        recipe = copy.deepcopy(recipe_for_checkpoint(ckpt, overrides, f"weights {src}"))
     recipe["model"]["pretrained_backbone"] = False
     if to == "hf" and recipe["model"]["backbone"] not in ("resnet50", "resnet101"):
         raise DdetrError(

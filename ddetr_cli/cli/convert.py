@@ -1,4 +1,4 @@
-"""The ``ddetr convert`` command (registered in cli/__init__.py): weights between formats."""
+"""``ddetr convert``: weights between ddetr, transformers and the official formats."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ddetr_cli.cli.console import print_line
+from ddetr_cli.cli.options import Overrides, Recipe
 
 
 def convert(
@@ -36,6 +37,8 @@ def convert(
             "reads).",
         ),
     ] = "ddetr",
+    recipe: Recipe = None,
+    overrides: Overrides = None,
 ) -> None:
     """Convert weights between ddetr, Hugging Face transformers and the official code.
 
@@ -48,10 +51,11 @@ def convert(
       ddetr convert SenseTime/deformable-detr deformable-detr.pth --to ddetr
       ddetr convert path/to/hf-folder model.safetensors
       ddetr convert runs/coco/checkpoint_best.pth for-official.pth --to official
+      ddetr convert dc5_without_args.pth dc5.pth --recipe single_scale_dc5
     """
     from ddetr_cli.convert import convert as run_convert
 
-    summary = run_convert(src, dst, to)
+    summary = run_convert(src, dst, to, recipe, overrides or [])
     print_line(
         f"{summary['src']} ({summary['src_format']}, {summary['tensors_read']} tensors) -> "
         f"{summary['dst']} ({summary['to']}, {summary['tensors_written']} tensors): "

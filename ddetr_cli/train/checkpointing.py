@@ -62,7 +62,8 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     ]  # fmt: skip
     for key in reset:
         state[key] = own[key]
-    load_state_dict(model, state, str(path))
+    hint = "train with the recipe these weights were made with (or key=value overrides)"
+    load_state_dict(model, state, str(path), hint)
     if reset:
         old = ckpt["model"]["class_embed.0.weight"].shape[0]
         new = own["class_embed.0.weight"].shape[0]

@@ -100,8 +100,14 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     return read_checkpoint(resolve_weights_path(path))
 
 
-def load_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
-    """Strict load with one clear line when the architecture differs."""
+MISMATCH_HINT = "pass the matching --recipe (or key=value overrides)"
+
+
+def load_state_dict(
+    model: nn.Module, state_dict: dict[str, Tensor], source: str, hint: str = MISMATCH_HINT
+) -> None:
+    """Strict load with one clear line when the architecture differs; `hint` says how to fix
+    it in the caller's terms (an option the command has)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own and not k.endswith("num_batches_tracked")]
@@ -121,8 +127,7 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source: str
                 more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
                 parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
         raise DdetrError(
-            f"{source} does not fit this model architecture: {'; '.join(parts)}; "
-            "pass the matching --recipe (or key=value overrides)"
+            f"{source} does not fit this model architecture: {'; '.join(parts)}; {hint}"
         )
     model.load_state_dict(state_dict, strict=False)
 
