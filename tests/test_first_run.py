@@ -239,3 +239,19 @@ def test_resume_drops_the_metrics_a_killed_run_wrote_after_its_checkpoint(tmp_pa
     reporter.forget_after(150)
     kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kept == lines[:4]
+
+
+def test_convert_takes_a_recipe(tmp_path):
+    """A file whose architecture cannot be inferred (official DC5 without args) needs the
+    recipe the mismatch message asks for: convert has --recipe like the other commands."""
+    from ddetr_cli.config import dump_recipe
+    from ddetr_cli.convert import convert
+
+    recipe = read_checkpoint(OLD)["recipe"]
+    recipe["model"]["num_detections"] = 7
+    dump_recipe(recipe, tmp_path / "r.yaml")
+    convert(OLD, tmp_path / "out.pth", "ddetr", tmp_path / "r.yaml", ["model.dropout=0.2"])
+    written = read_checkpoint(tmp_path / "out.pth")["recipe"]["model"]
+    assert (written["num_detections"], written["dropout"]) == (7, 0.2)
+    with pytest.raises(DdetrError, match="pass the matching --recipe"):
+        convert(OLD, tmp_path / "bad.pth", "ddetr", None, ["model.num_queries=4"])
