@@ -254,4 +254,4 @@ def test_convert_takes_a_recipe(tmp_path):
     written = read_checkpoint(tmp_path / "out.pth")["recipe"]["model"]
     assert (written["num_detections"], written["dropout"]) == (7, 0.2)
     with pytest.raises(DdetrError, match="pass the matching --recipe"):
-        convert(OLD, tmp_path / "bad.pth", "ddetr", None, ["model.num_queries=4"])
+        convert(OLD, tmp_path / "bad.pth", "ddetr", None, ["model.hidden_dim=64"])
