@@ -97,7 +97,7 @@ def default_size(recipe: dict[str, Any]) -> tuple[int, int]:
     typical picture of its data (COCO val2017's first, 427x640, for COCO-sized models: 800x1199
     at the official 800/1333; the shapes pictures for the shapes demo)."""
     from ddetr_cli.data.shapes import IMAGE_SIZE
-    from ddetr_cli.images import eval_size
+    from ddetr_cli.data.transforms import eval_size
 
     data = recipe["data"]
     h, w = (IMAGE_SIZE, IMAGE_SIZE) if data["format"] == "shapes" else COCO_FIRST_PICTURE
@@ -128,7 +128,8 @@ def folder_inputs(
 ) -> tuple[list[tuple[int, int]], torch.Tensor]:
     """Evaluation-transform sizes of a folder's first ``max_images`` pictures (sorted by name)
     and the first one, transformed, for the speed runs."""
-    from ddetr_cli.images import eval_size, eval_transform, list_images, load_image
+    from ddetr_cli.data.transforms import eval_size, eval_transform
+    from ddetr_cli.images import list_images, load_image
 
     if not folder.is_dir():
         raise DdetrError(f"--images {folder}: not a folder")

@@ -194,7 +194,7 @@ class ExportReport:
 def _metadata(
     recipe: dict[str, Any], sampler: str, static: bool, postprocess: bool, image_size, batch_size
 ) -> dict[str, str]:
-    from ddetr_cli.images import IMAGENET_MEAN, IMAGENET_STD
+    from ddetr_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     cfg = recipe["model"]
     names = cfg.get("class_names")

@@ -14,10 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ddetr_cli.coco_names import class_names
+from ddetr_cli.data.transforms import eval_transform
 from ddetr_cli.draw import draw_detections
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import write_json
-from ddetr_cli.images import eval_transform, list_images, load_image
+from ddetr_cli.images import list_images, load_image
 from ddetr_cli.model import post_process
 from ddetr_cli.runtime import resolve_device
 from ddetr_cli.weights import resolve_model

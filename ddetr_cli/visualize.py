@@ -108,8 +108,8 @@ def attention_pictures(
     """For the `top` detections, the sampling points of one decoder layer's cross-attention on
     every level, with the reference point and the predicted box; with `pixel` (x, y), also the
     points an encoder layer samples for the stride-8 position under that pixel."""
+    from ddetr_cli.data.transforms import eval_transform
     from ddetr_cli.draw import draw_label, drawing_sizes, label_text
-    from ddetr_cli.images import eval_transform
 
     decoder_attn = _layer(model.transformer.decoder.layers, decoder_layer, "decoder").cross_attn
     encoder_attn = _layer(model.transformer.encoder.layers, encoder_layer, "encoder").self_attn
@@ -250,8 +250,8 @@ def dataset_pictures(
     from torchvision.ops import box_convert
 
     from ddetr_cli.data import build_datasets
+    from ddetr_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ddetr_cli.draw import draw_detections
-    from ddetr_cli.images import IMAGENET_MEAN, IMAGENET_STD
 
     splits = build_datasets(recipe, train=True)
     dataset, names = splits.train, splits.class_names or None

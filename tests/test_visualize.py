@@ -50,7 +50,7 @@ def test_points_are_drawn_where_the_model_samples(model, tmp_path):
     assert [d["query"] for d in result.detections] != []
     layer = model.transformer.decoder.layers[-1].cross_attn
     layer.capture = True
-    from ddetr_cli.images import eval_transform
+    from ddetr_cli.data.transforms import eval_transform
 
     with torch.no_grad():
         model([eval_transform(picture, 96, 128)])

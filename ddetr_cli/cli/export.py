@@ -88,9 +88,9 @@ def export(
       ddetr export -w model.pth -o model_b1.onnx --static --batch-size 1 --postprocess
       ddetr predict -w shapes.onnx pictures/
     """
+    from ddetr_cli.data.transforms import eval_size
     from ddetr_cli.export import export_onnx, require_export_extra
     from ddetr_cli.files import write_json
-    from ddetr_cli.images import eval_size
     from ddetr_cli.runtime import resolve_device
     from ddetr_cli.weights import resolve_model
 

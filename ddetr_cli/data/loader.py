@@ -8,19 +8,12 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from ddetr_cli.model.utils import pad_images
-
 
 def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[list[Tensor], list[dict]]:
     """Keep pictures as a list: the model pads them bottom-right and builds the masks itself
     (``pad_images``, the official layout), so nothing is padded twice."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
-
-
-def padded(images: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """(B, 3, H, W) zero-padded batch and its (B, H, W) mask, True on padding."""
-    return pad_images(images)
 
 
 class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):

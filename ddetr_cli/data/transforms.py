@@ -1,4 +1,6 @@
-"""Training augmentation (docs/design.md#augmentation) and target conversion, on transforms.v2.
+"""The transforms: the official evaluation resize and normalisation (``eval_size``,
+``eval_transform``, used by predict, evaluate, bench, visualize and export), the training
+augmentation (docs/design.md#augmentation) and target conversion, on transforms.v2.
 
 Pictures are ``tv_tensors.Image`` uint8 and boxes ``tv_tensors.BoundingBoxes`` in absolute xyxy,
 so every geometric transform moves the boxes with the picture. The output is a normalised float
@@ -17,7 +19,46 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
-from ddetr_cli.images import IMAGENET_MEAN, IMAGENET_STD, eval_size
+# ImageNet statistics of RGB in [0, 1], as the official model used (docs/design.md#inputs).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def eval_size(h: int, w: int, min_size: int = 800, max_size: int | None = 1333) -> tuple[int, int]:
+    """(new_h, new_w) of the official evaluation resize (docs/design.md#resize-rule).
+
+    The short side becomes ``min_size`` unless that makes the long side exceed ``max_size``, in
+    which case the short side becomes ``round(max_size * short / long)``. The long side is
+    ``int(s * long / short)`` (floor). A picture whose short side already has the target size is
+    returned unchanged. Example: 480x640 -> 800x1066; 1000x3000 -> 444x1332.
+    """
+    short, long = (h, w) if h <= w else (w, h)
+    size = min_size
+    if max_size is not None and long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if short == size:
+        return h, w
+    size = max(size, 1)  # only matters for absurd aspect ratios, where the rule gives 0
+    new_long = int(size * long / short)
+    return (size, new_long) if h <= w else (new_long, size)
+
+
+def eval_transform(
+    image: torch.Tensor, min_size: int = 800, max_size: int | None = 1333
+) -> torch.Tensor:
+    """Resize a (3, H, W) uint8 picture with ``eval_size`` and normalise it with ImageNet stats.
+
+    The resize is bilinear with antialiasing on the uint8 tensor, which closely matches the
+    official PIL resize (PIL antialiases when it downscales). Returns float32 (3, h, w).
+    """
+    new_h, new_w = eval_size(image.shape[-2], image.shape[-1], min_size, max_size)
+    if (new_h, new_w) != tuple(image.shape[-2:]):
+        image = TF.resize(
+            image, [new_h, new_w], interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+        )
+    image = TF.to_dtype(image, torch.float32, scale=True)
+    return TF.normalize(image, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+
 
 AUGMENTATIONS = ("paper", "flip", "none")
 # The paper's multi-scale training: short side 480..800 step 32, long side at most 1333.
