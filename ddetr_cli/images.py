@@ -92,3 +92,16 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
             f"no pictures found in {names} (extensions: {', '.join(IMAGE_EXTENSIONS)})"
         )
     return unique
+
+
+_MOVED_TO_TRANSFORMS = ("IMAGENET_MEAN", "IMAGENET_STD", "eval_size", "eval_transform")
+
+
+def __getattr__(name: str) -> object:
+    """The evaluation transform moved to ``ddetr_cli.data.transforms``; importing it from here,
+    as 0.1.0's API did, keeps working."""
+    if name in _MOVED_TO_TRANSFORMS:
+        from ddetr_cli.data import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module 'ddetr_cli.images' has no attribute {name!r}")

@@ -123,3 +123,10 @@ def test_new_checkpoints_store_the_schema(tmp_path):
     model, recipe = load_model(OLD)
     path = save_checkpoint(tmp_path / "c.pth", model, recipe)
     assert read_checkpoint(path)["recipe_schema"] == config.RECIPE_SCHEMA
+
+
+def test_the_0_1_0_import_of_the_evaluation_transform_still_works():
+    from ddetr_cli.data import transforms
+    from ddetr_cli.images import eval_size, eval_transform
+
+    assert eval_transform is transforms.eval_transform and eval_size is transforms.eval_size
