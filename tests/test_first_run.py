@@ -255,3 +255,19 @@ def test_convert_takes_a_recipe(tmp_path):
     assert (written["num_detections"], written["dropout"]) == (7, 0.2)
     with pytest.raises(DdetrError, match="pass the matching --recipe"):
         convert(OLD, tmp_path / "bad.pth", "ddetr", None, ["model.hidden_dim=64"])
+
+
+def test_training_starts_from_any_weights_format(tmp_path):
+    """train --weights reads what every --weights reads (here .safetensors; transformers
+    folders go the same way), re-initialising class heads of another class count."""
+    from ddetr_cli.config import validate_recipe
+    from ddetr_cli.convert import convert
+    from ddetr_cli.model import build_model
+    from ddetr_cli.train.checkpointing import load_initial_weights
+
+    convert(OLD, tmp_path / "w.safetensors")
+    recipe = read_checkpoint(OLD)["recipe"]
+    recipe["model"] |= {"num_classes": 5, "class_names": None}
+    model = build_model(validate_recipe(recipe))
+    line = load_initial_weights(model, tmp_path / "w.safetensors")
+    assert "re-initialised the class heads (3 -> 5 classes)" in line

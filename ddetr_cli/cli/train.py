@@ -22,8 +22,9 @@ _StartWeights = Annotated[
     typer.Option(
         "--weights",
         "-w",
-        help="Start from these weights (ddetr or official .pth, or a run folder: its best "
-        "checkpoint); class heads of another class count are re-initialised.",
+        help="Start from these weights (a ddetr or official .pth, a run folder's best "
+        "checkpoint, a transformers folder or Hub id, .safetensors); class heads of another "
+        "class count are re-initialised.",
         show_default=False,
     ),
 ]

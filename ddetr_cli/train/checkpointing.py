@@ -47,13 +47,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_initial_weights(model: nn.Module, path: str | Path) -> str:
-    """Load weights to start training from. Class heads of another class count are left at
-    their fresh initialisation; returns a line saying what was done. A run folder means its
-    best checkpoint."""
-    from ddetr_cli.weights import resolve_weights_path
+    """Load weights to start training from: any format `--weights` reads (a checkpoint, an
+    official .pth, a run folder's best checkpoint, a transformers folder or Hub id,
+    .safetensors). Class heads of another class count are left at their fresh initialisation;
+    returns a line saying what was done."""
+    from ddetr_cli.weights import read_weights, resolve_weights_path
 
     path = resolve_weights_path(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_weights(path)
     state = dict(ckpt["model"])
     own = model.state_dict()
     reset = [
