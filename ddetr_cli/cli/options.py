@@ -9,6 +9,7 @@ Each is an ``Annotated`` type: a command writes ``weights: Weights`` (required) 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,16 @@ _WEIGHTS_HELP = (
     "Weights: a ddetr checkpoint, an official .pth, a run folder (its best checkpoint), a "
     "transformers folder or Hub id, a .safetensors or an exported .onnx file."
 )
+
+# Pictures and folders, with any `key=value` overrides among them (predict, visualize
+# predictions): typer cannot take two variable-length arguments.
+PicturesAndOverrides = Annotated[
+    list[str],
+    typer.Argument(
+        help="Pictures and/or folders of pictures, and any key=value recipe overrides.",
+        show_default=False,
+    ),
+]
 
 # Trailing `key=value` recipe overrides.
 Overrides = Annotated[
@@ -91,3 +102,16 @@ def with_backend(overrides: list[str] | None, attention_backend: str | None) -> 
     """The overrides plus `--attention-backend`, which is a shorthand for one of them."""
     extra = [f"model.attention_backend={attention_backend}"] if attention_backend else []
     return [*(overrides or []), *extra]
+
+
+# `model.num_queries=100`: a recipe override among the pictures.
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
+
+def split_overrides(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Pictures and folders, and the `key=value` overrides mixed with them."""
+    pictures, overrides = [], []
+    for item in items:
+        is_override = _OVERRIDE.match(item) and not Path(item).exists()
+        (overrides if is_override else pictures).append(item)
+    return [Path(p) for p in pictures], overrides

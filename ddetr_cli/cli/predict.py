@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,33 +15,17 @@ from ddetr_cli.cli.options import (
     MaxSize,
     MinSize,
     Out,
+    PicturesAndOverrides,
     Recipe,
     Threshold,
     Weights,
+    split_overrides,
     with_backend,
 )
 
-# `model.num_queries=100`: a recipe override among the pictures.
-_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
-
-
-def split_overrides(items: list[str]) -> tuple[list[Path], list[str]]:
-    """Pictures and folders, and the `key=value` overrides mixed with them."""
-    pictures, overrides = [], []
-    for item in items:
-        is_override = _OVERRIDE.match(item) and not Path(item).exists()
-        (overrides if is_override else pictures).append(item)
-    return [Path(p) for p in pictures], overrides
-
 
 def predict(
-    images: Annotated[
-        list[str],
-        typer.Argument(
-            help="Pictures and/or folders of pictures, and any key=value recipe overrides.",
-            show_default=False,
-        ),
-    ],
+    images: PicturesAndOverrides,
     weights: Weights,
     recipe: Recipe = None,
     threshold: Threshold = 0.5,

@@ -16,10 +16,12 @@ from ddetr_cli.cli.options import (
     MinSize,
     Out,
     Overrides,
+    PicturesAndOverrides,
     Recipe,
     RecipeArgument,
     Threshold,
     Weights,
+    split_overrides,
 )
 from ddetr_cli.errors import UsageError
 
@@ -108,13 +110,7 @@ def visualize_curves(
 
 @visualize_app.command("predictions")
 def visualize_predictions(
-    images: Annotated[
-        list[str],
-        typer.Argument(
-            help="Pictures and/or folders, and any key=value recipe overrides.",
-            show_default=False,
-        ),
-    ],
+    images: PicturesAndOverrides,
     weights: Weights,
     recipe: Recipe = None,
     threshold: Threshold = 0.5,
@@ -132,7 +128,6 @@ def visualize_predictions(
       ddetr visualize predictions shapes_coco/val2017 -w runs/shapes -t 0.3
       ddetr visualize predictions photos/ -w checkpoint.pth --recipe refine --min-size 600
     """
-    from ddetr_cli.cli.predict import split_overrides
     from ddetr_cli.images import list_images
     from ddetr_cli.predict import output_names, run_predict
     from ddetr_cli.visualize import contact_sheet
