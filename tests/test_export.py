@@ -116,6 +116,24 @@ def test_onnx_model_runs_like_pytorch(two_stage_export):
             )
 
 
+def test_bench_times_an_onnx_file_in_onnxruntime(two_stage_export):
+    """bench -w model.onnx: one onnxruntime row, no FLOPs or parameters (they belong to the
+    source weights), and only what the file can do (fp32, no torch.compile)."""
+    from ddetr_cli.bench import BenchOptions, run_bench
+    from ddetr_cli.errors import UsageError
+    from ddetr_cli.weights import load_model
+
+    _, _, path, _ = two_stage_export
+    onnx_model, recipe = load_model(path)
+    options = BenchOptions(flops=True, fps=False, image_size=(96, 128), warmup=0, iters=1)
+    report = run_bench(onnx_model, recipe, str(path), options)
+    assert report["params"] is None and report["flops"] is None
+    assert [r["backend"] for r in report["speed"]["results"]] == ["onnxruntime"]
+    assert report["speed"]["results"][0]["fps"] > 0
+    with pytest.raises(UsageError, match="fp32 and no --compile"):
+        run_bench(onnx_model, recipe, str(path), BenchOptions(dtypes=["bf16"], iters=1))
+
+
 def test_plain_model_exports(tmp_path):
     model, recipe = _model(with_box_refine=False, two_stage=False)
     path = tmp_path / "plain.onnx"
