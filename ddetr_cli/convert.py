@@ -9,7 +9,6 @@ strictly into the model that recipe builds, so a file that would not run is neve
 
 from __future__ import annotations
 
-import argparse
 import copy
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,33 +18,9 @@ import torch
 
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import atomic_write
+from ddetr_cli.weights.official import official_args
 
 TARGETS = ("ddetr", "hf", "official")
-
-
-def official_args(model: dict[str, Any]) -> argparse.Namespace:
-    """The argparse namespace the official main.py stores, from a recipe's model section."""
-    return argparse.Namespace(
-        backbone=model["backbone"],
-        dilation=model["dilation"],
-        position_embedding="sine",
-        num_feature_levels=model["num_feature_levels"],
-        hidden_dim=model["hidden_dim"],
-        nheads=model["nheads"],
-        enc_layers=model["enc_layers"],
-        dec_layers=model["dec_layers"],
-        dim_feedforward=model["dim_feedforward"],
-        dropout=model["dropout"],
-        num_queries=model["num_queries"],
-        enc_n_points=model["enc_n_points"],
-        dec_n_points=model["dec_n_points"],
-        with_box_refine=model["with_box_refine"],
-        two_stage=model["two_stage"],
-        aux_loss=model["aux_loss"],
-        masks=False,
-        frozen_weights=None,
-        dataset_file="coco",
-    )
 
 
 def convert(

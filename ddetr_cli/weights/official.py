@@ -74,3 +74,11 @@ def infer_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
             if rest == 0:
                 cfg[key] = points
     return cfg
+
+
+def official_args(model: dict[str, Any]) -> argparse.Namespace:
+    """The argparse namespace the official main.py stores, from a recipe's model section: the
+    same one-to-one keys `infer_model_config` reads back, plus the fixed ones of the release."""
+    fixed = {"position_embedding": "sine", "masks": False, "frozen_weights": None,
+             "dataset_file": "coco"}  # fmt: skip
+    return argparse.Namespace(**{key: model[key] for key in _ARGS_TO_MODEL}, **fixed)
