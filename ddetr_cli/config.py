@@ -125,6 +125,17 @@ def migrate_recipe(recipe: dict[str, Any], schema: int) -> dict[str, Any]:
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 ATTENTION_BACKENDS = ("auto", "reference", "kernel")
 
+# Paths of the data. A relative one means: in a recipe file, relative to that file's folder; on
+# the command line (key=value), relative to the current folder. Resolved recipes hold them
+# absolute, so a run's recipe.yaml and checkpoints work from any folder (docs/data.md#paths).
+DATA_PATH_KEYS = (
+    "data.root",
+    "data.train.images",
+    "data.train.annotations",
+    "data.val.images",
+    "data.val.annotations",
+)
+
 # Keys whose default is null, and what they accept once set.
 _STR_LIST = "a list of strings"
 _NULLABLE: dict[str, Any] = {
@@ -323,6 +334,21 @@ def _get(tree: Mapping[str, Any], dotted: str) -> Any:
     return tree
 
 
+def absolute_data_paths(tree: Mapping[str, Any], base: str | Path) -> dict[str, Any]:
+    """A copy of a (partial) recipe tree whose relative data paths (``DATA_PATH_KEYS``, ``~``
+    expanded) are made absolute against the folder ``base``; other values as they are."""
+    out = copy.deepcopy(dict(tree))
+    for dotted in DATA_PATH_KEYS:
+        *sections, leaf = dotted.split(".")
+        node: Any = out
+        for part in sections:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str):
+            # abspath, not resolve(): the path as the user wrote it, ".." folded, links kept.
+            node[leaf] = os.path.abspath(os.path.join(base, os.path.expanduser(node[leaf])))
+    return out
+
+
 def _check_ranges(recipe: dict[str, Any], source: str) -> None:
     for dotted, choices in _CHOICES.items():
         value = _get(recipe, dotted)
@@ -406,8 +432,9 @@ def apply_overrides(
     """A validated, complete copy of ``recipe`` with dotted ``key=value`` overrides applied.
 
     Values are parsed as YAML (``train.epochs=12``, ``model.class_names=[cat, dog]``,
-    ``data.root=null``). ``recipe`` may be partial (missing keys take their defaults), e.g. the
-    recipe stored in a checkpoint; ``source`` names it in error messages.
+    ``data.root=null``); relative data paths among them are made absolute against the current
+    folder. ``recipe`` may be partial (missing keys take their defaults), e.g. the recipe stored
+    in a checkpoint; ``source`` names it in error messages.
     """
     tree = _normalise(recipe, source)
     for item in overrides:
@@ -415,7 +442,8 @@ def apply_overrides(
         partial: Any = value
         for part in reversed(key.split(".")):
             partial = {part: partial}
-        tree = _merge(tree, _normalise(partial, f"override '{item}'"))
+        partial = absolute_data_paths(_normalise(partial, f"override '{item}'"), os.getcwd())
+        tree = _merge(tree, partial)
     return validate_recipe(tree, f"{source} with overrides" if overrides else source)
 
 
@@ -452,7 +480,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise DdetrError(f"{path}: 'base:' inheritance cycle ({cycle})")
     data = _read_yaml(path)
     base = data.pop("base", None)
-    tree = _normalise(data, str(path))
+    tree = absolute_data_paths(_normalise(data, str(path)), path.parent)
     if base is None:
         return tree
     if not isinstance(base, str) or not base:
@@ -465,7 +493,9 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a recipe file (with its ``base:`` chain), apply overrides, fill defaults, validate.
 
-    ``path`` may also name a packaged recipe (``"refine"``).
+    ``path`` may also name a packaged recipe (``"refine"``). Relative data paths resolve
+    against the folder of the file that sets them, those of ``overrides`` against the current
+    folder: the result holds them absolute.
 
     ``load_recipe(None, overrides)`` is the defaults plus the overrides.
     """
@@ -473,6 +503,18 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[
         return apply_overrides({}, overrides, "defaults")
     path = resolve_recipe(path)
     return apply_overrides(_load_tree(path, ()), overrides, str(path))
+
+
+def load_run_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A run's own recipe.yaml (written resolved) with overrides applied. Its data paths are
+    absolute; a relative one (runs of ddetr 0.1) meant the folder training ran in, taken to be
+    the current folder, as ddetr 0.1 did."""
+    path = Path(path)
+    tree = _read_yaml(path)
+    if "base" in tree:  # not written by ddetr: an ordinary recipe file
+        return load_recipe(path, overrides)
+    tree = absolute_data_paths(_normalise(tree, str(path)), os.getcwd())
+    return apply_overrides(tree, overrides, str(path))
 
 
 def format_recipe(recipe: Mapping[str, Any]) -> str:

@@ -9,12 +9,13 @@ run with its own recipe.yaml; overrides given with it apply on top (train.epochs
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddetr_cli.config import load_recipe
+from ddetr_cli.config import absolute_data_paths, apply_overrides, load_recipe, load_run_recipe
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.train.checkpointing import find_resume, read_training_state
 
@@ -156,12 +157,12 @@ def _plan_resume(target: Path, recipe: Path | None, overrides: list[str]) -> Tra
     extra = [] if any(_key(o) == "train.output_dir" for o in overrides) else [
         f"train.output_dir={run_dir}"
     ]  # fmt: skip
+    # The run's paths are absolute (relative ones, from ddetr 0.1, mean the current folder).
     if (run_dir / "recipe.yaml").is_file():
-        run_recipe = load_recipe(run_dir / "recipe.yaml", [*overrides, *extra])
+        run_recipe = load_run_recipe(run_dir / "recipe.yaml", [*overrides, *extra])
     else:
-        from ddetr_cli.config import apply_overrides
-
         stored = read_training_state(checkpoint).get("recipe") or {}
+        stored = absolute_data_paths(stored, os.getcwd())
         run_recipe = apply_overrides(stored, [*overrides, *extra], f"checkpoint {checkpoint}")
     if recipe is not None:
         differences = recipe_differences(load_recipe(recipe, overrides), run_recipe)
