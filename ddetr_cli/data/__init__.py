@@ -1,7 +1,7 @@
 """Detection data: COCO, Roboflow, YOLO and VOC folders, the built-in shapes, augmentation and
 batching."""
 
-from ddetr_cli.data.build import Splits, build_datasets, coco_paths
+from ddetr_cli.data.build import Splits, build_datasets
 from ddetr_cli.data.coco import CocoDataset, read_coco
 from ddetr_cli.data.dataset import DetectionDataset
 from ddetr_cli.data.formats import DataSource, detect_format
@@ -11,6 +11,6 @@ from ddetr_cli.data.sources import data_classes, load_source
 
 __all__ = [
     "CocoDataset", "DataSource", "DetectionDataset", "ResumableBatchSampler", "ShapesDataset",
-    "Splits", "build_datasets", "coco_paths", "collate", "data_classes", "detect_format",
+    "Splits", "build_datasets", "collate", "data_classes", "detect_format",
     "load_source", "read_coco",
 ]  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pycocotools.coco import COCO
@@ -14,10 +13,10 @@ from ddetr_cli.data.coco import CocoDataset
 from ddetr_cli.data.dataset import DetectionDataset
 from ddetr_cli.data.formats import warn_problems
 from ddetr_cli.data.shapes_dataset import ShapesDataset
-from ddetr_cli.data.sources import data_classes, load_source
+from ddetr_cli.data.sources import data_classes, load_source, refuse_unread_paths
 
 log = logging.getLogger(__name__)
-__all__ = ["Splits", "build_datasets", "coco_paths", "data_classes"]
+__all__ = ["Splits", "build_datasets", "data_classes"]
 
 
 @dataclass
@@ -32,22 +31,12 @@ class Splits:
     class_names: list[str]
 
 
-def coco_paths(data: dict[str, Any], split: str) -> tuple[str | None, str | None]:
-    """(images folder, annotations file) of a split: explicit paths win over data.root's
-    standard COCO layout (root/{split}2017, root/annotations/instances_{split}2017.json)."""
-    images, annotations = data[split]["images"], data[split]["annotations"]
-    if data["root"] is not None:
-        root = Path(data["root"])
-        images = images or str(root / f"{split}2017")
-        annotations = annotations or str(root / "annotations" / f"instances_{split}2017.json")
-    return images, annotations
-
-
 def build_datasets(recipe: dict[str, Any], train: bool = True) -> Splits:
     """The training split (when ``train``) and the val split (if the data has one), of any
     format ``data.format`` names or ``auto`` finds in ``data.root`` (see ``formats.py``)."""
     data, seed = recipe["data"], recipe["train"]["seed"]
     if data["format"] == "shapes":
+        refuse_unread_paths(data, "shapes")
         cfg = data["shapes"]
         task = cfg["task"]
         train_set = (

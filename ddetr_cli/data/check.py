@@ -182,16 +182,29 @@ def check_split(split: SplitData, class_names: list[str], decode: bool = True) -
     return report
 
 
+# What a missing split means, said in the report (neither is a problem: a data set may be
+# meant for evaluation only, and training without val is allowed).
+_MISSING_SPLIT = {
+    "train": "no train split: this data can be evaluated on, not trained on",
+    "val": "no val split: training would run without validation (no val AP, no "
+    "checkpoint_best.pth)",
+}
+
+
 def check_source(source: DataSource, decode: bool = True) -> CheckReport:
     reports = [check_split(split, source.class_names, decode) for split in source.splits.values()]
     fmt = source.format + (f" ({source.flavour})" if source.flavour else "")
+    notes = list(source.notes)
+    notes += [note for split, note in _MISSING_SPLIT.items() if split not in source.splits]
     return CheckReport(fmt, str(source.root) if source.root else None, source.class_names,
-                       reports, source.problems, list(source.notes))  # fmt: skip
+                       reports, source.problems, notes)  # fmt: skip
 
 
 def check_data(recipe: dict[str, Any], decode: bool = True) -> CheckReport:
-    """Check every split (train, val, test) of a recipe's data; ``decode`` opens each picture."""
-    source = load_source(recipe["data"], recipe["model"]["class_names"], ("train", "val", "test"))
+    """Check every split (train, val, test) the recipe's data has; ``decode`` opens each
+    picture."""
+    source = load_source(recipe["data"], recipe["model"]["class_names"], ("train", "val", "test"),
+                         require_train=False)  # fmt: skip
     return check_source(source, decode)
 
 

@@ -1,9 +1,11 @@
 """COCO-format detection datasets read with pycocotools (docs/design.md#coco-targets).
 
 Also the COCO readers of ``data.root``: the standard layout (train2017/, val2017/,
-annotations/instances_{train,val}2017.json) and Roboflow's export (train/, valid/, test/, each
-holding _annotations.coco.json beside its pictures). Every other format is converted to the
-same COCO-style dict (see ``formats.py``), so ``CocoDataset`` reads all of them.
+annotations/instances_{train,val}2017.json), mmdetection's (annotations/instances_{train,val}.json
+with the pictures in train/, val/ or images/{train,val}/) and Roboflow's export (train/,
+valid/ or val/, test/, each holding _annotations.coco.json beside its pictures). Every other
+format is converted to the same COCO-style dict (see ``formats.py``), so ``CocoDataset``
+reads all of them.
 
 Checked up front, with one warning per kind of problem: annotations with a malformed, zero or
 negative size box or an unknown category are skipped; images whose file is missing are
@@ -17,6 +19,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from ddetr_cli.data.formats import (
     SplitData,
     index_by_name,
     names_by_index,
+    split_folders,
 )
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.files import read_json
@@ -176,8 +180,6 @@ class CocoDataset(DetectionDataset):
 
 # --- data.root readers: the standard layout, Roboflow's export, explicit paths ---------------
 
-_ROBOFLOW_SPLITS = {"train": "train", "val": "valid", "test": "test"}
-
 
 def drop_unused_supercategory(data: dict[str, Any]) -> str | None:
     """Roboflow exports a category 0 named after the dataset that no annotation uses and that
@@ -197,33 +199,64 @@ def drop_unused_supercategory(data: dict[str, Any]) -> str | None:
     return f"dropped category 0 '{name}': Roboflow's dataset-name supercategory, unused"
 
 
-def _coco_split_files(data: dict[str, Any], root: Path | None) -> tuple[str, dict[str, tuple]]:
-    """(flavour, {split: (images folder, annotations file)}) of the COCO data a recipe names."""
+# data.root's COCO layouts: the standard (train2017/) and mmdetection's (train/ or images/train/).
+_ANNOTATION_FILES = ("instances_{split}2017.json", "instances_{split}.json")
+_IMAGE_FOLDERS = ("{split}2017", "{split}", "images/{split}2017", "images/{split}")
+_SplitFiles = tuple[list[Path], Path]  # (candidate pictures folders, annotations file)
+
+
+def _roboflow_files(root: Path) -> dict[str, _SplitFiles]:
+    """Roboflow's export: one folder per split with _annotations.coco.json beside the pictures."""
+    found = {}
+    for split in SPLITS:
+        for folder in split_folders(root, split):
+            if (folder / "_annotations.coco.json").is_file():
+                found[split] = ([folder], folder / "_annotations.coco.json")
+                break
+    return found
+
+
+def _layout_files(root: Path, split: str) -> _SplitFiles | None:
+    for name in _ANNOTATION_FILES:
+        annotations = root / "annotations" / name.format(split=split)
+        if annotations.is_file():
+            return [root / f.format(split=split) for f in _IMAGE_FOLDERS], annotations
+    return None
+
+
+def _coco_split_files(
+    data: dict[str, Any], root: Path | None
+) -> tuple[str, dict[str, _SplitFiles]]:
+    """(flavour, {split: (candidate pictures folders, annotations file)}) of the COCO data a
+    recipe names: explicit data.{split} paths win over data.root's layout."""
     if root is not None and not (root / "annotations").is_dir():
-        found = {
-            split: (root / folder, root / folder / "_annotations.coco.json")
-            for split, folder in _ROBOFLOW_SPLITS.items()
-            if (root / folder / "_annotations.coco.json").is_file()
-        }
+        found = _roboflow_files(root)
         if found:
             return "Roboflow", found
     out = {}
     for split in SPLITS:
+        images = annotations = None
         if split in ("train", "val"):
             images, annotations = data[split]["images"], data[split]["annotations"]
-        else:
-            images = annotations = None
-        if root is not None:
-            images = images or str(root / f"{split}2017")
-            annotations = annotations or str(root / "annotations" / f"instances_{split}2017.json")
-        if images is None and annotations is None:
-            continue
-        if (images is None) != (annotations is None):
-            raise DdetrError(f"data.{split} needs both images and annotations (or neither)")
-        if split == "test" and not Path(annotations).is_file():
-            continue  # the test split is optional
-        out[split] = (Path(images), Path(annotations))
+        layout = _layout_files(root, split) if root is not None else None
+        if images is None and annotations is None and layout is None:
+            continue  # no such split
+        if layout is None and (images is None or annotations is None):
+            raise DdetrError(f"data.{split} needs both images and annotations (or data.root)")
+        folders = [Path(images)] if images is not None else layout[0]
+        out[split] = (folders, Path(annotations) if annotations is not None else layout[1])
     return "", out
+
+
+def _pictures_folder(candidates: list[Path], coco: dict[str, Any], root: Path | None) -> Path:
+    """The folder a split's file names are relative to: the candidate holding its first
+    picture (data.root itself, when the names include the folder), else the first that exists."""
+    first = str(coco["images"][0].get("file_name", "")) if coco["images"] else ""
+    if first:
+        for folder in [*candidates, *([root] if root is not None else [])]:
+            if (folder / first).is_file():
+                return folder
+    return next((folder for folder in candidates if folder.is_dir()), candidates[0])
 
 
 def _remap_by_name(data: dict[str, Any], class_names: list[str], source: str) -> list[Problem]:
@@ -257,18 +290,17 @@ def _remap_by_name(data: dict[str, Any], class_names: list[str], source: str) ->
 def load_coco_source(
     data: dict[str, Any], class_names: list[str] | None, splits: tuple[str, ...]
 ) -> DataSource:
-    """COCO data: data.root in the standard or Roboflow layout, or explicit data.{split}
-    paths (which win over data.root's)."""
-    root = Path(data["root"]) if data["root"] is not None else None
+    """COCO data: data.root in the standard, mmdetection or Roboflow layout, or explicit
+    data.{split} paths (which win over data.root's). Splits that are not there are left out."""
+    root = Path(os.path.abspath(data["root"])) if data["root"] is not None else None
     flavour, files = _coco_split_files(data, root)
     out, notes, by_id = {}, [], {}
     for split in splits:
         if split not in files:
             continue
-        images, annotations = files[split]
-        if split != "train" and not images.is_dir() and not annotations.is_file():
-            continue  # no such split
+        folders, annotations = files[split]
         coco = read_coco_dict(annotations)
+        images = _pictures_folder(folders, coco, root)
         note = drop_unused_supercategory(coco)
         if note and note not in notes:
             notes.append(note)
@@ -278,10 +310,5 @@ def load_coco_source(
                 raise DdetrError(f"{annotations}: category ids must be integers >= 0")
             by_id.setdefault(cat["id"], str(cat.get("name", cat["id"])))
         out[split] = SplitData(split, images, coco, str(annotations), problems)
-    if "train" in splits and "train" not in out:
-        raise DdetrError(
-            "no training data: set data.root (COCO layout) or data.train.images and "
-            "data.train.annotations"
-        )
     names = list(class_names) if class_names else names_by_index(by_id)
     return DataSource("coco", root, out, names, notes, flavour)

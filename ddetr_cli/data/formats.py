@@ -98,13 +98,33 @@ def picture_size(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+# The folder of each split in the exports that keep one folder per split (Roboflow's COCO and
+# VOC exports write valid/; others write val/).
+SPLIT_FOLDERS = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
+_LAYOUTS = (
+    "data.yaml (YOLO, Roboflow YOLO), obj.data (CVAT YOLO 1.1), Annotations/ and JPEGImages/ "
+    "(Pascal VOC), annotations/ or train2017/ (COCO, mmdet), SPLIT/_annotations.coco.json "
+    "(Roboflow COCO), SPLIT/*.xml (Roboflow VOC), SPLIT one of train, valid, val, test"
+)
+
+
+def split_folders(root: Path, split: str) -> list[Path]:
+    """The folders of ``root`` that may hold ``split`` in a folder-per-split export."""
+    return [root / name for name in SPLIT_FOLDERS[split]]
+
+
+def _has_split_files(root: Path, pattern: str) -> bool:
+    folders = [f for split in SPLIT_FOLDERS for f in split_folders(root, split)]
+    return any(folder.is_dir() and any(folder.glob(pattern)) for folder in folders)
+
+
 def detect_format(root: str | Path) -> str:
     """coco, yolo or voc from the layout of ``root``; ``DdetrError`` saying what was looked
     for when none fits."""
     root = Path(root)
     if not root.is_dir():
-        raise DdetrError(f"data.root: no such folder: {root}")
-    if (root / "data.yaml").is_file() or (root / "data.yml").is_file():
+        raise DdetrError(f"data.root: no such folder: {root} (set data.root=PATH)")
+    if any((root / name).is_file() for name in ("data.yaml", "data.yml", "obj.data")):
         return "yolo"
     if (root / "Annotations").is_dir() and (root / "JPEGImages").is_dir():
         return "voc"
@@ -112,12 +132,13 @@ def detect_format(root: str | Path) -> str:
         (root / f"{split}2017").is_dir() for split in ("train", "val")
     ):
         return "coco"
-    if any((root / split / "_annotations.coco.json").is_file() for split in ("train", "valid")):
-        return "coco"  # Roboflow's export
+    if _has_split_files(root, "_annotations.coco.json"):
+        return "coco"  # Roboflow's COCO export
+    if _has_split_files(root, "*.xml"):
+        return "voc"  # Roboflow's VOC export: the pictures with an .xml beside each
     raise DdetrError(
-        f"data.root {root}: unknown layout (looked for data.yaml (YOLO), Annotations/ and "
-        "JPEGImages/ (Pascal VOC), annotations/instances_train2017.json (COCO), "
-        "train/_annotations.coco.json (Roboflow)); set data.format or the data.train paths"
+        f"data.root {root}: unknown layout (looked for {_LAYOUTS}); set data.format, or "
+        "data.train.* and data.val.* for COCO files elsewhere"
     )
 
 

@@ -7,6 +7,10 @@
     val: images/val
     names: [cat, dog]  # or {0: cat, 1: dog}
 
+Split paths are relative to the dataset folder. Roboflow's export writes ``train:
+../train/images`` beside ``train/images/``: as ultralytics does, a path starting with ``../``
+that does not exist is taken without its ``../`` (so, inside the dataset folder).
+
 A picture's labels are in the file found by replacing the last ``/images/`` of its path by
 ``/labels/`` and its suffix by ``.txt``: one ``class cx cy w h`` line per box, normalised to
 0..1 (a longer line is a polygon, ``class x1 y1 x2 y2 ...``, and its box is taken). A picture
@@ -16,6 +20,8 @@ without a label file has no boxes. Class indices are YOLO's ids.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +40,15 @@ from ddetr_cli.errors import DdetrError
 _SPLIT_KEYS = {"train": "train", "val": "val", "test": "test"}
 
 
+def data_yaml(root: Path) -> Path | None:
+    """The data.yaml (or data.yml) of a YOLO dataset folder, if it has one."""
+    return next((root / n for n in ("data.yaml", "data.yml") if (root / n).is_file()), None)
+
+
 def read_data_yaml(root: Path) -> tuple[Path, dict[str, Any]]:
-    """(dataset folder, the parsed data.yaml) of a YOLO dataset folder."""
-    path = root / "data.yaml"
-    if not path.is_file():
-        path = root / "data.yml"
+    """(dataset folder, the parsed data.yaml) of a YOLO dataset folder; the dataset folder is
+    ``path:`` (absolute, or relative to data.yaml's folder), else data.yaml's folder."""
+    path = data_yaml(root) or root / "data.yaml"
     try:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -46,10 +56,8 @@ def read_data_yaml(root: Path) -> tuple[Path, dict[str, Any]]:
     if not isinstance(spec, dict):
         raise DdetrError(f"{path}: expected a mapping with train, val and names")
     base = spec.get("path")
-    folder = path.parent if not base else Path(base)
-    if not folder.is_absolute():
-        folder = path.parent / folder
-    return folder, spec
+    folder = path.parent / str(base) if base else path.parent
+    return Path(os.path.abspath(folder)), spec
 
 
 def class_names_of(spec: dict[str, Any], where: str) -> list[str]:
@@ -77,24 +85,48 @@ def label_path(picture: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def split_path(folder: Path, entry: str) -> Path | None:
+    """A data.yaml split entry as an existing path: relative to the dataset folder, and where
+    that does not exist and the entry starts with ``../``, without it (Roboflow's exports, read
+    as ultralytics reads them). None when neither exists."""
+    literal = Path(os.path.abspath(folder / entry))
+    if literal.exists():
+        return literal
+    if entry.startswith("../"):
+        inside = Path(os.path.abspath(folder / entry[3:]))
+        if inside.exists():
+            return inside
+    return None
+
+
+def read_picture_list(listing: Path) -> list[Path]:
+    """The pictures a .txt list names, one a line; relative lines are relative to the list's
+    folder."""
+    pictures = []
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            pictures.append(Path(os.path.abspath(listing.parent / line.strip())))
+    return pictures
+
+
 def _split_pictures(folder: Path, entry: Any, where: str) -> tuple[list[Path], list[Path]]:
     """(pictures, folders of pictures) a split's entry names."""
     entries = entry if isinstance(entry, list) else [entry]
     pictures, folders = [], []
     for item in entries:
-        path = Path(str(item))
-        path = path if path.is_absolute() else folder / path
-        if path.is_dir():
+        path = split_path(folder, str(item))
+        if path is not None and path.is_dir():
             pictures.extend(pictures_in(path))
             folders.append(path)
-        elif path.suffix == ".txt" and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                line = line.strip()
-                if line:
-                    listed = Path(line)
-                    pictures.append(listed if listed.is_absolute() else path.parent / listed)
+        elif path is not None and path.suffix == ".txt":
+            pictures.extend(read_picture_list(path))
         else:
-            raise DdetrError(f"{where}: split '{item}' not found (looked for {path})")
+            looked = [os.path.abspath(folder / str(item))]
+            if str(item).startswith("../"):
+                looked.append(os.path.abspath(folder / str(item)[3:]))
+            raise DdetrError(
+                f"{where}: split '{item}' not found (looked for {' and '.join(looked)})"
+            )
     return pictures, folders
 
 
@@ -119,14 +151,22 @@ def parse_label_line(line: str) -> tuple[int, list[float]] | str:
     return f"expected 'class cx cy w h', got {len(fields)} values"
 
 
-def _read_split(name: str, folder: Path, entry: Any, where: str) -> SplitData:
-    pictures, folders = _split_pictures(folder, entry, where)
+def read_labelled_pictures(
+    name: str,
+    pictures: list[Path],
+    label_of: Callable[[Path], Path],
+    label_folders: list[Path],
+    where: str,
+) -> SplitData:
+    """A split of YOLO-labelled pictures: ``label_of(picture)`` is its label file (a picture
+    without one has no boxes); a label file in ``label_folders`` that no picture uses is
+    reported."""
     images: list[dict] = []
     annotations: list[dict] = []
     problems: list[Problem] = []
     used_labels: set[Path] = set()
     for picture in pictures:
-        labels = label_path(picture)
+        labels = label_of(picture)
         try:
             width, height = picture_size(picture)
         except DdetrError as exc:
@@ -165,7 +205,7 @@ def _read_split(name: str, folder: Path, entry: Any, where: str) -> SplitData:
                 "bbox": [x0, y0, w * width, h * height], "area": w * width * h * height,
                 "iscrowd": 0, "source": where_line,
             })  # fmt: skip
-    for labels_dir in (label_path(f / "x.png").parent for f in folders):
+    for labels_dir in label_folders:
         if labels_dir.is_dir():
             for orphan in sorted(set(labels_dir.rglob("*.txt")) - used_labels):
                 problems.append(Problem(str(orphan), "label file without a picture",
@@ -175,17 +215,20 @@ def _read_split(name: str, folder: Path, entry: Any, where: str) -> SplitData:
 
 
 def load_yolo(root: Path, splits: tuple[str, ...]) -> DataSource:
+    """YOLO data in data.root as its data.yaml (ultralytics', Roboflow's export) names it."""
+    root = Path(os.path.abspath(root))
     folder, spec = read_data_yaml(root)
-    where = str(root / "data.yaml")
+    where = str(data_yaml(root) or root / "data.yaml")
     names = class_names_of(spec, where)
     out = {}
     for split in splits:
         entry = spec.get(_SPLIT_KEYS[split])
         if entry in (None, "", []):
-            if split == "train":
-                raise DdetrError(f"{where}: no 'train' entry")
             continue
-        data = _read_split(split, folder, entry, f"{where} ({split})")
+        source = f"{where} ({split})"
+        pictures, folders = _split_pictures(folder, entry, source)
+        label_folders = [label_path(f / "x.png").parent for f in folders]
+        data = read_labelled_pictures(split, pictures, label_path, label_folders, source)
         data.coco["categories"] = categories_of(names)
         out[split] = data
     return DataSource("yolo", root, out, names)

@@ -257,6 +257,8 @@ class Trainer:
         data = f"data: train {_count(splits.train)}"
         if splits.val is not None:
             data += f"; val {_count(splits.val, splits.val_coco)}"
+        else:
+            data += "; no val split (no val AP, no checkpoint_best.pth)"
         names = self.recipe["model"]["class_names"] or []
         shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         say(f"{data}; {self.recipe['model']['num_classes']} classes ({shown})")
