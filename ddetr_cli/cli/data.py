@@ -38,7 +38,8 @@ def data_check(
 
     Prints the format found, per split the pictures, boxes, boxes per class and COCO's
     small / medium / large counts, then each problem on one line naming its file. Exit status
-    1 when there is any problem.
+    1 when there is any problem. A data set is checked as what it has: a note says when it
+    has no val (or no train) split. A relative DIR is relative to the current folder.
 
     Examples:
       ddetr data check datasets/mine
@@ -70,13 +71,15 @@ def data_convert(
     """Write any dataset (COCO, Roboflow, YOLO, VOC) as a COCO folder in the standard layout.
 
     OUT_DIR gets {train,val,test}2017/ (the pictures, hard-linked where possible) and
-    annotations/instances_{split}2017.json with the class indices as category ids.
+    annotations/instances_{split}2017.json with the class indices as category ids. Prints
+    what it wrote of what it read per split; exit status 1 when it wrote fewer pictures or
+    boxes than it read, or skipped anything (each listed), or wrote nothing.
 
     Examples:
       ddetr data convert datasets/yolo datasets/yolo_coco --to coco
     """
     from ddetr_cli.data.check import recipe_for
-    from ddetr_cli.data.export import write_coco
+    from ddetr_cli.data.export import conversion_shortfall, write_coco
     from ddetr_cli.data.sources import load_source
 
     if to != "coco":
@@ -84,12 +87,17 @@ def data_convert(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DdetrError(f"{out_dir}: exists and is not empty")
     recipe = recipe_for(source, overrides or [])
-    data = load_source(recipe["data"], recipe["model"]["class_names"], ("train", "val", "test"))
+    data = load_source(recipe["data"], recipe["model"]["class_names"], ("train", "val", "test"),
+                       require_train=False)  # fmt: skip
     written = write_coco(data, out_dir, link=not copy)
     for problem in data.problems:
         print_line(f"skipped: {problem}")
-    for split, path in written.items():
-        print_line(f"{split}: {path}")
+    for split, w in written.items():
+        print_line(f"{split}: {w.pictures} of {w.pictures_read} pictures, {w.boxes} of "
+                   f"{w.boxes_read} boxes -> {w.annotations}")  # fmt: skip
+    shortfall = conversion_shortfall(data, written)
+    if shortfall is not None:
+        raise DdetrError(shortfall)
 
 
 @data_app.command("shapes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -60,16 +61,32 @@ def _place(picture: Path, target: Path, link: bool) -> None:
     shutil.copy2(picture, target)
 
 
+@dataclass
+class SplitWritten:
+    """What ``write_coco`` wrote of one split, against what the reader read."""
+
+    annotations: Path
+    pictures_read: int  # listed, including those missing or undecodable
+    pictures: int
+    boxes_read: int
+    boxes: int
+
+
+# Problems of a picture the data names (a list, a label file) but that a reader left out of
+# its images: missing, undecodable, or a label file whose picture is not there (YOLO, VOC).
+_PICTURE_PROBLEMS = ("missing picture", "undecodable picture", "orphan label")
+
+
 def write_coco(
     source: DataSource,
     out_dir: str | Path,
     link: bool = True,
     on_picture: Callable[[], None] | None = None,
-) -> dict[str, Path]:
+) -> dict[str, SplitWritten]:
     """Write every split of ``source`` as out_dir/{split}2017/ (pictures hard-linked, or
     copied where linking fails) and out_dir/annotations/instances_{split}2017.json, with the
     class indices as category ids. Annotations training would skip (unknown class, malformed)
-    are left out; pictures that are missing are left out."""
+    are left out; pictures that are missing are left out: the counts say so."""
     out_dir = Path(out_dir)
     written = {}
     categories = categories_of(source.class_names)
@@ -101,8 +118,26 @@ def write_coco(
         ]
         path = out_dir / "annotations" / f"instances_{name}2017.json"
         write_json({"images": images, "annotations": annotations, "categories": categories}, path)
-        written[name] = path
+        unlisted = sum(p.kind in _PICTURE_PROBLEMS for p in split.problems)
+        written[name] = SplitWritten(path, len(split.coco["images"]) + unlisted, len(images),
+                                     len(split.coco["annotations"]), len(annotations))  # fmt: skip
     return written
+
+
+def conversion_shortfall(source: DataSource, written: dict[str, SplitWritten]) -> str | None:
+    """Why a conversion is not complete (nothing written, fewer pictures or boxes written than
+    read, anything the reader skipped), in one line; None when it is."""
+    pictures = sum(w.pictures for w in written.values())
+    read = sum(w.pictures_read for w in written.values())
+    boxes = sum(w.boxes for w in written.values())
+    boxes_read = sum(w.boxes_read for w in written.values())
+    counts = f"{pictures} of {read} pictures and {boxes} of {boxes_read} boxes"
+    if pictures == 0:
+        return f"wrote no picture ({counts}): nothing was converted"
+    if pictures < read or boxes < boxes_read or source.problems:
+        skipped = f"; {len(source.problems)} skipped (listed above)" if source.problems else ""
+        return f"wrote {counts}{skipped}: the conversion is incomplete"
+    return None
 
 
 def earlier_shapes_set(out_dir: Path) -> list[Path]:
