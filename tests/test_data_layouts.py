@@ -159,3 +159,24 @@ def test_check_on_the_quickstarts_val_only_folder(tmp_path, monkeypatch):
     assert "note: no train split: this data can be evaluated on, not trained on" in result.output
     with pytest.raises(DdetrError, match=r"no training split in .*X \(coco; found: val\)"):
         build_datasets(load_recipe(None, ["data.root=X"]))
+
+
+@pytest.mark.slow
+def test_training_without_val_says_so_in_its_data_line(tmp_path, monkeypatch):
+    from ddetr_cli.cli import app
+
+    root = ultralytics_yolo(tmp_path / "ds")
+    (root / "data.yaml").write_text(f"train: images/train\nnames: {NAMES}\n")
+    monkeypatch.chdir(tmp_path)
+    tiny = [
+        "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=1",
+        "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=1",
+        "model.attention_backend=reference", "train.epochs=1", "train.batch_size=3",
+    ]  # fmt: skip
+    args = ["train", "shapes", *tiny, "data.format=auto", "data.root=ds", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"data: train 3 pictures, {box_count('train')} boxes; no val split (no val AP, no "
+        "checkpoint_best.pth); 3 classes" in result.output
+    )
