@@ -486,7 +486,10 @@ def write_hf_folder(
 
 def download(model_id: str) -> Path:
     """A Hub model's folder in huggingface_hub's cache: config.json and model.safetensors, or
-    pytorch_model.bin when the model has no safetensors file (nothing else is fetched)."""
+    pytorch_model.bin when the model has no safetensors file (nothing else is fetched).
+
+    Called for a name that is no local file or folder (``weights.is_hub_id``): when the Hub
+    gives nothing, the one line says both."""
     snapshot_download = require("huggingface_hub", "hf").snapshot_download
     try:
         path = Path(
@@ -495,11 +498,21 @@ def download(model_id: str) -> Path:
         if not (path / _WEIGHT_FILES[0]).is_file():
             path = Path(snapshot_download(repo_id=model_id, allow_patterns=[_WEIGHT_FILES[1]]))
     except Exception as exc:  # offline, no such repo, gated, proxy: one line for all of them
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
         raise DdetrError(
-            f"cannot get {model_id} from the Hugging Face Hub ({reason}); the Hub cannot be "
-            "reached or has no such model: download the folder elsewhere and pass it "
+            f"{model_id}: no such local file or folder, and no Hugging Face Hub model reached "
+            f"({_hub_failure(exc)}); download the folder elsewhere and pass it "
             "(--weights path/to/folder)"
         ) from exc
     return path
+
+
+def _hub_failure(exc: Exception) -> str:
+    """Why the Hub gave nothing, in words, then huggingface_hub's own first line."""
+    kind = type(exc).__name__
+    detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    detail = f"{kind}: {detail}" if detail else kind
+    if kind in ("RepositoryNotFoundError", "GatedRepoError"):
+        return f"the Hub has no such public model; {detail}"
+    if kind == "LocalEntryNotFoundError" or isinstance(exc, OSError | ConnectionError):
+        return f"offline: the Hub cannot be reached; {detail}"
+    return detail
