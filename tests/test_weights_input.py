@@ -8,6 +8,8 @@ import datetime
 import io
 import pickle
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +30,7 @@ from ddetr_cli.weights import (
 from ddetr_cli.weights.sniff import WEIGHTS_TAKES, sniff
 
 runner = CliRunner()
+TINY_HF = Path(__file__).parent / "data" / "hf_tiny"
 SMALL = ["model.backbone=resnet18", "model.hidden_dim=32", "model.dim_feedforward=32",
          "model.enc_layers=1", "model.dec_layers=1", "model.num_queries=5"]  # fmt: skip
 
@@ -217,3 +220,19 @@ def test_files_are_read_by_their_content_whatever_their_suffix(tmp_path):
     graph = onnx.helper.make_graph([], "g", [], [])
     (tmp_path / "m.bin").write_bytes(onnx.helper.make_model(graph).SerializeToString())
     assert sniff(tmp_path / "m.bin").reader == "onnx"
+
+
+@pytest.mark.parametrize("weights_file", ["model.safetensors", "pytorch_model.bin"])
+def test_a_transformers_folder_with_a_bad_weights_file(weights_file, picture, tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    shutil.copy(TINY_HF / "config.json", folder)
+    (folder / weights_file).write_text("hello\n")
+    message = _one_error_line(runner.invoke(app, ["predict", str(picture), "-w", str(folder)]))
+    assert (
+        message
+        == {
+            "model.safetensors": f"{folder / weights_file} is plain text, not a safetensors file",
+            "pytorch_model.bin": f"{folder / weights_file} is plain text, not PyTorch weights",
+        }[weights_file]
+    )

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ddetr_cli.coco_names import class_names
 from ddetr_cli.config import RECIPE_SCHEMA
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, one_line
 from ddetr_cli.files import atomic_write
 from ddetr_cli.weights.official import infer_model_config
 from ddetr_cli.weights.sniff import sniff
@@ -53,7 +53,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DdetrError(f"{path} is not a checkpoint ddetr reads: {_unsafe_reason(exc)}") from None
     except Exception as exc:  # truncated or corrupt data: torch's errors vary (IndexError, ...)
         raise DdetrError(
-            f"{path} is not a readable checkpoint ({kind.what}: {_first_sentence(exc)})"
+            f"{path} is not a readable checkpoint ({kind.what}: {one_line(exc)})"
         ) from None
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
         ckpt = dict(data)
@@ -81,14 +81,6 @@ def _unsafe_reason(exc: pickle.UnpicklingError) -> str:
         "it is a pickle, but not a tensor checkpoint torch reads safely; ddetr never unpickles "
         "further (a pickle can run code)"
     )
-
-
-def _first_sentence(exc: Exception) -> str:
-    """The first sentence of an exception's message (torch's go on for a paragraph)."""
-    text = str(exc).strip()
-    if not text:
-        return type(exc).__name__
-    return text.splitlines()[0].split(". ")[0].rstrip(".")[:200]
 
 
 def _clean_state_dict(state_dict: dict[str, Any]) -> dict[str, Tensor]:

@@ -30,8 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, one_line
 from ddetr_cli.extras import require
+from ddetr_cli.weights.sniff import sniff
 
 __all__ = [
     "KEY_RULES",
@@ -398,15 +399,23 @@ def recipe_to_config(model: dict[str, Any]) -> dict[str, Any]:
 def _read_tensors(folder: Path) -> dict[str, Tensor]:
     st, bin_ = (folder / name for name in _WEIGHT_FILES)
     if st.is_file():
+        kind = sniff(st)
+        if kind.reader != "safetensors":
+            raise DdetrError(f"{st} is {kind.what}, not a safetensors file")
         try:
             return load_file(str(st), device="cpu")
         except Exception as exc:  # the library's own error types vary between versions
-            raise DdetrError(f"{st} is not a readable safetensors file ({exc})") from exc
+            raise DdetrError(f"{st} is not a readable safetensors file ({one_line(exc)})") from exc
     if bin_.is_file():
+        kind = sniff(bin_)
+        if kind.reader != "checkpoint":  # torch.load fails on these with a traceback
+            raise DdetrError(f"{bin_} is {kind.what}, not PyTorch weights")
         try:
             data = torch.load(bin_, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise DdetrError(f"{bin_} is not a readable PyTorch weights file ({exc})") from exc
+            raise DdetrError(
+                f"{bin_} is not a readable PyTorch weights file ({one_line(exc)})"
+            ) from exc
         if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
             raise DdetrError(f"{bin_} is not a state dict of tensors")
         return data
