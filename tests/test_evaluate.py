@@ -82,7 +82,9 @@ def test_cli_writes_metrics_json(files, tmp_path):
     result = CliRunner().invoke(app, args, terminal_width=200)
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
-    assert set(STAT_NAMES) <= metrics.keys()
+    assert [metrics[name] for name in STAT_NAMES] == [
+        float(v) for v in _pycocotools(gt, results).stats
+    ]
     assert [c["name"] for c in metrics["per_class"]] == ["cat", "dog"]
     assert "AR100" in result.output and "dog" in result.output
 
