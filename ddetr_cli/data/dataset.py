@@ -70,7 +70,9 @@ class DetectionDataset(Dataset):
         target["failures"] = failures
         return pixels, target
 
-    def _load_substituting(self, index: int) -> tuple[int, tuple[Tensor, Tensor, Tensor], list]:
+    def _load_substituting(
+        self, index: int
+    ) -> tuple[int, tuple[Tensor, Tensor, Tensor], list[str]]:
         """(index read, its picture and boxes, the failures skipped on the way there)."""
         failures: list[str] = []
         for attempt in range(_MAX_SUBSTITUTES):

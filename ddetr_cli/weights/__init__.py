@@ -33,11 +33,11 @@ from ddetr_cli.weights.checkpoint import (
 from ddetr_cli.weights.sniff import WEIGHT_SUFFIXES, WEIGHTS_TAKES, sniff
 
 __all__ = [
+    "is_hub_id",
     "load_model",
     "load_state_dict",
     "load_weights",
     "read_checkpoint",
-    "is_hub_id",
     "read_weights",
     "resolve_model",
     "resolve_weights_path",
