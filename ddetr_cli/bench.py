@@ -75,7 +75,7 @@ class SpeedResult:
 
 
 def build_bench_model(
-    weights: Path | None, recipe_path: Path | None, overrides: Sequence[str]
+    weights: str | Path | None, recipe_path: Path | None, overrides: Sequence[str]
 ) -> tuple[nn.Module, dict[str, Any], str]:
     """(model in eval mode on the CPU, resolved recipe, where it came from).
 

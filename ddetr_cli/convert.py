@@ -41,9 +41,7 @@ def convert(
     if to not in TARGETS:
         raise UsageError(f"--to {to}: choose one of {', '.join(TARGETS)}")
     dst = Path(dst)
-    src_format = weights_format(src)
-    if src_format != "hub" and not Path(src).exists():
-        raise UsageError(f"{src}: no such file or folder")
+    src_format = weights_format(src)  # one line for a missing path or a file no reader takes
     ckpt = read_weights(src)
     if recipe_path is not None:
         from ddetr_cli.config import load_recipe

@@ -14,3 +14,12 @@ class UsageError(DdetrError):
 
     Printed like any ``DdetrError`` but exits with status 2, as argument errors do.
     """
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first sentence of an exception's message, for a DdetrError built from a library's
+    error (torch's go on for a paragraph); the exception's type name when it says nothing."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".")[:limit]

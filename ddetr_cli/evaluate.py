@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +18,26 @@ from torch import nn
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import read_json
 from ddetr_cli.model import post_process
-from ddetr_cli.runtime import all_gather_object, amp_autocast
+from ddetr_cli.runtime import all_gather_object, amp_autocast, is_main_process
 from ddetr_cli.weights import resolve_model
 
 if TYPE_CHECKING:
     from ddetr_cli.metrics import ThresholdMetrics
 
+log = logging.getLogger(__name__)
+
 # The 12 numbers COCOeval.summarize() prints, in its order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # fmt: skip
+
+
+@dataclass
+class Detections:
+    """COCO-results entries (image_id, category_id = class index, xywh bbox, score) and the
+    pictures that could not be read (image id -> why), which have no detections."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: dict[int, str] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -35,32 +47,64 @@ def predict_coco_results(
     device: torch.device | str = "cpu",
     amp: str = "off",
     num_detections: int = 100,
-) -> list[dict[str, Any]]:
-    """COCO-results entries (image_id, category_id = class index, xywh bbox, score) of this
-    process's share of the data."""
+) -> Detections:
+    """The detections of this process's share of the data. A picture the evaluation dataset
+    could not read (see ``DetectionDataset``) is not run: it is listed in ``unreadable``."""
+    from ddetr_cli.data.dataset import unreadable
+
     device = torch.device(device)
-    results: list[dict[str, Any]] = []
+    found = Detections()
     was_training = model.training
     model.eval()
     try:
         for images, targets in data_loader:
-            images = [img.to(device, non_blocking=True) for img in images]
-            with amp_autocast(device, amp):
-                outputs = model(images)
-            outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}
-            sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-            for target, det in zip(
-                targets, post_process(outputs, sizes, num_detections), strict=True
-            ):
-                boxes = det["boxes"].cpu()
-                boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-                for box, score, label in zip(boxes.tolist(), det["scores"].tolist(),
-                                             det["labels"].tolist(), strict=True):  # fmt: skip
-                    results.append({"image_id": int(target["image_id"]), "category_id": label,
-                                    "bbox": box, "score": score})  # fmt: skip
+            readable = []
+            for image, target in zip(images, targets, strict=True):
+                why = unreadable(target)
+                if why is None:
+                    readable.append((image, target))
+                else:
+                    found.unreadable[int(target["image_id"])] = why
+            if readable:
+                found.results += _detect(model, readable, device, amp, num_detections)
     finally:
         model.train(was_training)
+    return found
+
+
+def _detect(
+    model: nn.Module,
+    samples: list[tuple[torch.Tensor, dict[str, Any]]],
+    device: torch.device,
+    amp: str,
+    num_detections: int,
+) -> list[dict[str, Any]]:
+    """COCO-results entries of one batch of (picture, target) samples."""
+    images = [image.to(device, non_blocking=True) for image, _ in samples]
+    with amp_autocast(device, amp):
+        outputs = model(images)
+    outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}
+    sizes = torch.stack([t["orig_size"] for _, t in samples]).to(device)
+    results = []
+    detections = post_process(outputs, sizes, num_detections)
+    for (_, target), det in zip(samples, detections, strict=True):
+        boxes = det["boxes"].cpu()
+        boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+        for box, score, label in zip(boxes.tolist(), det["scores"].tolist(),
+                                     det["labels"].tolist(), strict=True):  # fmt: skip
+            results.append({"image_id": int(target["image_id"]), "category_id": label,
+                            "bbox": box, "score": score})  # fmt: skip
     return results
+
+
+def unreadable_note(unreadable: dict[int, str], total: int, shown: int = 3) -> str:
+    """One line: how many of ``total`` pictures could not be read, naming the first few."""
+    reasons = list(unreadable.values())
+    more = f" (+{len(reasons) - shown} more)" if len(reasons) > shown else ""
+    return (
+        f"{len(reasons)} of {total} pictures could not be read and count as pictures with no "
+        f"detections (their boxes still count): {'; '.join(reasons[:shown])}{more}"
+    )
 
 
 def coco_evaluation(
@@ -112,15 +156,23 @@ def coco_stats(
     return coco_evaluation(coco_gt, results, image_ids)[0]
 
 
-def gather_results(local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def gather_detections(local: Detections) -> Detections:
     """Every process's detections (this process's alone outside distributed runs)."""
     gathered = all_gather_object(local)
     # A distributed sampler may repeat pictures to even out the shares: one process per image.
     owner: dict[int, int] = {}
     for rank, part in enumerate(gathered):
-        for r in part:
+        for r in part.results:
             owner.setdefault(r["image_id"], rank)
-    return [r for rank, part in enumerate(gathered) for r in part if owner[r["image_id"]] == rank]
+    results = [r for rank, part in enumerate(gathered) for r in part.results
+               if owner[r["image_id"]] == rank]  # fmt: skip
+    unreadable = {i: why for part in gathered for i, why in part.unreadable.items()}
+    return Detections(results, dict(sorted(unreadable.items())))
+
+
+def evaluated_image_ids(dataset: Any) -> list[int]:
+    """The image ids a dataset evaluates: all of its pictures, unreadable ones included."""
+    return [dataset.image_id(i) for i in range(len(dataset))]
 
 
 def evaluate_coco(
@@ -132,16 +184,20 @@ def evaluate_coco(
     num_detections: int = 100,
 ) -> dict[str, float]:
     """Box AP of ``model`` on the pictures of ``data_loader`` (batches of (images, targets) as
-    the training data gives them) against ``coco_gt``.
+    the training data gives them) against ``coco_gt``. Pictures that could not be read count
+    as pictures with no detections, with one warning naming them.
 
     Returns AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl. In a distributed
     run every process evaluates its share and all get the same numbers.
     """
-    results = gather_results(predict_coco_results(model, data_loader, device, amp, num_detections))
-    image_ids = coco_gt.getImgIds()
-    if hasattr(data_loader, "dataset") and hasattr(data_loader.dataset, "ids"):
-        image_ids = list(data_loader.dataset.ids)
-    return coco_stats(coco_gt, results, image_ids)
+    found = gather_detections(predict_coco_results(model, data_loader, device, amp, num_detections))
+    dataset = getattr(data_loader, "dataset", None)
+    image_ids = (
+        evaluated_image_ids(dataset) if hasattr(dataset, "image_id") else coco_gt.getImgIds()
+    )
+    if found.unreadable and is_main_process():
+        log.warning("val: %s", unreadable_note(found.unreadable, len(image_ids)))
+    return coco_stats(coco_gt, found.results, image_ids)
 
 
 def _match_by_file_name(
@@ -227,6 +283,8 @@ class EvaluationReport:
     results: list[dict[str, Any]] | None = field(default=None, repr=False)
     image_ids: list[int] | None = field(default=None, repr=False)
     at_threshold: ThresholdMetrics | None = None
+    # Pictures that could not be read (image id -> why): scored as pictures with no detections.
+    unreadable: dict[int, str] = field(default_factory=dict)
 
     def add_threshold_metrics(
         self, score_threshold: float, iou_threshold: float = 0.5
@@ -252,6 +310,7 @@ class EvaluationReport:
             "num_images": self.num_images,
             "num_detections": self.num_detections,
             "detections": str(self.detections_path) if self.detections_path else None,
+            "unreadable": [{"image_id": i, "reason": why} for i, why in self.unreadable.items()],
             **(self.at_threshold.to_json() if self.at_threshold is not None else {}),
         }
 
@@ -288,7 +347,8 @@ def evaluate_checkpoint(
     evaluation transform; writes the detections as COCO results to ``out_dir/detections.json``.
 
     Under torchrun every process evaluates its share of the pictures and process 0 gathers the
-    detections, writes them and returns the report; the other processes return None.
+    detections, writes them and returns the report; the other processes return None. Pictures
+    that cannot be read are in the report's ``unreadable`` and have no detections.
     """
     from ddetr_cli import runtime
 
@@ -335,17 +395,16 @@ def _evaluate_model(
         raise no_data
     sampler = DistributedSampler(splits.val, shuffle=False) if ctx.enabled else None
     loader = DataLoader(splits.val, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    local = predict_coco_results(
+    found = gather_detections(predict_coco_results(
         model, loader, device, recipe["train"]["amp"], recipe["model"]["num_detections"]
-    )
-    results = gather_results(local)
+    ))  # fmt: skip
     if not ctx.is_main:
         return None
     out = Path(out_dir) / "detections.json"
-    write_json(results, out)
-    image_ids = [splits.val.image_id(i) for i in range(len(splits.val))]
-    stats, per_class, precision = coco_evaluation_curves(splits.val_coco, results, image_ids)
+    write_json(found.results, out)
+    image_ids = evaluated_image_ids(splits.val)
+    stats, per_class, precision = coco_evaluation_curves(splits.val_coco, found.results, image_ids)
     return EvaluationReport(stats, per_class, _category_names(splits.val_coco),
-                            len(image_ids), len(results), out, precision=precision,
-                            coco_gt=splits.val_coco, results=results,
-                            image_ids=image_ids)  # fmt: skip
+                            len(image_ids), len(found.results), out, precision=precision,
+                            coco_gt=splits.val_coco, results=found.results,
+                            image_ids=image_ids, unreadable=found.unreadable)  # fmt: skip

@@ -33,6 +33,9 @@ from ddetr_cli.extras import EXTRAS, require
 DEFAULT_OPSET = 18
 MIN_OPSET = 16  # GridSample (the gridsample sampler); the gather translation needs 13
 LOGITS_TOLERANCE = 1e-4
+# Boxes are compared as fractions of the picture (cx, cy, w, h in [0, 1]; post-processed pixel
+# boxes divided by the longer side): 1e-4 of 1333 pixels is 0.13 pixel.
+BOXES_TOLERANCE = 1e-4
 METADATA_PREFIX = "ddetr."
 FORMAT_VERSION = "1"
 RAW_OUTPUTS = ("pred_logits", "pred_boxes")
@@ -149,10 +152,15 @@ class CheckResult:
     onnx_seconds: float = 0.0
     torch_seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    boxes_tolerance: float = BOXES_TOLERANCE
 
     @property
     def ok(self) -> bool:
-        return self.max_logits_diff <= self.tolerance and self.same_topk
+        return (
+            self.max_logits_diff <= self.tolerance
+            and self.max_boxes_diff <= self.boxes_tolerance
+            and self.same_topk
+        )
 
     def line(self) -> str:
         verdict = "ok" if self.ok else "FAILED"
@@ -160,7 +168,7 @@ class CheckResult:
             f"check {verdict}: onnxruntime vs PyTorch at {self.batch_size}x3x"
             f"{self.image_size[0]}x{self.image_size[1]}: max |logits| diff "
             f"{self.max_logits_diff:.2e} (tolerance {self.tolerance:.0e}), max |boxes| diff "
-            f"{self.max_boxes_diff:.2e}, top-{self.topk} "
+            f"{self.max_boxes_diff:.2e} (tolerance {self.boxes_tolerance:.0e}), top-{self.topk} "
             + ("identical" if self.same_topk else f"differs ({self.topk_mismatches} detections)")
         )
 
@@ -379,6 +387,37 @@ def compare_topk(ref: Tensor, other: Tensor, k: int = 100, tolerance: float = 1e
     return mismatches
 
 
+def match_detections(
+    detections: tuple[Tensor, Tensor, Tensor],
+    ref_logits: Tensor,
+    ref_boxes: Tensor,
+    image_size: tuple[int, int],
+    tolerance: float = LOGITS_TOLERANCE,
+) -> tuple[float, int]:
+    """A post-processed export's (scores, labels, xyxy boxes) against the model's raw outputs:
+    each detection must be one of the model's (query, class) pairs with that label, a score
+    within ``tolerance`` (near-equal scores may swap places, also across the top-k's cut-off)
+    and the nearest such box. Returns (the largest box difference of the matched detections, as
+    a fraction of the picture's longer side; how many detections match no pair)."""
+    scores, labels, boxes = detections
+    height, width = image_size
+    every = ref_logits.shape[1] * ref_logits.shape[2]
+    all_scores, all_labels, all_boxes = topk_detections(ref_logits, ref_boxes, height, width, every)
+    worst, unmatched = 0.0, 0
+    for b in range(scores.shape[0]):
+        candidate = (scores[b, :, None] - all_scores[b, None, :]).abs() <= tolerance
+        candidate &= labels[b, :, None] == all_labels[b, None, :]
+        position, pair = candidate.nonzero(as_tuple=True)
+        diff = (boxes[b, position] - all_boxes[b, pair]).abs().amax(-1) / max(height, width)
+        nearest = torch.full((scores.shape[1],), math.inf, dtype=diff.dtype)
+        nearest = nearest.scatter_reduce(0, position, diff, "amin")
+        matched = torch.isfinite(nearest)
+        unmatched += int((~matched).sum())
+        if matched.any():
+            worst = max(worst, float(nearest[matched].max()))
+    return worst, unmatched
+
+
 @torch.no_grad()
 def check_onnx(
     path: str | Path,
@@ -393,7 +432,8 @@ def check_onnx(
     compare: max |logits| and |boxes| differences and the top-``num_detections`` pairs.
 
     Defaults: for a dynamic export a size and batch it was not exported at; for a static one its
-    own. A post-processed export is compared on its ``scores``/``labels``/``boxes``.
+    own. A post-processed export is compared on its ``scores``/``labels``/``boxes`` (see
+    ``match_detections``).
     """
     meta = read_metadata(path)
     static = json.loads(meta.get("static", "false"))
@@ -426,19 +466,14 @@ def check_onnx(
     k = min(num_detections, ref_logits.shape[1] * ref_logits.shape[2])
     if postprocess:
         scores, labels, boxes = (torch.from_numpy(o) for o in outputs)
-        ref_scores, ref_labels, ref_xyxy = topk_detections(
-            ref_logits, ref_boxes, height, width, int(meta.get("num_detections", "100"))
+        ref_scores = topk_detections(ref_logits, ref_boxes, height, width, scores.shape[1])[0]
+        boxes_diff, mismatches = match_detections(
+            (scores, labels, boxes), ref_logits, ref_boxes, (height, width), tolerance
         )
-        logits_diff = float((scores - ref_scores).abs().max())
-        boxes_diff = float((boxes - ref_xyxy).abs().max() / max(height, width))
-        same = bool(torch.equal(labels, ref_labels))
-        mismatches = int((labels != ref_labels).sum())
-        # Near-equal scores may swap places; accept a swap if the scores agree.
-        if not same and logits_diff <= tolerance:
-            same, mismatches = True, 0
         return CheckResult(
-            (height, width), batch_size, logits_diff, boxes_diff, same, int(scores.shape[1]),
-            mismatches, tolerance, onnx_seconds, torch_seconds,
+            (height, width), batch_size, float((scores - ref_scores).abs().max()), boxes_diff,
+            mismatches == 0, int(scores.shape[1]), mismatches, tolerance, onnx_seconds,
+            torch_seconds,
         )  # fmt: skip
     logits = torch.from_numpy(outputs[0])
     boxes = torch.from_numpy(outputs[1])

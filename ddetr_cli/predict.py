@@ -159,7 +159,7 @@ def _detect(
 
 def run_predict(
     inputs: Sequence[Path],
-    weights: Path,
+    weights: str | Path,
     recipe_path: Path | None = None,
     overrides: Sequence[str] = (),
     threshold: float = 0.5,

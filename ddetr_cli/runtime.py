@@ -55,6 +55,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def is_main_process() -> bool:
+    """True outside distributed runs and in process 0 of one."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """Every process's ``obj`` (a one-item list outside distributed runs)."""
     if not is_distributed():

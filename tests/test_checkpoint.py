@@ -130,12 +130,26 @@ def _bad_files(tmp_path):
             "resnet.pth", "folder.pth"]  # fmt: skip
 
 
+# What the one line says each bad file is, after its name.
+_BAD_FILE_KINDS = {
+    "missing.pth": ": no such file",
+    "empty.pth": " is an empty file, not weights",
+    "text.pth": " is plain text, not weights",
+    "truncated.pth": " is not a readable checkpoint (a zip archive: ",
+    "list.pth": " is not a checkpoint ddetr reads: it is a pickle, but not a tensor checkpoint",
+    "no_model.pth": " is not a Deformable DETR checkpoint (no 'model' state dict)",
+    "resnet.pth": " is not a Deformable DETR checkpoint (no transformer weights)",
+    "folder.pth": " is a folder but neither a run folder",
+}
+
+
 def test_bad_files_give_one_line_naming_the_file(tmp_path):
-    for name in _bad_files(tmp_path):
+    assert _bad_files(tmp_path) == list(_BAD_FILE_KINDS)
+    for name, kind in _BAD_FILE_KINDS.items():
         with pytest.raises(DdetrError) as info:
             load_model(tmp_path / name)
         message = str(info.value)
-        assert name in message and "\n" not in message, message
+        assert message.startswith(f"{tmp_path / name}{kind}") and "\n" not in message, message
 
 
 def test_offline_pretrained_backbone_says_how_to_proceed(monkeypatch, tmp_path):

@@ -1,9 +1,9 @@
 """COCO-format data: target preparation, bad inputs, the paper's augmentation, batching.
 
 Bad inputs are handled as documented in ddetr_cli/data/coco.py: malformed, zero or negative
-size boxes and unknown categories are skipped up front with one warning; images whose file is
-missing are skipped up front; a picture that cannot be decoded is replaced by the next one
-and reported, so an epoch never crashes.
+size boxes and unknown categories are skipped up front with one warning; in training, images
+whose file is missing are skipped up front and a picture that cannot be decoded is replaced by
+the next one and reported, so an epoch never crashes; evaluation marks both unreadable.
 """
 
 from __future__ import annotations
@@ -89,6 +89,30 @@ def test_missing_and_corrupt_pictures(tmp_path, caplog):
     image, target = ds[0]  # a.png is corrupt: b.png comes instead, and the failure is reported
     assert target["image_id"] == 2 and len(target["failures"]) == 1
     assert "a.png" in target["failures"][0]
+
+
+def test_evaluation_never_replaces_a_picture(tmp_path):
+    """train=False: an undecodable or missing picture is kept under its own id, marked
+    unreadable, never replaced by its neighbour."""
+    anns = [_ann(1, 1, [1, 1, 5, 5]), _ann(2, 2, [1, 1, 5, 5]), _ann(3, 3, [2, 2, 5, 5])]
+    folder, path = _folder(tmp_path, anns, images=(("a.png", 20, 20), ("b.png", 20, 20),
+                                                   ("gone.png", 20, 20)))  # fmt: skip
+    (folder / "gone.png").unlink()
+    (folder / "a.png").write_bytes(b"not a picture")
+    ds = CocoDataset(folder, path, train=False)
+    assert len(ds) == 3 and ds.missing_images == 1
+    image, target = ds[0]
+    assert image is None and target["image_id"] == 1
+    assert target["unreadable"] == f"{folder / 'a.png'}: not a picture Pillow can read"
+    image, target = ds[1]
+    assert image.shape[0] == 3 and target["image_id"] == 2 and "unreadable" not in target
+    image, target = ds[2]
+    assert image is None and target == {
+        "image_id": 3,
+        "unreadable": f"{folder / 'gone.png'}: no such file",
+    }
+    images, targets = collate([ds[0], ds[1]])
+    assert images[0] is None and [t["image_id"] for t in targets] == [1, 2]
 
 
 def test_unreadable_annotations_are_one_clear_error(tmp_path):

@@ -127,7 +127,8 @@ def test_every_format_reads_the_same_boxes(tmp_path, writer):
         assert torch.allclose(boxes, torch.from_numpy(picture.boxes), atol=1e-3)
         assert labels.tolist() == picture.labels.tolist()
     image, target = splits.val[0]
-    assert image.shape[-2:] == (800, 800) and len(target["boxes"]) > 0
+    assert image.shape[-2:] == (800, 800)
+    assert target["labels"].tolist() == _pictures("val", 1)[0].labels.tolist()
 
 
 def test_yolo_names_mapping_list_file_and_missing_labels(tmp_path):
@@ -180,17 +181,23 @@ def test_data_classes(tmp_path):
 
 
 def test_evaluation_of_converted_ground_truth(tmp_path):
+    """A YOLO val split converted to COCO holds every picture and box, and pycocotools scores
+    the ground truth against itself as perfect."""
     from ddetr_cli.data.coco import coco_object
+    from ddetr_cli.evaluate import coco_evaluation
 
     splits = build_datasets(_recipe(write_yolo(tmp_path / "y")), train=False)
     gt = splits.val_coco
+    boxes = sum(len(p.boxes) for p in _pictures("val", 2))
+    rebuilt = coco_object(gt.dataset, "x")
+    assert len(rebuilt.getImgIds()) == 2 and len(rebuilt.getAnnIds()) == boxes
     dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
              "score": 1.0} for a in gt.dataset["annotations"]]  # fmt: skip
-    from pycocotools.cocoeval import COCOeval
-
-    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-    ev.evaluate(), ev.accumulate()
-    assert coco_object(gt.dataset, "x") is not None and ev.eval["precision"].max() == 1.0
+    stats, per_class = coco_evaluation(gt, dets)
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
+    seen = {int(label) for p in _pictures("val", 2) for label in p.labels}
+    assert {c for c, ap in per_class.items() if ap is not None} == seen
+    assert all(per_class[c] == pytest.approx(1.0) for c in seen)
 
 
 # --- the checker: one test per kind of problem ---------------------------------------------
@@ -291,6 +298,7 @@ def test_convert_to_coco_round_trip(tmp_path):
         assert len(a) == len(b)
         for i in range(len(a)):
             assert torch.allclose(_boxes_of(a, i), _boxes_of(b, i))
+            assert torch.equal(a.targets[a.ids[i]][1], b.targets[b.ids[i]][1])  # labels
     result = CliRunner().invoke(data_app, ["convert", str(root), str(out)])
     assert result.exit_code == 1  # not empty
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 
 import numpy as np
 import pytest
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 from ddetr_cli.cli import app
 from ddetr_cli.config import load_recipe
 from ddetr_cli.data import shapes
-from ddetr_cli.evaluate import STAT_NAMES, evaluate_checkpoint, score_predictions
+from ddetr_cli.evaluate import STAT_NAMES, Detections, evaluate_checkpoint, score_predictions
 from ddetr_cli.model import build_model
 from ddetr_cli.weights import save_checkpoint
 
@@ -80,7 +82,9 @@ def test_cli_writes_metrics_json(files, tmp_path):
     result = CliRunner().invoke(app, args, terminal_width=200)
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
-    assert set(STAT_NAMES) <= metrics.keys()
+    assert [metrics[name] for name in STAT_NAMES] == [
+        float(v) for v in _pycocotools(gt, results).stats
+    ]
     assert [c["name"] for c in metrics["per_class"]] == ["cat", "dog"]
     assert "AR100" in result.output and "dog" in result.output
 
@@ -143,8 +147,9 @@ def test_model_evaluation_scores_perfect_detections_as_perfect(tmp_path, monkeyp
     truth = shapes.coco_dict(shapes.VAL_SEED, 5)
 
     def oracle(*args, **kwargs):
-        return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-                 "score": 0.9} for a in truth["annotations"]]  # fmt: skip
+        exact = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                  "score": 0.9} for a in truth["annotations"]]  # fmt: skip
+        return Detections(exact)
 
     monkeypatch.setattr(evaluate, "predict_coco_results", oracle)
     recipe = load_recipe("recipes/shapes.yaml", ["data.shapes.val_images=5"])
@@ -219,7 +224,7 @@ def test_model_evaluation_reports_metrics_at_a_threshold(tmp_path, monkeypatch):
         exact = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
                   "score": 0.9} for a in truth["annotations"]]  # fmt: skip
         weak = [{**d, "score": 0.2} for d in exact]  # duplicates under the threshold
-        return exact + weak
+        return Detections(exact + weak)
 
     monkeypatch.setattr(evaluate, "predict_coco_results", oracle)
     recipe = load_recipe("recipes/shapes.yaml", ["data.shapes.val_images=4"])
@@ -234,3 +239,154 @@ def test_model_evaluation_reports_metrics_at_a_threshold(tmp_path, monkeypatch):
     assert metrics["at_threshold"]["precision"] == metrics["at_threshold"]["recall"] == 1.0
     assert metrics["best_f1"]["score_threshold"] == 0.25  # the duplicates are gone from there
     assert report.precision is not None and report.precision.shape[2] == len(report.per_class)
+
+
+# --- an unreadable picture: no detections, its boxes still count, never a neighbour's --------
+
+_SIZE = (48, 64)  # height, width of every picture
+_BROKEN = 2  # image id of the picture that cannot be read
+
+
+def _colour_coded_truth() -> dict:
+    """Four pictures, two boxes each (category 1 and 2); picture k is filled with red 40 * k."""
+    images = [{"id": k, "file_name": f"{k}.png", "height": _SIZE[0], "width": _SIZE[1]}
+              for k in (1, 2, 3, 4)]  # fmt: skip
+    annotations = []
+    for k in (1, 2, 3, 4):
+        for category, box in ((1, [4 + k, 6, 20, 16]), (2, [30, 20, 14, 18])):
+            annotations.append({"id": len(annotations) + 1, "image_id": k, "category_id": category,
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}  # fmt: skip
+
+
+def _intended_detections(image_id: int) -> list[dict]:
+    """What the stub model finds on picture ``image_id``: box 1 exactly (score 0.9), box 2
+    shifted by (3, 2) pixels (IoU 0.54, score 0.6)."""
+    x = 4 + image_id
+    return [
+        {"image_id": image_id, "category_id": 1, "bbox": [x, 6, 20, 16], "score": 0.9},
+        {"image_id": image_id, "category_id": 2, "bbox": [33, 22, 14, 18], "score": 0.6},
+    ]
+
+
+class _ColourCoded(torch.nn.Module):
+    """Tells the pictures apart by their colour and outputs ``_intended_detections`` of each in
+    the model's output format (2 queries, 3 classes)."""
+
+    def forward(self, images):
+        logits = torch.full((len(images), 2, 3), -30.0)
+        boxes = torch.full((len(images), 2, 4), 0.5)
+        height, width = _SIZE
+        for b, image in enumerate(images):
+            red = float(image[0].mean()) * 0.229 + 0.485  # undo the ImageNet normalisation
+            for q, det in enumerate(_intended_detections(round(red * 255 / 40))):
+                x, y, w, h = det["bbox"]
+                logits[b, q, det["category_id"]] = math.log(det["score"] / (1 - det["score"]))
+                boxes[b, q] = torch.tensor([(x + w / 2) / width, (y + h / 2) / height,
+                                            w / width, h / height])  # fmt: skip
+        return {"pred_logits": logits, "pred_boxes": boxes}
+
+    def optimize_for_inference(self):
+        return self
+
+
+@pytest.fixture(params=["undecodable", "missing"])
+def broken_val_folder(request, tmp_path):
+    """(pictures folder, annotations file) with picture ``_BROKEN`` unreadable."""
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for k in (1, 2, 3, 4):
+        Image.new("RGB", _SIZE[::-1], (40 * k, 0, 0)).save(folder / f"{k}.png")
+    if request.param == "undecodable":
+        (folder / f"{_BROKEN}.png").write_bytes(b"not a picture")
+    else:
+        (folder / f"{_BROKEN}.png").unlink()
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(json.dumps(_colour_coded_truth()))
+    return folder, annotations
+
+
+def _expected_with_broken_picture_empty(tmp_path) -> COCOeval:
+    """pycocotools on the ground truth and the intended detections of every picture but the
+    broken one: what the evaluation must give."""
+    results = tmp_path / "expected_results.json"
+    readable = [d for k in (1, 2, 3, 4) if k != _BROKEN for d in _intended_detections(k)]
+    results.write_text(json.dumps(readable))
+    gt = tmp_path / "expected_gt.json"
+    gt.write_text(json.dumps(_colour_coded_truth()))
+    return _pycocotools(gt, results)
+
+
+def _stub_model(monkeypatch):
+    import ddetr_cli.evaluate as evaluate
+
+    def resolve(weights, recipe_path, overrides, device):
+        recipe = load_recipe(None, [*overrides, "model.num_classes=3", "model.num_detections=2",
+                                    "data.eval_min_size=48"])  # fmt: skip
+        return _ColourCoded(), recipe
+
+    monkeypatch.setattr(evaluate, "resolve_model", resolve)
+
+
+def test_unreadable_picture_scores_as_one_without_detections(
+    broken_val_folder, tmp_path, monkeypatch
+):
+    folder, annotations = broken_val_folder
+    _stub_model(monkeypatch)
+    report = evaluate_checkpoint("stub", images=folder, annotations=annotations, batch_size=2,
+                                 out_dir=tmp_path / "eval")  # fmt: skip
+    expected = _expected_with_broken_picture_empty(tmp_path)
+    assert list(report.stats.values()) == pytest.approx([float(v) for v in expected.stats])
+    assert 0.3 < report.stats["AP"] < 0.9  # neither trivial nor empty
+    assert report.num_images == 4 and report.num_detections == 6
+    assert list(report.unreadable) == [_BROKEN]
+    assert f"{_BROKEN}.png" in report.unreadable[_BROKEN]
+    detections = json.loads(report.detections_path.read_text())
+    assert sorted({d["image_id"] for d in detections}) == [1, 3, 4]
+
+
+def test_evaluate_names_the_unreadable_picture_and_exits_1(
+    broken_val_folder, tmp_path, monkeypatch
+):
+    folder, annotations = broken_val_folder
+    _stub_model(monkeypatch)
+    metrics = tmp_path / "metrics.json"
+    args = ["evaluate", "-w", "stub", "--images", str(folder), "--annotations", str(annotations),
+            "-o", str(tmp_path / "eval"), "--json", str(metrics)]  # fmt: skip
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "COCO box AP (4 pictures, 6 detections)" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("unreadable: ") and f"{_BROKEN}.png" in errors[0]
+    assert errors[1] == ("error: 1 of 4 pictures could not be read; the numbers above count "
+                         "them as pictures with no detections")  # fmt: skip
+    written = json.loads(metrics.read_text())
+    expected = _expected_with_broken_picture_empty(tmp_path)
+    assert written["AP"] == pytest.approx(float(expected.stats[0]))
+    assert [u["image_id"] for u in written["unreadable"]] == [_BROKEN]
+
+
+def test_training_val_ap_counts_an_unreadable_picture_as_empty(broken_val_folder, tmp_path, caplog):
+    """The per-epoch val AP (evaluate_coco on the val loader): the same numbers, and one warning
+    naming the picture."""
+    import logging
+
+    from torch.utils.data import DataLoader
+
+    from ddetr_cli.data import CocoDataset, collate
+    from ddetr_cli.evaluate import evaluate_coco
+
+    folder, annotations = broken_val_folder
+    dataset = CocoDataset(folder, annotations, train=False, min_size=48)
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate)
+    with caplog.at_level(logging.WARNING):
+        stats = evaluate_coco(_ColourCoded(), loader, dataset.coco, num_detections=2)
+    expected = _expected_with_broken_picture_empty(tmp_path)
+    assert list(stats.values()) == pytest.approx([float(v) for v in expected.stats])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"{_BROKEN}.png" in warnings[0]
+    assert warnings[0].startswith("val: 1 of 4 pictures could not be read")

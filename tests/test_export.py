@@ -18,6 +18,7 @@ from ddetr_cli.errors import DdetrError  # noqa: E402
 from ddetr_cli.export import (  # noqa: E402
     check_onnx,
     export_onnx,
+    match_detections,
     ort_session,
     read_metadata,
     require_export_extra,
@@ -74,8 +75,7 @@ def test_two_stage_matches_pytorch_at_unseen_sizes(two_stage_export):
     assert report.check.batch_size != 1 and report.check.image_size != (96, 128)
     for size, batch in (((64, 200), 1), ((161, 77), 4)):
         result = check_onnx(path, model, size, batch)
-        assert result.max_logits_diff <= 1e-4, result.line()
-        assert result.same_topk, result.line()
+        assert result.ok, result.line()  # logits, boxes and the top-k detections
 
 
 def test_graph_is_standard_onnx_with_metadata(two_stage_export):
@@ -144,12 +144,18 @@ def test_plain_model_exports(tmp_path):
     assert report.check.batch_size == 3
 
 
-def test_static_refine_with_postprocess(tmp_path):
+@pytest.fixture(scope="module")
+def postprocess_export(tmp_path_factory):
     model, recipe = _model(with_box_refine=True, two_stage=False)
-    path = tmp_path / "static.onnx"
+    path = tmp_path_factory.mktemp("onnx") / "static.onnx"
     report = export_onnx(
         model, recipe, path, image_size=(64, 80), batch_size=2, static=True, postprocess=True
     )
+    return model, path, report
+
+
+def test_static_refine_with_postprocess(postprocess_export):
+    model, path, report = postprocess_export
     assert report.check is not None and report.check.ok, report.check.line()
     proto = onnx.load(str(path))
     assert [o.name for o in proto.graph.output] == ["scores", "labels", "boxes"]
@@ -169,6 +175,7 @@ def test_static_refine_with_postprocess(tmp_path):
         torch.testing.assert_close(ref_boxes[b], official[b]["boxes"], atol=1e-4, rtol=0)
         assert torch.equal(ref_labels[b], official[b]["labels"])
     torch.testing.assert_close(torch.from_numpy(scores), ref_scores, atol=1e-5, rtol=0)
+    assert torch.equal(torch.from_numpy(labels), ref_labels)
     torch.testing.assert_close(torch.from_numpy(boxes), ref_boxes, atol=1e-3, rtol=0)
     assert read_metadata(path)["postprocess"] == "true"
 
@@ -228,3 +235,80 @@ def test_missing_extra_is_one_line(monkeypatch):
     message = str(info.value)
     assert "\n" not in message
     assert "onnxruntime" in message and "ddetr-cli[export]" in message
+
+
+class _Tampered:
+    """An onnxruntime session whose outputs ``change`` edits in place: a wrong export."""
+
+    def __init__(self, session, change):
+        self.session, self.change = session, change
+
+    def run(self, names, feeds):
+        outputs = [o.copy() for o in self.session.run(names, feeds)]
+        self.change(outputs)
+        return outputs
+
+
+def _tamper(monkeypatch, change):
+    import ddetr_cli.export as export
+
+    real = export.ort_session
+    monkeypatch.setattr(export, "ort_session", lambda path: _Tampered(real(path), change))
+
+
+def test_the_check_fails_on_a_wrong_box(two_stage_export, monkeypatch):
+    model, _, path, _ = two_stage_export
+
+    def shift(outputs):
+        outputs[1][0, 3, 2] += 0.01  # one box's width, by 1% of the picture
+
+    _tamper(monkeypatch, shift)
+    result = check_onnx(path, model)
+    assert result.max_logits_diff <= 1e-4 and result.same_topk  # the rest is right
+    assert result.max_boxes_diff == pytest.approx(0.01, abs=1e-4)
+    assert not result.ok and result.line().startswith("check FAILED")
+
+
+@pytest.mark.parametrize("wrong", ["box", "label"])
+def test_the_postprocessed_check_fails_on_a_wrong_box_or_label(
+    postprocess_export, monkeypatch, wrong
+):
+    model, path, _ = postprocess_export
+
+    def spoil(outputs):
+        scores, labels, boxes = outputs
+        if wrong == "box":
+            boxes[1, 0, 3] += 4.0  # the best detection's bottom edge, 4 of 80 pixels lower
+        else:
+            labels[1, 0] = (labels[1, 0] + 1) % 3  # the best detection, another class
+
+    _tamper(monkeypatch, spoil)
+    result = check_onnx(path, model)
+    assert result.max_logits_diff <= 1e-4  # the scores agree
+    if wrong == "box":
+        assert result.max_boxes_diff == pytest.approx(4.0 / 80, abs=1e-4) and result.same_topk
+    else:
+        assert result.topk_mismatches == 1 and not result.same_topk
+    assert not result.ok
+
+
+def test_near_equal_scores_may_swap_places_but_not_labels():
+    """Two (query, class) pairs with the same score: the export may list them in either order.
+    A label or box that belongs to no pair of that score is a mismatch."""
+    logits = torch.tensor([[[0.0, 2.0], [2.0, -1.0], [-3.0, -3.0]]])  # queries x classes
+    boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.6, 0.6, 0.2, 0.2], [0.5, 0.5, 0.5, 0.5]]])
+    scores, labels, xyxy = topk_detections(logits, boxes, 100, 100, 3)
+    swapped = (scores, labels[:, [1, 0, 2]], xyxy[:, [1, 0, 2]])
+    assert match_detections(swapped, logits, boxes, (100, 100)) == (0.0, 0)
+    assert labels.tolist() == [[1, 0, 0]] and scores[0, 0] == scores[0, 1]
+    relabelled = (scores, torch.tensor([[1, 0, 1]]), xyxy)  # no class-1 pair scores 0.5
+    assert match_detections(relabelled, logits, boxes, (100, 100)) == (0.0, 1)
+    # Class 0 does have a pair of the first detection's score, but its box is elsewhere.
+    relabelled = (scores, torch.tensor([[0, 0, 0]]), xyxy)
+    assert match_detections(relabelled, logits, boxes, (100, 100))[0] == pytest.approx(0.45)
+    moved = xyxy.clone()
+    moved[0, 2] += 3.0  # the third detection, 3 pixels off
+    assert match_detections((scores, labels, moved), logits, boxes, (100, 100)) == (
+        pytest.approx(0.03),
+        0,
+    )

@@ -340,7 +340,7 @@ def test_convert_cli(tmp_path):
     app.command()(convert_command)
     result = CliRunner().invoke(app, [str(TINY), str(tmp_path / "t.safetensors"), "--to", "ddetr"])
     # the tiny folder's backbone is cut short: convert refuses it in one line
-    assert result.exit_code != 0
+    assert result.exit_code == 1 and isinstance(result.exception, DdetrError)
     assert "does not fit this model architecture" in str(result.exception)
     model, recipe = _ddetr_model("plain", torch.float32)
     from ddetr_cli.weights import save_checkpoint

@@ -145,7 +145,11 @@ def test_half_precision_runs(dtype):
     assert out.dtype == dtype
     torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05)
     out.float().sum().backward()
-    assert all(t.grad is not None and t.grad.dtype == dtype for t in half)
+    full = [t.clone().requires_grad_(True) for t in (value, loc, weights)]
+    ms_deform_attn(full[0], spatial, start, full[1], full[2], backend="reference").sum().backward()
+    for got, want in zip(half, full, strict=True):
+        assert got.grad.dtype == dtype
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=0.05, atol=0.05)
 
 
 def test_mixed_dtypes_are_promoted():
@@ -192,7 +196,11 @@ def test_non_contiguous_inputs():
     out = ms_deform_attn(leaves[0], spatial_nc, start, leaves[1], leaves[2], backend="reference")
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     out.sum().backward()
-    assert all(t.grad is not None and t.grad.shape == t.shape for t in leaves)
+    contiguous = [t.clone().requires_grad_(True) for t in (value, loc, weights)]
+    ms_deform_attn(contiguous[0], spatial, start, contiguous[1], contiguous[2],
+                   backend="reference").sum().backward()  # fmt: skip
+    for got, want in zip(leaves, contiguous, strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- registration

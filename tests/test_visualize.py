@@ -47,7 +47,8 @@ def test_points_are_drawn_where_the_model_samples(model, tmp_path):
     result = attention_pictures(model, picture, "flat", tmp_path, min_size=96, max_size=128,
                                 top=2, pixel=(64, 48))  # fmt: skip
     assert len(result.paths) == 3 and all(p.is_file() for p in result.paths)
-    assert [d["query"] for d in result.detections] != []
+    assert [d["picture"] for d in result.detections] == [str(p) for p in result.paths[:2]]
+    assert result.detections[0]["score"] >= result.detections[1]["score"]
     layer = model.transformer.decoder.layers[-1].cross_attn
     layer.capture = True
     from ddetr_cli.data.transforms import eval_transform

@@ -13,7 +13,7 @@ from ddetr_cli.cli.options import Overrides, Recipe
 
 def convert(
     src: Annotated[
-        Path,
+        str,  # a string, as options.Weights
         typer.Argument(
             help="Weights to read: a ddetr checkpoint, an official .pth, a run folder, a "
             ".safetensors file, a transformers folder or a Hub id (owner/name).",

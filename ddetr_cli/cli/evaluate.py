@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ddetr_cli.cli.console import print_line, stdout
+from ddetr_cli.cli.console import print_line, stderr, stdout
 from ddetr_cli.cli.options import (
     BatchSize,
     Device,
@@ -18,7 +18,7 @@ from ddetr_cli.cli.options import (
     Overrides,
     Recipe,
 )
-from ddetr_cli.errors import UsageError
+from ddetr_cli.errors import DdetrError, UsageError
 
 # Confusion matrices with more rows than this go to --json and --plots only.
 _CONFUSION_PRINT_MAX = 16
@@ -85,7 +85,9 @@ def evaluate(
 
     With --weights, runs the model on the recipe's val split (or --images with --annotations)
     at the evaluation transform and saves its detections; with --predictions, scores an existing
-    COCO results file against --annotations, exactly as pycocotools does.
+    COCO results file against --annotations, exactly as pycocotools does. A picture that cannot
+    be read is named and scored as a picture with no detections (its boxes still count), and the
+    exit status is 1.
 
     Examples:
       ddetr evaluate -w runs/shapes/checkpoint_best.pth
@@ -126,6 +128,20 @@ def evaluate(
     if json_out is not None:
         write_json(report.to_json(), json_out, indent=2)
         print_line(f"metrics: {json_out}")
+    _fail_on_unreadable(report)
+
+
+def _fail_on_unreadable(report: Any) -> None:
+    """Name every picture that could not be read, then exit 1: the numbers above are right for
+    the data as it is (those pictures have no detections), but the data needs fixing."""
+    if not report.unreadable:
+        return
+    for why in report.unreadable.values():
+        print_line(f"unreadable: {why}", stderr, style="red")
+    raise DdetrError(
+        f"{len(report.unreadable)} of {report.num_images} pictures could not be read; the "
+        "numbers above count them as pictures with no detections"
+    )
 
 
 def _print_report(report: Any) -> None:

@@ -39,9 +39,10 @@ Overrides = Annotated[
     ),
 ]
 
-Weights = Annotated[Path, typer.Option("--weights", "-w", help=_WEIGHTS_HELP, show_default=False)]
+# Weights stay strings: a Path would turn `./owner/name` (local) into `owner/name` (a Hub id).
+Weights = Annotated[str, typer.Option("--weights", "-w", help=_WEIGHTS_HELP, show_default=False)]
 OptionalWeights = Annotated[
-    Path | None, typer.Option("--weights", "-w", help=_WEIGHTS_HELP, show_default=False)
+    str | None, typer.Option("--weights", "-w", help=_WEIGHTS_HELP, show_default=False)
 ]
 
 Recipe = Annotated[

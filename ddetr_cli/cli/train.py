@@ -18,7 +18,7 @@ _RecipeOrRun = Annotated[
     ),
 ]
 _StartWeights = Annotated[
-    Path | None,
+    str | None,  # a string, as options.Weights
     typer.Option(
         "--weights",
         "-w",

@@ -9,8 +9,9 @@ reads all of them.
 
 Checked up front, with one warning per kind of problem: annotations with a malformed, zero or
 negative size box or an unknown category are skipped; images whose file is missing are
-skipped. Pictures that exist but cannot be decoded are found while training: each is replaced
-by the next picture and reported (see ``DetectionDataset``).
+skipped in training (evaluation keeps them). Pictures that cannot be decoded are found while
+training: each is replaced by the next picture and reported; evaluation scores a missing or
+undecodable picture as one with no detections and names it (see ``DetectionDataset``).
 """
 
 from __future__ import annotations
@@ -145,17 +146,16 @@ class CocoDataset(DetectionDataset):
             detail = ", ".join(f"{n} {what}" for what, n in problems.most_common())
             log.warning("%s: skipped %d annotations (%s)", name, problems.total(), detail)
         self.skipped_annotations = problems.total()
-        ids, missing = [], 0
-        for image_id in sorted(self.targets):
-            if (self.images_dir / self.coco.imgs[image_id]["file_name"]).is_file():
-                ids.append(image_id)
-            else:
-                missing += 1
-        if missing:
+        present = [i for i in sorted(self.targets)
+                   if (self.images_dir / self.coco.imgs[i]["file_name"]).is_file()]  # fmt: skip
+        if not present:
+            raise DdetrError(f"{name}: no images found in {self.images_dir}")
+        missing = len(self.targets) - len(present)
+        # Evaluation keeps them: each is named and scored as a picture with no detections.
+        ids = present if train else sorted(self.targets)
+        if missing and train:
             log.warning("%s: skipped %d images whose file is missing in %s", name, missing,
                         self.images_dir)  # fmt: skip
-        if not ids:
-            raise DdetrError(f"{name}: no images found in {self.images_dir}")
         self.missing_images = missing
         self.ids = ids
 

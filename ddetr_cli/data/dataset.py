@@ -50,32 +50,58 @@ class DetectionDataset(Dataset):
     def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor | None, dict[str, Any]]:
         """``item``: an index, or (epoch, index) from ``ResumableBatchSampler`` so that
-        persistent workers know the epoch without being told."""
+        persistent workers know the epoch without being told.
+
+        Training replaces an unreadable picture by the next readable one (``target["failures"]``
+        says which were skipped). Evaluation never does: it gives ``(None, {"image_id",
+        "unreadable": why})`` for such a picture, which is then scored as a picture with no
+        detections (see ``unreadable``)."""
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
+        if not self.train:
+            try:
+                image, boxes, labels = self.load(index)
+            except DdetrError as exc:
+                return None, {"image_id": self.image_id(index), "unreadable": str(exc)}
+            return self._sample(image, boxes, labels, index, epoch)
+        current, (image, boxes, labels), failures = self._load_substituting(index)
+        pixels, target = self._sample(image, boxes, labels, current, epoch)
+        target["failures"] = failures
+        return pixels, target
+
+    def _load_substituting(
+        self, index: int
+    ) -> tuple[int, tuple[Tensor, Tensor, Tensor], list[str]]:
+        """(index read, its picture and boxes, the failures skipped on the way there)."""
         failures: list[str] = []
         for attempt in range(_MAX_SUBSTITUTES):
             # A bad picture is replaced by the next one, so batches keep their size and
             # processes stay in step; the failure travels with the target to be reported.
             current = (index + attempt) % len(self)
             try:
-                image, boxes, labels = self.load(current)
-                break
+                return current, self.load(current), failures
             except DdetrError as exc:
                 failures.append(str(exc))
-        else:
-            raise DdetrError(f"{_MAX_SUBSTITUTES} unreadable pictures in a row: {failures[-1]}")
+        raise DdetrError(f"{_MAX_SUBSTITUTES} unreadable pictures in a row: {failures[-1]}")
+
+    def _sample(
+        self, image: Tensor, boxes: Tensor, labels: Tensor, index: int, epoch: int
+    ) -> tuple[Tensor, dict[str, Any]]:
         height, width = image.shape[-2:]
         image, boxes = wrap(image, boxes)
         if self.train:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, current))
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
                 image, boxes = self.transform(image, boxes)
         else:
             image, boxes = eval_resize(image, boxes, self.min_size, self.max_size)
         pixels, target = finish(image, boxes, labels)
-        target["image_id"] = self.image_id(current)
+        target["image_id"] = self.image_id(index)
         target["orig_size"] = torch.tensor([height, width])
-        target["failures"] = failures
         return pixels, target
+
+
+def unreadable(target: dict[str, Any]) -> str | None:
+    """Why an evaluation sample's picture could not be read, or None when it was read."""
+    return target.get("unreadable")

@@ -27,7 +27,7 @@ _NOT_THE_RUN = ("train.output_dir", "train.device", "data.num_workers")
 @dataclass
 class TrainPlan:
     recipe: dict[str, Any]
-    weights: Path | None = None
+    weights: str | Path | None = None
     resume: Path | None = None  # the checkpoint to continue from
     next_free_folder: bool = False  # a taken train.output_dir gets the next free name
     notes: list[str] = field(default_factory=list)
@@ -85,7 +85,7 @@ def plan_training(
     recipe: Path | None,
     overrides: Sequence[str] = (),
     *,
-    weights: Path | None = None,
+    weights: str | Path | None = None,
     resume: bool = False,
     resume_from: Path | None = None,
     device: str | None = None,
@@ -113,8 +113,8 @@ def plan_training(
     return _plan_new(recipe, overrides, weights)
 
 
-def _plan_new(recipe: Path | None, overrides: list[str], weights: Path | None) -> TrainPlan:
-    from ddetr_cli.weights import resolve_weights_path
+def _plan_new(recipe: Path | None, overrides: list[str], weights: str | Path | None) -> TrainPlan:
+    from ddetr_cli.weights import resolve_weights_path, weights_format
 
     if recipe is None:
         raise UsageError("name a recipe: ddetr train recipes/shapes.yaml (or --resume RUN)")
@@ -128,6 +128,7 @@ def _plan_new(recipe: Path | None, overrides: list[str], weights: Path | None) -
     resolved = load_recipe(recipe, overrides)
     explicit_dir = any(_key(o) == "train.output_dir" for o in overrides)
     if weights is not None:
+        weights_format(weights)  # a missing path or a file that is not weights: said now
         weights = resolve_weights_path(weights)
     return TrainPlan(resolved, weights, None, not explicit_dir, notes)
 

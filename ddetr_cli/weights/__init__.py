@@ -30,8 +30,10 @@ from ddetr_cli.weights.checkpoint import (
     recipe_for_checkpoint,
     save_checkpoint,
 )
+from ddetr_cli.weights.sniff import WEIGHT_SUFFIXES, WEIGHTS_TAKES, sniff
 
 __all__ = [
+    "is_hub_id",
     "load_model",
     "load_state_dict",
     "load_weights",
@@ -50,8 +52,25 @@ RUN_CHECKPOINTS = ("checkpoint_best.pth", "checkpoint_last.pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_hub_id(name: str | Path) -> bool:
+    """True for a name that is not a local file or folder and reads as a Hub model id
+    (owner/name). A name with a weights suffix (.pth, .onnx, ...) or starting with `.`, `/` or
+    `~` is a local path, never a Hub id."""
+    text = str(name)
+    return (
+        not Path(text).exists()
+        and not text.startswith((".", "/", "~"))
+        and Path(text).suffix.lower() not in WEIGHT_SUFFIXES
+        and _HUB_ID.match(text) is not None
+    )
+
+
 def weights_format(path: str | Path) -> str:
-    """What `path` names: 'run', 'hf', 'hub', 'onnx', 'safetensors' or 'checkpoint'."""
+    """What `path` names: 'run', 'hf', 'hub', 'onnx', 'safetensors' or 'checkpoint' (files by
+    their content, whatever their suffix). A missing local path, or a file no reader takes
+    (text, an empty file, unknown bytes), is a DdetrError saying so in one line."""
+    if is_hub_id(path):
+        return "hub"
     path = Path(path)
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -62,24 +81,25 @@ def weights_format(path: str | Path) -> str:
             f"{path} is a folder but neither a run folder ({' or '.join(RUN_CHECKPOINTS)}) nor a "
             "transformers model folder (config.json)"
         )
-    if not path.exists() and _HUB_ID.match(str(path)):
-        return "hub"
-    if path.suffix == ".onnx":
-        return "onnx"
-    if path.suffix == ".safetensors":
-        return "safetensors"
-    return "checkpoint"
+    if not path.exists():
+        raise DdetrError(f"{path}: no such file")
+    if not path.is_file():
+        raise DdetrError(f"{path} is not a regular file; {WEIGHTS_TAKES}")
+    kind = sniff(path)
+    if kind.reader is None:
+        raise DdetrError(f"{path} is {kind.what}, not weights; {WEIGHTS_TAKES}")
+    return kind.reader
 
 
-def resolve_weights_path(path: str | Path) -> Path:
-    """A run folder means its best checkpoint (else its last); anything else is itself."""
-    path = Path(path)
-    if path.is_dir() and weights_format(path) == "run":
+def resolve_weights_path(path: str | Path) -> str | Path:
+    """A run folder means its best checkpoint (else its last); anything else is itself, as
+    given (`./owner/name` must not become the Hub id `owner/name`)."""
+    if Path(path).is_dir() and weights_format(path) == "run":
         for name in RUN_CHECKPOINTS:
-            if (path / name).is_file():
+            if (Path(path) / name).is_file():
                 if name != RUN_CHECKPOINTS[0]:
                     log.warning("%s has no %s; using %s", path, RUN_CHECKPOINTS[0], name)
-                return path / name
+                return Path(path) / name
     return path
 
 
@@ -193,7 +213,7 @@ def resolve_model(
 
         recipe = load_recipe(recipe_path, [*overrides, "model.pretrained_backbone=false"])
         return build_model(recipe).to(device).eval(), recipe
-    if not Path(weights).exists() and weights_format(weights) != "hub":
+    if not Path(weights).exists() and not is_hub_id(weights):
         raise DdetrError(f"--weights {weights}: no such file")
     if recipe_path is not None:
         return load_model(weights, load_recipe(recipe_path, overrides), device=device)

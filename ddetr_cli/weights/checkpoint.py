@@ -13,7 +13,6 @@ import copy
 import pickle
 import re
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from torch import Tensor, nn
 
 from ddetr_cli.coco_names import class_names
 from ddetr_cli.config import RECIPE_SCHEMA
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, one_line
 from ddetr_cli.files import atomic_write
 from ddetr_cli.weights.official import infer_model_config
+from ddetr_cli.weights.sniff import sniff
 
 FORMAT = "ddetr"
 # Keys some official files carry from a FLOPs profiler; they are not weights.
@@ -42,17 +42,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DdetrError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise DdetrError(f"checkpoint {path} is a directory, expected a .pth file")
-    if path.stat().st_size == 0:
-        raise DdetrError(f"checkpoint {path} is empty")
+    kind = sniff(path)
+    if kind.reader != "checkpoint":  # torch.load fails on these with a traceback or a riddle
+        raise DdetrError(f"{path} is {kind.what}, not a PyTorch checkpoint")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes for foreign files
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DdetrError(f"{path} is not a checkpoint ddetr reads: {_unsafe_reason(exc)}") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DdetrError(f"{path} is not a readable checkpoint ({reason[:200]})") from None
+    except Exception as exc:  # truncated or corrupt data: torch's errors vary (IndexError, ...)
+        raise DdetrError(
+            f"{path} is not a readable checkpoint ({kind.what}: {one_line(exc)})"
+        ) from None
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
         ckpt = dict(data)
     elif isinstance(data, dict) and data and all(isinstance(v, Tensor) for v in data.values()):
@@ -76,8 +78,8 @@ def _unsafe_reason(exc: pickle.UnpicklingError) -> str:
             "(torch.save(model.state_dict(), path)) or convert it where it was made"
         )
     return (
-        "it is a pickle of Python objects, not a tensor checkpoint; ddetr never unpickles such "
-        "files (they can run code)"
+        "it is a pickle, but not a tensor checkpoint torch reads safely; ddetr never unpickles "
+        "further (a pickle can run code)"
     )
 
 

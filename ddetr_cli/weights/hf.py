@@ -30,8 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, one_line
 from ddetr_cli.extras import require
+from ddetr_cli.weights.sniff import sniff
 
 __all__ = [
     "KEY_RULES",
@@ -398,15 +399,23 @@ def recipe_to_config(model: dict[str, Any]) -> dict[str, Any]:
 def _read_tensors(folder: Path) -> dict[str, Tensor]:
     st, bin_ = (folder / name for name in _WEIGHT_FILES)
     if st.is_file():
+        kind = sniff(st)
+        if kind.reader != "safetensors":
+            raise DdetrError(f"{st} is {kind.what}, not a safetensors file")
         try:
             return load_file(str(st), device="cpu")
         except Exception as exc:  # the library's own error types vary between versions
-            raise DdetrError(f"{st} is not a readable safetensors file ({exc})") from exc
+            raise DdetrError(f"{st} is not a readable safetensors file ({one_line(exc)})") from exc
     if bin_.is_file():
+        kind = sniff(bin_)
+        if kind.reader != "checkpoint":  # torch.load fails on these with a traceback
+            raise DdetrError(f"{bin_} is {kind.what}, not PyTorch weights")
         try:
             data = torch.load(bin_, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise DdetrError(f"{bin_} is not a readable PyTorch weights file ({exc})") from exc
+            raise DdetrError(
+                f"{bin_} is not a readable PyTorch weights file ({one_line(exc)})"
+            ) from exc
         if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
             raise DdetrError(f"{bin_} is not a state dict of tensors")
         return data
@@ -486,7 +495,10 @@ def write_hf_folder(
 
 def download(model_id: str) -> Path:
     """A Hub model's folder in huggingface_hub's cache: config.json and model.safetensors, or
-    pytorch_model.bin when the model has no safetensors file (nothing else is fetched)."""
+    pytorch_model.bin when the model has no safetensors file (nothing else is fetched).
+
+    Called for a name that is no local file or folder (``weights.is_hub_id``): when the Hub
+    gives nothing, the one line says both."""
     snapshot_download = require("huggingface_hub", "hf").snapshot_download
     try:
         path = Path(
@@ -495,11 +507,21 @@ def download(model_id: str) -> Path:
         if not (path / _WEIGHT_FILES[0]).is_file():
             path = Path(snapshot_download(repo_id=model_id, allow_patterns=[_WEIGHT_FILES[1]]))
     except Exception as exc:  # offline, no such repo, gated, proxy: one line for all of them
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
         raise DdetrError(
-            f"cannot get {model_id} from the Hugging Face Hub ({reason}); the Hub cannot be "
-            "reached or has no such model: download the folder elsewhere and pass it "
+            f"{model_id}: no such local file or folder, and no Hugging Face Hub model reached "
+            f"({_hub_failure(exc)}); download the folder elsewhere and pass it "
             "(--weights path/to/folder)"
         ) from exc
     return path
+
+
+def _hub_failure(exc: Exception) -> str:
+    """Why the Hub gave nothing, in words, then huggingface_hub's own first line."""
+    kind = type(exc).__name__
+    detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    detail = f"{kind}: {detail}" if detail else kind
+    if kind in ("RepositoryNotFoundError", "GatedRepoError"):
+        return f"the Hub has no such public model; {detail}"
+    if kind == "LocalEntryNotFoundError" or isinstance(exc, OSError | ConnectionError):
+        return f"offline: the Hub cannot be reached; {detail}"
+    return detail

@@ -13,7 +13,7 @@ import safetensors.torch
 from safetensors import safe_open
 from torch import Tensor
 
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, one_line
 from ddetr_cli.files import atomic_write
 
 FORMAT = "ddetr"
@@ -29,7 +29,7 @@ def read_safetensors(path: str | Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
         state_dict = safetensors.torch.load_file(str(path), device="cpu")
     except Exception as exc:  # the library's error types vary between versions
-        raise DdetrError(f"{path} is not a readable safetensors file ({exc})") from exc
+        raise DdetrError(f"{path} is not a readable safetensors file ({one_line(exc)})") from exc
     ckpt: dict[str, Any] = {"model": state_dict}
     if "recipe" in metadata:
         try:
