@@ -197,22 +197,50 @@ def test_deterministic(ext):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_precision_runs_in_float(ext, dtype):
-    value, spatial, start, loc, attn, shapes = make_inputs(n=2, lq=8, d=16, dtype=dtype)
+@pytest.mark.parametrize("d", [16, 32])  # any D, and the compiled-in D = 32
+def test_half_value_with_float_locations_matches_float64(ext, dtype, d):
+    """A float16/bfloat16 value with float32 locations and weights (the model under autocast) is
+    read as it is and accumulated in float32: the result and value's gradient differ from the
+    float64 reference on the same rounded inputs by the final rounding only; the locations' and
+    weights' gradients are float32 and float32-accurate."""
+    value, spatial, start, loc, attn, shapes = make_inputs(n=2, lq=8, d=d)
+    value, loc, attn = value.to(dtype), loc.float(), attn.float()
     out = kernel.forward(value, spatial, start, loc, attn)
     assert out.dtype == dtype
-    want = ms_deform_attn_reference(value.float(), shapes, loc.float(), attn.float())
-    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
-    grads = kernel.backward(value, spatial, start, loc, attn, torch.ones_like(out))
-    assert [g.dtype for g in grads] == [dtype] * 3
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads = kernel.backward(value, spatial, start, loc, attn, grad_out)
+    assert [g.dtype for g in grads] == [dtype, torch.float32, torch.float32]
+    want_out, want_grads = reference_grads(value.double(), shapes, loc.double(), attn.double(),
+                                           grad_out.double())  # fmt: skip
+    rounding = 2**-8 if dtype == torch.bfloat16 else 2**-11  # one rounding to the value's dtype
+    pairs = zip(("out", "grad value"), (out, grads[0]), (want_out, want_grads[0]), strict=True)
+    for name, got, want in pairs:
+        torch.testing.assert_close(got.double(), want, rtol=rounding, atol=1e-6, msg=name)
+    pairs = zip(("grad loc", "grad attn"), grads[1:], want_grads[1:], strict=True)
+    for name, got, want in pairs:
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_value_is_not_converted(ext, dtype):
+    """The forward reads a half/bf16 value in place: no dtype conversion runs inside it."""
+    value, spatial, start, loc, attn, _ = make_inputs(n=2, lq=4, m=2, d=32)
+    value, loc, attn = value.to(dtype), loc.float(), attn.float()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        kernel.forward(value, spatial, start, loc, attn)
+    names = {e.name for e in prof.events()}
+    assert "ddetr_cpu_kernel::forward" in names
+    assert not names & {"aten::to", "aten::_to_copy", "aten::copy_"}, names
 
 
 def test_argument_errors_are_python_exceptions(ext):
     value, spatial, start, loc, attn, _ = make_inputs()
     with pytest.raises(RuntimeError, match=r"value must be \(N, S, M, D\)"):
         kernel.forward(value[0], spatial, start, loc, attn)
-    with pytest.raises(RuntimeError, match="share a dtype"):
+    with pytest.raises(RuntimeError, match="sampling_locations and attention_weights must be"):
         kernel.forward(value, spatial, start, loc.float(), attn)
+    with pytest.raises(RuntimeError, match="must be Float for a BFloat16 value"):
+        kernel.forward(value.bfloat16(), spatial, start, loc.bfloat16(), attn.bfloat16())
     with pytest.raises(RuntimeError, match="spatial_shapes must be int64"):
         kernel.forward(value, spatial.int(), start, loc, attn)
     with pytest.raises(RuntimeError, match="attention_weights must be"):
