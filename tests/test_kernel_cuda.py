@@ -334,3 +334,43 @@ def test_full_op_under_torch_compile(ext):
     torch.testing.assert_close(loss, f(*[t.detach() for t in eager_leaves]), rtol=1e-5, atol=1e-4)
     for got, want in zip((value, loc, attn), eager_leaves, strict=True):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_levels_that_do_not_fit_raise_on_cuda(ext):
+    """Shapes on the GPU are checked (once per tensor) like CPU ones: a level that does not fit
+    raises instead of being skipped by the kernel."""
+    from ddetr_cli.ops import ms_deform_attn
+
+    value, spatial, start, loc, attn, _ = make_inputs(n=1, lq=5)
+    assert spatial.is_cuda
+    out = ms_deform_attn(value, spatial, start, loc, attn, backend="kernel")
+    assert out.shape == (1, 5, value.shape[2] * value.shape[3])
+    bad = spatial.clone()
+    bad[0, 0] += 1
+    with pytest.raises(ValueError, match="sum of H\\*W"):
+        ms_deform_attn(value, bad, start, loc, attn, backend="kernel")
+    with pytest.raises(ValueError, match="level_start_index"):
+        ms_deform_attn(value, spatial, start + 1, loc, attn, backend="kernel")
+
+
+def test_model_under_autocast_runs_the_bf16_kernel(ext, monkeypatch):
+    """Under bf16 autocast every attention layer hands the kernel its bf16 value as it is, with
+    float32 locations and weights."""
+    from ddetr_cli.config import load_recipe
+    from ddetr_cli.model import build_model
+
+    seen = []
+    real = kernel.forward
+
+    def spy(value, spatial_shapes, level_start_index, loc, attn):
+        seen.append((value.dtype, loc.dtype, attn.dtype))
+        return real(value, spatial_shapes, level_start_index, loc, attn)
+
+    monkeypatch.setattr(kernel, "forward", spy)
+    overrides = ["model.backbone=resnet18", "model.pretrained_backbone=false",
+                 "model.enc_layers=2", "model.dec_layers=2",
+                 "model.attention_backend=kernel"]  # fmt: skip
+    model = build_model(load_recipe(None, overrides)).cuda().eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model([torch.rand(3, 256, 320, device="cuda")])
+    assert seen == [(torch.bfloat16, torch.float32, torch.float32)] * 4

@@ -460,3 +460,32 @@ def _broken(name):
 def test_invalid_inputs_raise_value_error(name, message):
     with pytest.raises(ValueError, match=f"^ms_deform_attn: {message}"):
         ms_deform_attn(*_broken(name), backend="reference")
+
+
+def test_levels_are_checked_once_per_shapes_tensor(monkeypatch):
+    """A model hands one shapes tensor to every layer: its levels are read once (on a GPU each
+    read is a device sync), again when the tensor changes in place or another one comes."""
+    checked = []
+    real = op_module._check_levels
+    monkeypatch.setattr(op_module, "_check_levels", lambda *a: (checked.append(1), real(*a)))
+    value, spatial, start, loc, weights = make_inputs(seed=6)
+    for _ in range(3):
+        ms_deform_attn(value, spatial, start, loc, weights, backend="reference")
+    assert len(checked) == 1
+    spatial[0, 0] += 1  # in place: the version changes, the levels no longer add up to S
+    with pytest.raises(ValueError, match="sum of H\\*W"):
+        ms_deform_attn(value, spatial, start, loc, weights, backend="reference")
+    spatial[0, 0] -= 1
+    ms_deform_attn(value, spatial, start, loc, weights, backend="reference")
+    ms_deform_attn(value, spatial.clone(), start, loc, weights, backend="reference")
+    ms_deform_attn(value, spatial, start.clone(), loc, weights, backend="reference")
+    assert len(checked) == 5
+
+
+def test_levels_are_checked_under_inference_mode():
+    value, spatial, start, loc, weights = make_inputs(seed=6)
+    with torch.inference_mode():
+        bad = spatial.clone()
+        bad[0, 1] += 1
+        with pytest.raises(ValueError, match="sum of H\\*W"):
+            ms_deform_attn(value, bad, start, loc, weights, backend="reference")

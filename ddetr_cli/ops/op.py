@@ -206,11 +206,7 @@ def _validate(
     _check_ranks_and_dtypes(tensors)
     _check_sizes_agree(value, spatial_shapes, level_start_index, sampling_locations,
                        attention_weights)  # fmt: skip
-    # Value checks only when free: reading CUDA shapes would force a device sync on every call,
-    # and under torch.compile they would be data-dependent (graph break).
-    if spatial_shapes.device.type != "cpu" or torch.compiler.is_compiling():
-        return
-    _check_levels(spatial_shapes, level_start_index, value.shape[1])
+    _check_levels_once(spatial_shapes, level_start_index, value.shape[1])
 
 
 def _check_ranks_and_dtypes(tensors: dict[str, torch.Tensor]) -> None:
@@ -278,7 +274,7 @@ def _check_sizes_agree(
 
 
 def _check_levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, s: int) -> None:
-    """The level metadata against the value's length S (CPU tensors only)."""
+    """The level metadata (CPU tensors) against the value's length S."""
     if bool((spatial_shapes <= 0).any()):
         _fail(f"spatial_shapes must be positive, got {spatial_shapes.tolist()}")
     areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
@@ -288,13 +284,46 @@ def _check_levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
             f"sum of H*W over spatial_shapes {spatial_shapes.tolist()} is {total}, "
             f"but value has S={s}"
         )
-    if level_start_index.device.type == "cpu":
-        expected = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
-        if not torch.equal(level_start_index, expected):
-            _fail(
-                f"level_start_index {level_start_index.tolist()} does not match spatial_shapes "
-                f"(expected {expected.tolist()})"
-            )
+    expected = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    if not torch.equal(level_start_index, expected):
+        _fail(
+            f"level_start_index {level_start_index.tolist()} does not match spatial_shapes "
+            f"(expected {expected.tolist()})"
+        )
+
+
+# The level metadata each shapes tensor passed, so it is read once: on a GPU reading it is a device
+# sync, and a model passes one shapes tensor to all its attention layers. Keyed by the tensors'
+# identity (weak references: a new tensor at a reused address is checked anew) and in-place
+# version, and by S.
+_levels_checked: dict[int, tuple] = {}
+_LEVELS_CHECKED_MAX = 64
+
+
+def _version(t: torch.Tensor) -> int:
+    # Inference tensors have no version counter (and cannot be changed outside inference mode).
+    return -1 if t.is_inference() else t._version
+
+
+def _check_levels_once(
+    spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, s: int
+) -> None:
+    """:func:`_check_levels` once per (shapes, start index, S), on any device. Skipped while
+    tracing (torch.compile / export: the values are data-dependent), on the meta device and during
+    CUDA graph capture (no sync allowed); the CUDA kernel still skips a level that does not fit."""
+    if torch.compiler.is_compiling() or spatial_shapes.device.type == "meta":
+        return
+    if spatial_shapes.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    key = id(spatial_shapes)
+    state = (_version(spatial_shapes), id(level_start_index), _version(level_start_index), s)
+    known = _levels_checked.get(key)
+    if known is not None and known[0]() is spatial_shapes and known[1:] == state:
+        return
+    _check_levels(spatial_shapes.cpu(), level_start_index.cpu(), s)
+    if len(_levels_checked) >= _LEVELS_CHECKED_MAX:
+        _levels_checked.clear()
+    _levels_checked[key] = (weakref.ref(spatial_shapes), *state)
 
 
 @torch.compiler.assume_constant_result
