@@ -324,6 +324,49 @@ def test_cache_key_tracks_arch_and_sources(monkeypatch):
     assert build.build_key("cpu").split("-")[-1] != key90.split("-")[-1]
 
 
+def test_cache_key_tracks_the_cuda_toolkit(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setenv("DDETR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(build, "toolkit_version", lambda: "13.0")
+    key130 = build.build_key("cuda")
+    monkeypatch.setattr(build, "toolkit_version", lambda: "13.1")
+    assert build.build_key("cuda") != key130 and "-nvcc13.0-" in key130
+    # Without a toolkit, a finished build of torch's CUDA major loads as it is (no compiler needed).
+    finished = tmp_path / key130
+    finished.mkdir()
+    (finished / "build.json").write_text("{}")
+    (finished / "ddetr_ms_deform_attn_cuda.so").write_bytes(b"")
+    monkeypatch.setattr(build, "toolkit_version", lambda: None)
+    assert build.build_dir("cuda") == finished
+    monkeypatch.setattr(torch.version, "cuda", "14.0")
+    assert "-nvccnone-" in build.build_dir("cuda").name
+
+
+def test_cuda_toolkit_major_mismatch_means_the_reference_with_one_line(monkeypatch, tmp_path):
+    """nvcc 12.x under a torch built with CUDA 13 would link a second CUDA runtime: refused with
+    one line naming both versions, and `auto` runs the reference."""
+    from ddetr_cli.ops import backends
+
+    monkeypatch.setenv("DDETR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "_cuda_home", lambda: "/opt/cuda-12.4")
+    monkeypatch.setattr(build, "toolkit_version", lambda: "12.4")
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setattr(kernel, "_status", {})
+    with pytest.raises(build.KernelBuildError) as info:
+        build.load_extension("cuda")
+    assert str(info.value) == (
+        "the CUDA toolkit at /opt/cuda-12.4 is 12.4 but torch was built with CUDA 13.0; "
+        "set CUDA_HOME to a CUDA 13.x toolkit"
+    )
+    backend, reason = backends.resolve_backend("cuda")
+    assert backend == "reference" and reason == str(info.value)
+    backends.clear_cache()
+
+
 def test_concurrent_builds_compile_once(monkeypatch, tmp_path):
     """The file lock serialises builders; the second finds the finished build and only loads it."""
     monkeypatch.setenv("DDETR_CACHE_DIR", str(tmp_path))
