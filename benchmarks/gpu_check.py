@@ -58,11 +58,12 @@ CUDA_TESTS = [
     "tests/test_kernel_cuda.py",
     "tests/test_bench.py::test_measure_speed_on_cuda_reports_peak_memory",
 ]
-# Largest error over the reference's largest magnitude, per output. bf16: the result and value's
-# gradient are rounded once to bf16 (2^-8); the locations' and weights' gradients are float32.
+# Largest error over the reference's largest magnitude, per output (the CPU kernel gives about
+# 1e-5 in fp32). bf16: the result and value's gradient are rounded once to bf16 (2^-8, about 4e-3
+# seen); the locations' and weights' gradients stay float32 (float32 locations and weights).
 ACCURACY_TOLERANCE = {
-    "fp32": {"out": 1e-5, "grad_value": 1e-5, "grad_loc": 1e-4, "grad_attn": 1e-5},
-    "bf16": {"out": 1e-2, "grad_value": 1e-2, "grad_loc": 1e-3, "grad_attn": 1e-3},
+    "fp32": {"out": 1e-4, "grad_value": 1e-4, "grad_loc": 1e-4, "grad_attn": 1e-4},
+    "bf16": {"out": 1e-2, "grad_value": 1e-2, "grad_loc": 1e-4, "grad_attn": 1e-4},
 }
 GOALS = {
     "op_accurate": "kernel within tolerance of the float64 reference at the real shapes",
