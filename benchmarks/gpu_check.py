@@ -32,6 +32,7 @@ was in marked "running". --dry-run runs every step in a tiny CPU form (CI: tests
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -143,7 +144,8 @@ class Context:
                 rc = "cut"
             finally:  # also on Stopped: never leave a child behind
                 if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         with open(self.log_path, encoding="utf-8", errors="replace") as log:
             log.seek(start)
@@ -731,6 +733,9 @@ def finish(ctx: Context, stopped: bool) -> int:
 
 
 def _stop(signum: int, _frame: Any) -> None:
+    # Once: the report of the stop is being written, a second signal must not cut that short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise Stopped(signal.Signals(signum).name)
 
 
