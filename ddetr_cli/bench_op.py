@@ -44,7 +44,9 @@ def _pixel_centres(h: int, w: int) -> torch.Tensor:
 def make_inputs(
     part: str, batch: int, dtype: torch.dtype, device: torch.device, locations: str = "local"
 ) -> tuple[torch.Tensor, ...]:
-    """value, spatial_shapes, level_start_index, sampling_locations, attention_weights."""
+    """value, spatial_shapes, level_start_index, sampling_locations, attention_weights; value in
+    ``dtype``, locations and weights in float32 (float64 with float64), as the model gives them
+    under autocast."""
     g = torch.Generator().manual_seed(0)
     shapes = torch.tensor(LEVELS_800x1333, dtype=torch.int64)
     areas = shapes[:, 0] * shapes[:, 1]
@@ -65,10 +67,49 @@ def make_inputs(
         loc = ref + offsets / size
     weights = torch.rand(batch, lq, HEADS, n_levels * POINTS, generator=g).softmax(-1)
     weights = weights.view(batch, lq, HEADS, n_levels, POINTS)
-    return tuple(
-        t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-        for t in (value, shapes, starts, loc, weights)
+    sampling = torch.float64 if dtype == torch.float64 else torch.float32
+    return (
+        value.to(device=device, dtype=dtype),
+        shapes.to(device),
+        starts.to(device),
+        loc.to(device=device, dtype=sampling),
+        weights.to(device=device, dtype=sampling),
     )
+
+
+def op_errors(
+    part: str, batch: int, dtype: torch.dtype, device: torch.device, backend: str = "kernel"
+) -> dict[str, dict[str, float]]:
+    """Forward and backward of ``backend`` against the float64 reference on the same (rounded)
+    inputs: per output (out, grad_value, grad_loc, grad_attn) the largest absolute error, that
+    over the largest magnitude of the reference ("rel"), and the error's norm over the
+    reference's ("norm"). Points within 1e-3 px of a cell border are moved off it first: there
+    the location gradient jumps, and float32 and float64 may round to different cells."""
+    from ddetr_cli.ops import ms_deform_attn
+
+    value, shapes, starts, loc, weights = make_inputs(part, batch, dtype, device)
+    size = shapes.flip(-1).to(loc.dtype).view(1, 1, 1, -1, 1, 2)  # (W, H) per level
+    pix = loc.double() * size - 0.5
+    near = (pix - pix.round()).abs() < 1e-3
+    loc = torch.where(near, loc + 2e-3 / size, loc)
+    g = torch.Generator().manual_seed(1)
+    n, _, m, d = value.shape
+    grad_out = torch.randn(n, loc.shape[1], m * d, generator=g).to(device=device, dtype=dtype)
+    results = {}
+    for name, cast in (("got", lambda t: t), ("want", lambda t: t.double())):
+        leaves = [cast(t).detach().requires_grad_() for t in (value, loc, weights)]
+        chosen = backend if name == "got" else "reference"
+        out = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], backend=chosen)
+        grads = torch.autograd.grad(out, leaves, cast(grad_out))
+        results[name] = (out.detach(), *grads)
+    errors = {}
+    names = ("out", "grad_value", "grad_loc", "grad_attn")
+    for key, got, want in zip(names, results["got"], results["want"], strict=True):
+        diff = got.double() - want
+        worst, scale = diff.abs().max().item(), want.abs().max().item()
+        norm = (diff.norm() / want.norm()).item() if scale else worst
+        errors[key] = {"max_abs": worst, "rel": worst / scale if scale else worst, "norm": norm}
+    return errors
 
 
 def floor_bytes(inputs: Sequence[torch.Tensor], backward: bool) -> int:

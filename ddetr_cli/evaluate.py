@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 from ddetr_cli.errors import DdetrError, UsageError
@@ -22,6 +20,8 @@ from ddetr_cli.runtime import all_gather_object, amp_autocast, is_main_process
 from ddetr_cli.weights import resolve_model
 
 if TYPE_CHECKING:
+    from pycocotools.coco import COCO
+
     from ddetr_cli.metrics import ThresholdMetrics
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,8 @@ def coco_evaluation_curves(
     category_ids = sorted(coco_gt.getCatIds())
     if not results:
         return dict.fromkeys(STAT_NAMES, 0.0), dict.fromkeys(category_ids, 0.0), None
+    from pycocotools.cocoeval import COCOeval  # imported when evaluating, not with the package
+
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")

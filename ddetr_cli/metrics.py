@@ -12,11 +12,12 @@ area) is neither a true nor a false positive, and a missed one is no false negat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 # Outcome of a detection after matching.
 TRUE_POSITIVE, FALSE_POSITIVE, IGNORED = 1, 0, -1
@@ -154,6 +155,8 @@ def _match_image(
     taken = np.zeros(m, dtype=bool)
     if n == 0 or m == 0:
         return outcomes, taken_by, taken
+    from pycocotools import mask as mask_utils
+
     # COCOeval's IoU: for a crowd box, the intersection over the detection's area.
     iou = np.asarray(mask_utils.iou(boxes, gt_boxes, gt_crowd.astype(np.uint8).tolist()))
     overlaps = iou >= min(iou_threshold, 1 - 1e-10)

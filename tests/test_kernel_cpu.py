@@ -197,22 +197,50 @@ def test_deterministic(ext):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_reduced_precision_runs_in_float(ext, dtype):
-    value, spatial, start, loc, attn, shapes = make_inputs(n=2, lq=8, d=16, dtype=dtype)
+@pytest.mark.parametrize("d", [16, 32])  # any D, and the compiled-in D = 32
+def test_half_value_with_float_locations_matches_float64(ext, dtype, d):
+    """A float16/bfloat16 value with float32 locations and weights (the model under autocast) is
+    read as it is and accumulated in float32: the result and value's gradient differ from the
+    float64 reference on the same rounded inputs by the final rounding only; the locations' and
+    weights' gradients are float32 and float32-accurate."""
+    value, spatial, start, loc, attn, shapes = make_inputs(n=2, lq=8, d=d)
+    value, loc, attn = value.to(dtype), loc.float(), attn.float()
     out = kernel.forward(value, spatial, start, loc, attn)
     assert out.dtype == dtype
-    want = ms_deform_attn_reference(value.float(), shapes, loc.float(), attn.float())
-    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
-    grads = kernel.backward(value, spatial, start, loc, attn, torch.ones_like(out))
-    assert [g.dtype for g in grads] == [dtype] * 3
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads = kernel.backward(value, spatial, start, loc, attn, grad_out)
+    assert [g.dtype for g in grads] == [dtype, torch.float32, torch.float32]
+    want_out, want_grads = reference_grads(value.double(), shapes, loc.double(), attn.double(),
+                                           grad_out.double())  # fmt: skip
+    rounding = 2**-8 if dtype == torch.bfloat16 else 2**-11  # one rounding to the value's dtype
+    pairs = zip(("out", "grad value"), (out, grads[0]), (want_out, want_grads[0]), strict=True)
+    for name, got, want in pairs:
+        torch.testing.assert_close(got.double(), want, rtol=rounding, atol=1e-6, msg=name)
+    pairs = zip(("grad loc", "grad attn"), grads[1:], want_grads[1:], strict=True)
+    for name, got, want in pairs:
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_value_is_not_converted(ext, dtype):
+    """The forward reads a half/bf16 value in place: no dtype conversion runs inside it."""
+    value, spatial, start, loc, attn, _ = make_inputs(n=2, lq=4, m=2, d=32)
+    value, loc, attn = value.to(dtype), loc.float(), attn.float()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        kernel.forward(value, spatial, start, loc, attn)
+    names = {e.name for e in prof.events()}
+    assert "ddetr_cpu_kernel::forward" in names
+    assert not names & {"aten::to", "aten::_to_copy", "aten::copy_"}, names
 
 
 def test_argument_errors_are_python_exceptions(ext):
     value, spatial, start, loc, attn, _ = make_inputs()
     with pytest.raises(RuntimeError, match=r"value must be \(N, S, M, D\)"):
         kernel.forward(value[0], spatial, start, loc, attn)
-    with pytest.raises(RuntimeError, match="share a dtype"):
+    with pytest.raises(RuntimeError, match="sampling_locations and attention_weights must be"):
         kernel.forward(value, spatial, start, loc.float(), attn)
+    with pytest.raises(RuntimeError, match="must be Float for a BFloat16 value"):
+        kernel.forward(value.bfloat16(), spatial, start, loc.bfloat16(), attn.bfloat16())
     with pytest.raises(RuntimeError, match="spatial_shapes must be int64"):
         kernel.forward(value, spatial.int(), start, loc, attn)
     with pytest.raises(RuntimeError, match="attention_weights must be"):
@@ -294,6 +322,49 @@ def test_cache_key_tracks_arch_and_sources(monkeypatch):
     assert build.build_key("cuda") != key90
     assert torch.__version__.split("+")[0] in key90 and "sm9.0" in key90
     assert build.build_key("cpu").split("-")[-1] != key90.split("-")[-1]
+
+
+def test_cache_key_tracks_the_cuda_toolkit(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setenv("DDETR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(build, "toolkit_version", lambda: "13.0")
+    key130 = build.build_key("cuda")
+    monkeypatch.setattr(build, "toolkit_version", lambda: "13.1")
+    assert build.build_key("cuda") != key130 and "-nvcc13.0-" in key130
+    # Without a toolkit, a finished build of torch's CUDA major loads as it is (no compiler needed).
+    finished = tmp_path / key130
+    finished.mkdir()
+    (finished / "build.json").write_text("{}")
+    (finished / "ddetr_ms_deform_attn_cuda.so").write_bytes(b"")
+    monkeypatch.setattr(build, "toolkit_version", lambda: None)
+    assert build.build_dir("cuda") == finished
+    monkeypatch.setattr(torch.version, "cuda", "14.0")
+    assert "-nvccnone-" in build.build_dir("cuda").name
+
+
+def test_cuda_toolkit_major_mismatch_means_the_reference_with_one_line(monkeypatch, tmp_path):
+    """nvcc 12.x under a torch built with CUDA 13 would link a second CUDA runtime: refused with
+    one line naming both versions, and `auto` runs the reference."""
+    from ddetr_cli.ops import backends
+
+    monkeypatch.setenv("DDETR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "_cuda_home", lambda: "/opt/cuda-12.4")
+    monkeypatch.setattr(build, "toolkit_version", lambda: "12.4")
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setattr(kernel, "_status", {})
+    with pytest.raises(build.KernelBuildError) as info:
+        build.load_extension("cuda")
+    assert str(info.value) == (
+        "the CUDA toolkit at /opt/cuda-12.4 is 12.4 but torch was built with CUDA 13.0; "
+        "set CUDA_HOME to a CUDA 13.x toolkit"
+    )
+    backend, reason = backends.resolve_backend("cuda")
+    assert backend == "reference" and reason == str(info.value)
+    backends.clear_cache()
 
 
 def test_concurrent_builds_compile_once(monkeypatch, tmp_path):

@@ -50,6 +50,9 @@ def test_cuda_extension_builds_for_sm90(tmp_path: Path) -> None:
     assert info["built_now"] and info["arch_list"] == "9.0"
     assert Path(info["cache_dir"]).parent == tmp_path
     assert "sm9.0" in Path(info["cache_dir"]).name
+    # The toolkit that built it is recorded and part of the cache key.
+    assert info["nvcc"] == build.toolkit_version()
+    assert f"-nvcc{info['nvcc']}-" in Path(info["cache_dir"]).name
     # nvcc gets cpp_extension's language standard, the host compiler's (torch's headers need it);
     # an -std of our own would replace it.
     assert not any(flag.startswith("-std") for flag in build._NVCC_FLAGS)

@@ -259,3 +259,25 @@ def test_optimize_for_inference_keeps_the_outputs():
     assert not any(type(m).__name__ == "FrozenBatchNorm2d" for m in optimized.backbone.modules())
     torch.testing.assert_close(after["pred_logits"], before["pred_logits"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(after["pred_boxes"], before["pred_boxes"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [[], ["model.with_box_refine=true"]])
+def test_attention_under_autocast_hands_the_op_a_bf16_value_and_float32_sampling(
+    monkeypatch, extra
+):
+    """Under autocast every attention layer gives the op its value in bf16 (the kernel reads it
+    without a copy) and locations and weights in float32 (bf16 ones would be 0.65 px coarse)."""
+    from ddetr_cli.ops import op as op_module
+
+    seen = []
+    real = op_module._ms_deform_attn_op
+
+    def spy(value, spatial_shapes, level_start_index, loc, weights, backend):
+        seen.append((value.dtype, loc.dtype, weights.dtype))
+        return real(value, spatial_shapes, level_start_index, loc, weights, backend)
+
+    monkeypatch.setattr(op_module, "_ms_deform_attn_op", spy)
+    model = _tiny("model.attention_backend=reference", *extra)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model([torch.rand(3, 64, 80)])
+    assert seen == [(torch.bfloat16, torch.float32, torch.float32)] * 4  # 2 encoder + 2 decoder

@@ -19,6 +19,7 @@ from ddetr_cli.ops import (
     ms_deform_attn_reference,
     resolve_backend,
 )
+from ddetr_cli.ops import op as op_module
 from ddetr_cli.ops.reference import ms_deform_attn_reference_backward
 
 SHAPES = [(3, 4), (2, 1), (1, 1)]  # includes a 1x1 and a 2x1 level
@@ -152,10 +153,46 @@ def test_half_precision_runs(dtype):
         torch.testing.assert_close(got.grad.double(), want.grad, rtol=0.05, atol=0.05)
 
 
-def test_mixed_dtypes_are_promoted():
+def test_float64_anywhere_makes_everything_float64():
     value, spatial, start, loc, weights = make_inputs(seed=4)
     out = ms_deform_attn(value.float(), spatial, start, loc, weights.float(), backend="reference")
     assert out.dtype == torch.float64
+
+
+class OpSpy:
+    """Records the tensors the public op hands to the custom op, then runs it."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        real = op_module._ms_deform_attn_op
+
+        def spy(value, spatial_shapes, level_start_index, loc, weights, backend):
+            self.calls.append({"value": value, "loc": loc, "weights": weights})
+            return real(value, spatial_shapes, level_start_index, loc, weights, backend)
+
+        monkeypatch.setattr(op_module, "_ms_deform_attn_op", spy)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("sampling", [torch.float32, "same"])
+def test_half_value_is_used_as_is_with_float32_sampling(monkeypatch, dtype, sampling):
+    """value keeps its dtype and storage (no copy); locations and weights run in float32 (bf16 ones
+    are widened); the result has value's dtype, each gradient its input's."""
+    sampling = dtype if sampling == "same" else sampling
+    value, spatial, start, loc, weights = make_inputs(seed=5)
+    leaves = [value.to(dtype), loc.to(sampling), weights.to(sampling)]
+    leaves = [t.requires_grad_(True) for t in leaves]
+    spy = OpSpy(monkeypatch)
+    out = ms_deform_attn(leaves[0], spatial, start, leaves[1], leaves[2], backend="reference")
+    (call,) = spy.calls
+    assert call["value"].data_ptr() == leaves[0].data_ptr()
+    assert call["loc"].dtype == call["weights"].dtype == torch.float32
+    assert out.dtype == dtype
+    wide = [t.detach().double() for t in leaves]
+    expected = ms_deform_attn(wide[0], spatial, start, wide[1], wide[2], backend="reference")
+    torch.testing.assert_close(out.double(), expected, rtol=2**-7, atol=1e-3)
+    out.float().square().sum().backward()
+    assert [t.grad.dtype for t in leaves] == [dtype, sampling, sampling]
 
 
 @pytest.mark.parametrize(("n", "lq"), [(2, 0), (0, 3)])
@@ -431,3 +468,32 @@ def _broken(name):
 def test_invalid_inputs_raise_value_error(name, message):
     with pytest.raises(ValueError, match=f"^ms_deform_attn: {message}"):
         ms_deform_attn(*_broken(name), backend="reference")
+
+
+def test_levels_are_checked_once_per_shapes_tensor(monkeypatch):
+    """A model hands one shapes tensor to every layer: its levels are read once (on a GPU each
+    read is a device sync), again when the tensor changes in place or another one comes."""
+    checked = []
+    real = op_module._check_levels
+    monkeypatch.setattr(op_module, "_check_levels", lambda *a: (checked.append(1), real(*a)))
+    value, spatial, start, loc, weights = make_inputs(seed=6)
+    for _ in range(3):
+        ms_deform_attn(value, spatial, start, loc, weights, backend="reference")
+    assert len(checked) == 1
+    spatial[0, 0] += 1  # in place: the version changes, the levels no longer add up to S
+    with pytest.raises(ValueError, match="sum of H\\*W"):
+        ms_deform_attn(value, spatial, start, loc, weights, backend="reference")
+    spatial[0, 0] -= 1
+    ms_deform_attn(value, spatial, start, loc, weights, backend="reference")
+    ms_deform_attn(value, spatial.clone(), start, loc, weights, backend="reference")
+    ms_deform_attn(value, spatial, start.clone(), loc, weights, backend="reference")
+    assert len(checked) == 5
+
+
+def test_levels_are_checked_under_inference_mode():
+    value, spatial, start, loc, weights = make_inputs(seed=6)
+    with torch.inference_mode():
+        bad = spatial.clone()
+        bad[0, 1] += 1
+        with pytest.raises(ValueError, match="sum of H\\*W"):
+            ms_deform_attn(value, bad, start, loc, weights, backend="reference")

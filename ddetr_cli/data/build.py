@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
-
-from pycocotools.coco import COCO
+from typing import TYPE_CHECKING, Any
 
 from ddetr_cli.data import shapes
 from ddetr_cli.data.coco import CocoDataset
@@ -14,6 +12,9 @@ from ddetr_cli.data.dataset import DetectionDataset
 from ddetr_cli.data.formats import warn_problems
 from ddetr_cli.data.shapes_dataset import ShapesDataset
 from ddetr_cli.data.sources import data_classes, load_source, refuse_unread_paths
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
 __all__ = ["Splits", "build_datasets", "data_classes"]

@@ -23,10 +23,9 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from pycocotools.coco import COCO
 from torch import Tensor
 
 from ddetr_cli.data.dataset import DetectionDataset
@@ -43,6 +42,9 @@ from ddetr_cli.errors import DdetrError
 from ddetr_cli.files import read_json
 from ddetr_cli.images import load_image
 
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
+
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +55,8 @@ def read_coco(annotations: str | Path) -> COCO:
 
 def coco_object(data: dict[str, Any], name: str) -> COCO:
     """pycocotools COCO of an in-memory dict (no prints); ``name`` is used in errors."""
+    from pycocotools.coco import COCO  # only here: the model, training steps and bench need none
+
     coco = COCO()
     coco.dataset = data
     try:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from pycocotools.coco import COCO
 from torch import Tensor
 
 from ddetr_cli.data import shapes
 from ddetr_cli.data.dataset import DetectionDataset
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 
 class ShapesDataset(DetectionDataset):
@@ -47,6 +49,8 @@ class ShapesDataset(DetectionDataset):
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:
     """A pycocotools COCO object from an in-memory annotation dict (without its prints)."""
+    from pycocotools.coco import COCO  # only here: the model, training steps and bench need none
+
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

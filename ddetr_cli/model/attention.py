@@ -78,9 +78,14 @@ class MSDeformAttn(nn.Module):
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)
         value = value.view(n, len_in, m, self.d_model // m)
+        # Under autocast the value stays in the autocast dtype (the kernel reads it as it is) while
+        # sampling positions and weights are kept in float32 (float64 in a float64 model): bf16
+        # locations would be 2^-8 of the width apart, 0.65 px at W = 167.
+        sampling_dtype = torch.promote_types(reference_points.dtype, torch.float32)
         offsets = self.sampling_offsets(query).view(n, len_q, m, lv, p, 2)
+        offsets = _as_dtype(offsets, sampling_dtype)
         weights = self.attention_weights(query).view(n, len_q, m, lv * p)
-        weights = F.softmax(weights, -1).view(n, len_q, m, lv, p)
+        weights = F.softmax(_as_dtype(weights, sampling_dtype), -1).view(n, len_q, m, lv, p)
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: normalise by (W, H), x first.
             normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
@@ -109,3 +114,8 @@ class MSDeformAttn(nn.Module):
             value, spatial_shapes, level_start_index, locations, weights, backend=self.backend
         )
         return self.output_proj(output)
+
+
+def _as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    # No cast node at all when nothing changes (exported graphs stay as they were).
+    return t if t.dtype == dtype else t.to(dtype)

@@ -2,15 +2,18 @@
 
 Nothing here runs at import. `load_extension("cpu" | "cuda")` compiles the sources in csrc/ with
 torch.utils.cpp_extension into a cache folder keyed by everything that makes a binary incompatible
-(Python and torch versions, CUDA version, GPU architectures, a hash of sources and flags), under a
-file lock so that concurrent processes (DDP ranks, pytest workers) build once and the others wait.
-A finished build is loaded straight from its .so, so later runs need neither ninja nor a compiler.
+(Python and torch versions, torch's CUDA version and the toolkit's (nvcc), GPU architectures, a
+hash of sources and flags), under a file lock so that concurrent processes (DDP ranks, pytest
+workers) build once and the others wait. A finished build is loaded straight from its .so, so
+later runs need neither ninja nor a compiler. A toolkit whose major version differs from torch's
+CUDA is refused (the extension would link a second CUDA runtime).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -74,6 +77,22 @@ def _cuda_home() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def _nvcc_release(nvcc: str) -> str | None:
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    return f"{found[1]}.{found[2]}" if found else None
+
+
+def toolkit_version() -> str | None:
+    """The CUDA toolkit's release as nvcc reports it ("13.0"), None without a toolkit."""
+    home = _cuda_home()
+    return _nvcc_release(str(Path(home) / "bin" / "nvcc")) if home else None
+
+
 def cuda_arch_list() -> str:
     """Architectures to compile for: $TORCH_CUDA_ARCH_LIST, else the visible GPUs' capabilities."""
     env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
@@ -105,10 +124,32 @@ def build_key(device_type: str) -> str:
         if torch.version.cuda is None:
             raise KernelBuildError("this torch build has no CUDA support")
         arch = re.sub(r"[^0-9A-Za-z.+]+", "_", cuda_arch_list())
-        acc = f"cu{torch.version.cuda}-sm{arch}"
+        acc = f"cu{torch.version.cuda}-nvcc{toolkit_version() or _NO_TOOLKIT}-sm{arch}"
     else:
         acc = "cpu"
     return f"{py}-torch{torch.__version__.split('+')[0]}-{acc}-{_sources_digest(device_type)}"
+
+
+_NO_TOOLKIT = "none"
+
+
+def _finished(build_dir: Path, device_type: str) -> bool:
+    return (build_dir / "build.json").is_file() and (
+        build_dir / f"{_module_name(device_type)}.so"
+    ).is_file()
+
+
+def build_dir(device_type: str) -> Path:
+    """The cache folder of this build. Where no CUDA toolkit is installed, a finished build made
+    with any toolkit of torch's CUDA major is used as it is (loading it needs no compiler)."""
+    key = build_key(device_type)
+    folder = cache_root() / key
+    if device_type != "cuda" or f"-nvcc{_NO_TOOLKIT}-" not in key or _finished(folder, "cuda"):
+        return folder
+    major = str(torch.version.cuda).split(".")[0]
+    pattern = key.replace(f"-nvcc{_NO_TOOLKIT}-", f"-nvcc{major}.*-")
+    done = sorted(p for p in cache_root().glob(pattern) if _finished(p, "cuda"))
+    return done[-1] if done else folder
 
 
 def _module_name(device_type: str) -> str:
@@ -180,7 +221,17 @@ def _check_toolchain(device_type: str) -> dict[str, Any]:
         home = _cuda_home()
         if home is None:
             raise KernelBuildError("nvcc / the CUDA toolkit was not found (set CUDA_HOME)")
+        toolkit = toolkit_version()
+        if toolkit is None:
+            raise KernelBuildError(f"cannot read the CUDA toolkit's version ({home}/bin/nvcc)")
+        torch_major = str(torch.version.cuda).split(".")[0]
+        if toolkit.split(".")[0] != torch_major:
+            raise KernelBuildError(
+                f"the CUDA toolkit at {home} is {toolkit} but torch was built with CUDA "
+                f"{torch.version.cuda}; set CUDA_HOME to a CUDA {torch_major}.x toolkit"
+            )
         tools["cuda_home"] = home
+        tools["nvcc"] = toolkit
         tools["arch_list"] = cuda_arch_list()
     return tools
 
@@ -244,16 +295,16 @@ def load_extension(device_type: str) -> Any:
     if device_type in _loaded:
         return _loaded[device_type]
     t0 = time.perf_counter()
-    build_dir = cache_root() / build_key(device_type)
+    folder = build_dir(device_type)
     name = _module_name(device_type)
-    so_path = build_dir / f"{name}.so"
-    marker = build_dir / "build.json"
+    so_path = folder / f"{name}.so"
+    marker = folder / "build.json"
     built_now = False
-    with _file_lock(build_dir / ".ddetr.lock"):
+    with _file_lock(folder / ".ddetr.lock"):
         if not (marker.is_file() and so_path.is_file()):
             tools = _check_toolchain(device_type)
             t_build = time.perf_counter()
-            _compile(device_type, build_dir, tools)
+            _compile(device_type, folder, tools)
             built_now = True
             record = {
                 "device_type": device_type,
@@ -266,7 +317,7 @@ def load_extension(device_type: str) -> Any:
     module = _load_so(device_type, so_path)
     info = json.loads(marker.read_text())
     info.update(
-        {"cache_dir": str(build_dir), "built_now": built_now},
+        {"cache_dir": str(folder), "built_now": built_now},
         load_seconds=round(time.perf_counter() - t0, 2),
     )
     _info[device_type] = info

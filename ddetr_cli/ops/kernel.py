@@ -4,7 +4,10 @@
 runs it once on a tiny input; failures make it answer (False, reason) and log one warning line, so
 callers fall back to the reference backend. `forward` and `backward` follow the contract in
 ddetr_cli.ops: value (N, S, M, D), spatial_shapes (L, 2) int64, level_start_index (L,) int64,
-sampling_locations (N, Lq, M, L, P, 2), attention_weights (N, Lq, M, L, P), all on one device.
+sampling_locations (N, Lq, M, L, P, 2), attention_weights (N, Lq, M, L, P), all on one device;
+value float32, float16, bfloat16 or float64, the locations and weights float32 (float64 with a
+float64 value). The result and value's gradient are in value's dtype, the other gradients in the
+locations' and weights'.
 """
 
 from __future__ import annotations

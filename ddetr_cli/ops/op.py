@@ -4,10 +4,16 @@
 impls, so torch.compile / export trace them without graph breaks, and FlopCounterMode counts them
 with the formulas below. The backend string is resolved in Python before the op is called, so a
 compiled graph records a concrete backend ("reference" or "kernel") and stays deterministic.
+
+Dtypes: ``value`` is used in its own dtype (float32, float16 or bfloat16: no copy), the sampling
+locations and attention weights in float32, which is what the model gives under autocast and what
+the kernels read; anything in float64 makes everything float64. The result and value's gradient
+have value's dtype, the locations' and weights' gradients theirs.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import NoReturn
 
 import torch
@@ -53,9 +59,11 @@ def _ms_deform_attn_op(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
     else:
+        # grid_sample wants one dtype: the reference runs in the sampling dtype (float32).
+        work = sampling_locations.dtype
         out = ms_deform_attn_reference(
-            value, _shapes_list(spatial_shapes), sampling_locations, attention_weights
-        )
+            value.to(work), _shapes_list(spatial_shapes), sampling_locations, attention_weights
+        ).to(value.dtype)
     # The fake impl promises a contiguous (N, Lq, M*D) result; compiled code relies on its strides.
     return out.reshape(n, lq, m * d).contiguous()
 
@@ -99,14 +107,16 @@ def _ms_deform_attn_backward_op(
             grad_output.contiguous(),
         )
     else:
+        work = sampling_locations.dtype
         grads = ms_deform_attn_reference_backward(
-            value,
+            value.to(work),
             _shapes_list(spatial_shapes),
             sampling_locations,
             attention_weights,
-            grad_output,
+            grad_output.to(work),
         )
     grad_value, grad_loc, grad_attn = grads
+    grad_value = grad_value.to(value.dtype)
     return grad_value.contiguous(), grad_loc.contiguous(), grad_attn.contiguous()
 
 
@@ -196,11 +206,7 @@ def _validate(
     _check_ranks_and_dtypes(tensors)
     _check_sizes_agree(value, spatial_shapes, level_start_index, sampling_locations,
                        attention_weights)  # fmt: skip
-    # Value checks only when free: reading CUDA shapes would force a device sync on every call,
-    # and under torch.compile they would be data-dependent (graph break).
-    if spatial_shapes.device.type != "cpu" or torch.compiler.is_compiling():
-        return
-    _check_levels(spatial_shapes, level_start_index, value.shape[1])
+    _check_levels_once(spatial_shapes, level_start_index, value.shape[1])
 
 
 def _check_ranks_and_dtypes(tensors: dict[str, torch.Tensor]) -> None:
@@ -268,7 +274,7 @@ def _check_sizes_agree(
 
 
 def _check_levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, s: int) -> None:
-    """The level metadata against the value's length S (CPU tensors only)."""
+    """The level metadata (CPU tensors) against the value's length S."""
     if bool((spatial_shapes <= 0).any()):
         _fail(f"spatial_shapes must be positive, got {spatial_shapes.tolist()}")
     areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
@@ -278,13 +284,46 @@ def _check_levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
             f"sum of H*W over spatial_shapes {spatial_shapes.tolist()} is {total}, "
             f"but value has S={s}"
         )
-    if level_start_index.device.type == "cpu":
-        expected = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
-        if not torch.equal(level_start_index, expected):
-            _fail(
-                f"level_start_index {level_start_index.tolist()} does not match spatial_shapes "
-                f"(expected {expected.tolist()})"
-            )
+    expected = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    if not torch.equal(level_start_index, expected):
+        _fail(
+            f"level_start_index {level_start_index.tolist()} does not match spatial_shapes "
+            f"(expected {expected.tolist()})"
+        )
+
+
+# The level metadata each shapes tensor passed, so it is read once: on a GPU reading it is a device
+# sync, and a model passes one shapes tensor to all its attention layers. Keyed by the tensors'
+# identity (weak references: a new tensor at a reused address is checked anew) and in-place
+# version, and by S.
+_levels_checked: dict[int, tuple] = {}
+_LEVELS_CHECKED_MAX = 64
+
+
+def _version(t: torch.Tensor) -> int:
+    # Inference tensors have no version counter (and cannot be changed outside inference mode).
+    return -1 if t.is_inference() else t._version
+
+
+def _check_levels_once(
+    spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, s: int
+) -> None:
+    """:func:`_check_levels` once per (shapes, start index, S), on any device. Skipped while
+    tracing (torch.compile / export: the values are data-dependent), on the meta device and during
+    CUDA graph capture (no sync allowed); the CUDA kernel still skips a level that does not fit."""
+    if torch.compiler.is_compiling() or spatial_shapes.device.type == "meta":
+        return
+    if spatial_shapes.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    key = id(spatial_shapes)
+    state = (_version(spatial_shapes), id(level_start_index), _version(level_start_index), s)
+    known = _levels_checked.get(key)
+    if known is not None and known[0]() is spatial_shapes and known[1:] == state:
+        return
+    _check_levels(spatial_shapes.cpu(), level_start_index.cpu(), s)
+    if len(_levels_checked) >= _LEVELS_CHECKED_MAX:
+        _levels_checked.clear()
+    _levels_checked[key] = (weakref.ref(spatial_shapes), *state)
 
 
 @torch.compiler.assume_constant_result
@@ -306,8 +345,10 @@ def ms_deform_attn(
     value (N, S, M, D); spatial_shapes (L, 2) int64 (H, W); level_start_index (L,) int64;
     sampling_locations (N, Lq, M, L, P, 2) as (x, y) in [0, 1]; attention_weights (N, Lq, M, L, P).
     ``backend``: None/"auto" (kernel when available, else reference), "reference" or "kernel".
-    Mixed float dtypes are promoted to the widest one. Raises ValueError on malformed inputs and
-    RuntimeError when "kernel" is requested but unavailable.
+    value keeps its dtype (a float16/bfloat16 value is not copied); the locations and weights are
+    used in float32; float64 anywhere makes everything float64. The result has value's dtype.
+    Raises ValueError on malformed inputs and RuntimeError when "kernel" is requested but
+    unavailable.
     """
     _validate(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if torch.compiler.is_compiling():
@@ -315,19 +356,29 @@ def ms_deform_attn(
     else:
         concrete = backends.resolve_backend(value.device, backend)[0]
 
-    dtype = torch.promote_types(
-        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
-    )
+    value_dtype, sampling_dtype = op_dtypes(value, sampling_locations, attention_weights)
     if concrete == "kernel":
         # The kernel contract: shapes and start indices on the value's device.
         spatial_shapes = spatial_shapes.to(value.device, non_blocking=True)
         level_start_index = level_start_index.to(value.device, non_blocking=True)
     # Contiguous inputs are what the kernel needs and what the saved-for-backward tensors are.
     return _ms_deform_attn_op(
-        value.to(dtype).contiguous(),
+        value.to(value_dtype).contiguous(),
         spatial_shapes.contiguous(),
         level_start_index.contiguous(),
-        sampling_locations.to(dtype).contiguous(),
-        attention_weights.to(dtype).contiguous(),
+        sampling_locations.to(sampling_dtype).contiguous(),
+        attention_weights.to(sampling_dtype).contiguous(),
         concrete,
     )
+
+
+def op_dtypes(
+    value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor
+) -> tuple[torch.dtype, torch.dtype]:
+    """(value's dtype, the locations' and weights' dtype) the op runs in: float64 for all when any
+    is float64; else value as it is and float32 locations and weights (bfloat16 locations would
+    be too coarse: 2^-8 of the width, 0.65 px at W = 167)."""
+    dtypes = {value.dtype, sampling_locations.dtype, attention_weights.dtype}
+    if torch.float64 in dtypes:
+        return torch.float64, torch.float64
+    return value.dtype, torch.float32

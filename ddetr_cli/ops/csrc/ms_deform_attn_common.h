@@ -9,6 +9,12 @@
 
 namespace ddetr {
 
+// The type of sampling_locations, attention_weights and their gradients, which the kernels also
+// accumulate in: double for a double value, else float.
+inline at::ScalarType sampling_type(at::ScalarType value_type) {
+  return value_type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // value (N, S, M, D); shapes (L, 2); starts (L,); loc (N, Lq, M, L, P, 2); attn (N, Lq, M, L, P).
 inline void check_inputs(const at::Tensor& value, const at::Tensor& shapes,
                          const at::Tensor& starts, const at::Tensor& loc, const at::Tensor& attn) {
@@ -18,8 +24,9 @@ inline void check_inputs(const at::Tensor& value, const at::Tensor& shapes,
                 "), got one on ", t->device());
   }
   TORCH_CHECK(value.dim() == 4, "ms_deform_attn: value must be (N, S, M, D), got ", value.sizes());
-  TORCH_CHECK(at::isFloatingType(value.scalar_type()),
-              "ms_deform_attn: value must be floating point, got ", value.scalar_type());
+  const auto vt0 = value.scalar_type();
+  TORCH_CHECK(vt0 == at::kFloat || vt0 == at::kDouble || vt0 == at::kHalf || vt0 == at::kBFloat16,
+              "ms_deform_attn: value must be float32, float64, float16 or bfloat16, got ", vt0);
   TORCH_CHECK(shapes.dim() == 2 && shapes.size(1) == 2,
               "ms_deform_attn: spatial_shapes must be (L, 2), got ", shapes.sizes());
   TORCH_CHECK(shapes.scalar_type() == at::kLong,
@@ -37,10 +44,14 @@ inline void check_inputs(const at::Tensor& value, const at::Tensor& shapes,
   TORCH_CHECK(attn.dim() == 5 && attn.sizes() == loc.sizes().slice(0, 5),
               "ms_deform_attn: attention_weights must be (N, Lq, M, L, P) = ",
               loc.sizes().slice(0, 5), ", got ", attn.sizes());
-  TORCH_CHECK(loc.scalar_type() == value.scalar_type() && attn.scalar_type() == value.scalar_type(),
-              "ms_deform_attn: value, sampling_locations and attention_weights must share a dtype, "
-              "got ",
-              value.scalar_type(), ", ", loc.scalar_type(), ", ", attn.scalar_type());
+  // value is read as it is; locations and weights come in the type the kernels compute in (a
+  // half/bf16 value with float32 locations: what the model gives under autocast).
+  const auto vt = value.scalar_type();
+  const auto st = sampling_type(vt);
+  TORCH_CHECK(loc.scalar_type() == st && attn.scalar_type() == st,
+              "ms_deform_attn: sampling_locations and attention_weights must be ", st, " for a ",
+              vt, " value (float64 with float64, else float32), got ", loc.scalar_type(), ", ",
+              attn.scalar_type());
 }
 
 // grad_output (N, Lq, M*D) on value's device.

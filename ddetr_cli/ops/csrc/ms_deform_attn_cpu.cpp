@@ -20,12 +20,16 @@
 // model's, as a constant: accumulators stay in registers) and any D. Backward is parallelised over
 // (n, m, query chunk): each task owns the grad_value[n, :, m, :] slice (or a private buffer when
 // heads are split over queries), so no atomics are needed and results are deterministic.
-// float16/bfloat16 inputs are computed in float32 and cast back.
+// Types: value, grad_output and the output are V (float, double, Half or BFloat16), read and written
+// as they are; locations, weights, their gradients and every accumulator are T = at::opmath_type<V>
+// (float; double for double). A half/bf16 value is thus never copied to float32, and grad_value is
+// accumulated in a T buffer and rounded once at the end.
 
 // Registered with the torch dispatcher (torch.ops.ddetr_cpu_kernel.*) rather than pybind11: the
 // slim ATen headers compile in seconds where torch/extension.h takes over half a minute.
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -38,6 +42,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "ms_deform_attn_common.h"
@@ -93,30 +98,31 @@ inline bool resolve_point(T x, T y, int64_t H, int64_t W, int64_t start, Corners
 
 // ---- channel loops (the only hot code; compiled per ISA) -------------------------------------
 
-template <typename T>
+template <typename T, typename V>
 __attribute__((always_inline)) inline void fwd_channels(
-    T* __restrict__ acc, const T* __restrict__ v0, const T* __restrict__ v1,
-    const T* __restrict__ v2, const T* __restrict__ v3, T c0, T c1, T c2, T c3, int64_t D) {
+    T* __restrict__ acc, const V* __restrict__ v0, const V* __restrict__ v1,
+    const V* __restrict__ v2, const V* __restrict__ v3, T c0, T c1, T c2, T c3, int64_t D) {
 #pragma omp simd
   for (int64_t d = 0; d < D; ++d) {
-    acc[d] += c0 * v0[d] + c1 * v1[d] + c2 * v2[d] + c3 * v3[d];
+    acc[d] += c0 * static_cast<T>(v0[d]) + c1 * static_cast<T>(v1[d]) +
+              c2 * static_cast<T>(v2[d]) + c3 * static_cast<T>(v3[d]);
   }
 }
 
 // Accumulates grad_value rows and returns the four dot products <grad_out, value_corner>.
-template <typename T>
+template <typename T, typename V>
 __attribute__((always_inline)) inline void bwd_channels(
-    const T* __restrict__ g, const T* __restrict__ v0, const T* __restrict__ v1,
-    const T* __restrict__ v2, const T* __restrict__ v3, T* __restrict__ gv0, T* __restrict__ gv1,
+    const V* __restrict__ g, const V* __restrict__ v0, const V* __restrict__ v1,
+    const V* __restrict__ v2, const V* __restrict__ v3, T* __restrict__ gv0, T* __restrict__ gv1,
     T* __restrict__ gv2, T* __restrict__ gv3, T c0, T c1, T c2, T c3, int64_t D, T* dots) {
   T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
   for (int64_t d = 0; d < D; ++d) {
-    const T gd = g[d];
-    s0 += gd * v0[d];
-    s1 += gd * v1[d];
-    s2 += gd * v2[d];
-    s3 += gd * v3[d];
+    const T gd = static_cast<T>(g[d]);
+    s0 += gd * static_cast<T>(v0[d]);
+    s1 += gd * static_cast<T>(v1[d]);
+    s2 += gd * static_cast<T>(v2[d]);
+    s3 += gd * static_cast<T>(v3[d]);
     gv0[d] += c0 * gd;
     gv1[d] += c1 * gd;
     gv2[d] += c2 * gd;
@@ -130,21 +136,21 @@ __attribute__((always_inline)) inline void bwd_channels(
 
 // ---- per-range workers --------------------------------------------------------------------------
 
-template <typename T>
+template <typename V, typename T>
 struct FwdArgs {
   Dims dims;
-  const T* value;
+  const V* value;
   const int64_t* shapes;
   const int64_t* starts;
   const T* loc;
   const T* attn;
-  T* out;
+  V* out;
 };
 
 // A resolved sampling point: four corner rows (or the zero row) and their weights times attention.
-template <typename T>
+template <typename V, typename T>
 struct Tap {
-  const T* v[4];
+  const V* v[4];
   T c[4];
 };
 
@@ -159,25 +165,27 @@ inline void prefetch_row(const T* row, int64_t D) {
 
 // Processes output rows (n, q) in [begin, end). For each query all M*L*P points are resolved
 // first (issuing prefetches), then the channel loops run over the taps of each head.
-template <typename T, int DC>
-__attribute__((always_inline)) inline void forward_range_impl(const FwdArgs<T>& a, int64_t begin,
-                                                              int64_t end) {
+template <typename V, typename T, int DC>
+__attribute__((always_inline)) inline void forward_range_impl(const FwdArgs<V, T>& a,
+                                                              int64_t begin, int64_t end) {
+  constexpr bool kSameType = std::is_same_v<V, T>;
   const Dims& s = a.dims;
   const int64_t D = DC > 0 ? DC : s.D;  // compile-time for the common D: registers, no tails
   const int64_t MD = s.M * D;
   const int64_t LP = s.L * s.P;
-  std::vector<T> zero(D, T(0));
-  std::vector<Tap<T>> taps(s.M * LP);
+  std::vector<V> zero(D, V(0));
+  std::vector<T> acc_row(kSameType ? 0 : D);  // T accumulators when the output is narrower
+  std::vector<Tap<V, T>> taps(s.M * LP);
   std::vector<int64_t> count(s.M);
   for (int64_t nq = begin; nq < end; ++nq) {
     const int64_t n = nq / s.Lq;
-    const T* base = a.value + n * s.S * MD;  // value[n, 0, 0, 0]
+    const V* base = a.value + n * s.S * MD;  // value[n, 0, 0, 0]
     for (int64_t m = 0; m < s.M; ++m) {
-      const T* head = base + m * D;
+      const V* head = base + m * D;
       const int64_t qm = nq * s.M + m;
       const T* loc = a.loc + qm * LP * 2;
       const T* attn = a.attn + qm * LP;
-      Tap<T>* t = taps.data() + m * LP;
+      Tap<V, T>* t = taps.data() + m * LP;
       int64_t k = 0;
       for (int64_t l = 0; l < s.L; ++l) {
         const int64_t H = a.shapes[2 * l];
@@ -200,35 +208,44 @@ __attribute__((always_inline)) inline void forward_range_impl(const FwdArgs<T>& 
       count[m] = k;
     }
     for (int64_t m = 0; m < s.M; ++m) {
-      T* __restrict__ acc = a.out + nq * MD + m * D;
+      V* __restrict__ out = a.out + nq * MD + m * D;
+      T* __restrict__ acc;
+      if constexpr (kSameType) {
+        acc = out;
+      } else {
+        acc = acc_row.data();
+      }
       std::fill(acc, acc + D, T(0));
-      const Tap<T>* t = taps.data() + m * LP;
+      const Tap<V, T>* t = taps.data() + m * LP;
       for (int64_t k = 0; k < count[m]; ++k) {
         fwd_channels(acc, t[k].v[0], t[k].v[1], t[k].v[2], t[k].v[3], t[k].c[0], t[k].c[1],
                      t[k].c[2], t[k].c[3], D);
+      }
+      if constexpr (!kSameType) {
+        for (int64_t d = 0; d < D; ++d) out[d] = static_cast<V>(acc[d]);
       }
     }
   }
 }
 
-template <typename T>
+template <typename V, typename T>
 struct BwdArgs {
   Dims dims;
-  const T* value;
+  const V* value;
   const int64_t* shapes;
   const int64_t* starts;
   const T* loc;
   const T* attn;
-  const T* grad_out;
+  const V* grad_out;
   T* grad_loc;
   T* grad_attn;
 };
 
 // A resolved point for the backward pass: where to read and accumulate, and what the location and
 // weight gradients need.
-template <typename T>
+template <typename V, typename T>
 struct BwdTap {
-  const T* v[4];
+  const V* v[4];
   T* gv[4];
   T w[4];     // bilinear weights
   T aw;       // attention weight
@@ -242,8 +259,8 @@ constexpr int64_t kBwdQueryBlock = 4;
 
 // Processes queries [q_begin, q_end) of head (n, m). gv points at the head's grad_value slice
 // (row stride gv_stride): either grad_value[n, :, m, :] itself or a private buffer.
-template <typename T, int DC>
-__attribute__((always_inline)) inline void backward_range_impl(const BwdArgs<T>& a, int64_t n,
+template <typename V, typename T, int DC>
+__attribute__((always_inline)) inline void backward_range_impl(const BwdArgs<V, T>& a, int64_t n,
                                                                int64_t m, int64_t q_begin,
                                                                int64_t q_end, T* gv,
                                                                int64_t gv_stride) {
@@ -251,10 +268,10 @@ __attribute__((always_inline)) inline void backward_range_impl(const BwdArgs<T>&
   const int64_t D = DC > 0 ? DC : s.D;
   const int64_t MD = s.M * D;
   const int64_t LP = s.L * s.P;
-  std::vector<T> zero(D, T(0));
+  std::vector<V> zero(D, V(0));
   std::vector<T> sink(4 * D, T(0));  // write target for outside corners (weight 0)
-  std::vector<BwdTap<T>> taps(kBwdQueryBlock * LP);
-  const T* head = a.value + (n * s.S * s.M + m) * D;
+  std::vector<BwdTap<V, T>> taps(kBwdQueryBlock * LP);
+  const V* head = a.value + (n * s.S * s.M + m) * D;
   for (int64_t qb = q_begin; qb < q_end; qb += kBwdQueryBlock) {
     const int64_t qe = std::min(q_end, qb + kBwdQueryBlock);
     // The next block's per-query inputs sit M rows apart: fetch them while this block computes.
@@ -283,7 +300,7 @@ __attribute__((always_inline)) inline void backward_range_impl(const BwdArgs<T>&
             a.grad_attn[flat] = T(0);
             continue;
           }
-          BwdTap<T>& t = taps[k++];
+          BwdTap<V, T>& t = taps[k++];
           for (int j = 0; j < 4; ++j) {
             const bool ok = c.row[j] >= 0;
             t.v[j] = ok ? head + c.row[j] * MD : zero.data();
@@ -304,8 +321,8 @@ __attribute__((always_inline)) inline void backward_range_impl(const BwdArgs<T>&
       }
     }
     for (int64_t j = 0; j < k; ++j) {
-      const BwdTap<T>& t = taps[j];
-      const T* g = a.grad_out + (t.i / LP) * D;  // grad_out[n, q, m, :]
+      const BwdTap<V, T>& t = taps[j];
+      const V* g = a.grad_out + (t.i / LP) * D;  // grad_out[n, q, m, :]
       T dots[4];
       bwd_channels(g, t.v[0], t.v[1], t.v[2], t.v[3], t.gv[0], t.gv[1], t.gv[2], t.gv[3],
                    t.w[0] * t.aw, t.w[1] * t.aw, t.w[2] * t.aw, t.w[3] * t.aw, D, dots);
@@ -323,28 +340,28 @@ __attribute__((always_inline)) inline void backward_range_impl(const BwdArgs<T>&
 
 // Baseline and AVX2 copies of the workers, each for D = 32 (the model's) and for any D; the lambdas
 // inside parallel_for call through a pointer chosen once.
-template <typename T, int DC>
-void forward_range_base(const FwdArgs<T>& a, int64_t b, int64_t e) {
-  forward_range_impl<T, DC>(a, b, e);
+template <typename V, typename T, int DC>
+void forward_range_base(const FwdArgs<V, T>& a, int64_t b, int64_t e) {
+  forward_range_impl<V, T, DC>(a, b, e);
 }
-template <typename T, int DC>
-void backward_range_base(const BwdArgs<T>& a, int64_t n, int64_t m, int64_t qb, int64_t qe, T* gv,
-                         int64_t st) {
-  backward_range_impl<T, DC>(a, n, m, qb, qe, gv, st);
+template <typename V, typename T, int DC>
+void backward_range_base(const BwdArgs<V, T>& a, int64_t n, int64_t m, int64_t qb, int64_t qe,
+                         T* gv, int64_t st) {
+  backward_range_impl<V, T, DC>(a, n, m, qb, qe, gv, st);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DDETR_HAVE_AVX2_PATH 1
-template <typename T, int DC>
-__attribute__((target("avx2,fma"))) void forward_range_avx2(const FwdArgs<T>& a, int64_t b,
+template <typename V, typename T, int DC>
+__attribute__((target("avx2,fma"))) void forward_range_avx2(const FwdArgs<V, T>& a, int64_t b,
                                                             int64_t e) {
-  forward_range_impl<T, DC>(a, b, e);
+  forward_range_impl<V, T, DC>(a, b, e);
 }
-template <typename T, int DC>
-__attribute__((target("avx2,fma"))) void backward_range_avx2(const BwdArgs<T>& a, int64_t n,
+template <typename V, typename T, int DC>
+__attribute__((target("avx2,fma"))) void backward_range_avx2(const BwdArgs<V, T>& a, int64_t n,
                                                              int64_t m, int64_t qb, int64_t qe,
                                                              T* gv, int64_t st) {
-  backward_range_impl<T, DC>(a, n, m, qb, qe, gv, st);
+  backward_range_impl<V, T, DC>(a, n, m, qb, qe, gv, st);
 }
 #endif
 
@@ -375,41 +392,39 @@ Dims dims_of(const at::Tensor& value, const at::Tensor& loc) {
               loc.size(1),   loc.size(3),   loc.size(4)};
 }
 
-bool is_reduced(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
-
 at::Tensor forward(const at::Tensor& value_in, const at::Tensor& shapes_in,
                    const at::Tensor& starts_in, const at::Tensor& loc_in,
                    const at::Tensor& attn_in) {
   TORCH_CHECK(value_in.device().is_cpu(), "ms_deform_attn (cpu kernel): value must be on the CPU");
   ddetr::check_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
-  const auto dtype = value_in.scalar_type();
-  // Reduced precision runs in float32 (accumulation in float, as on CUDA) and is cast back.
-  const auto work = is_reduced(dtype) ? at::kFloat : dtype;
-  auto value = value_in.to(work).contiguous();
-  auto loc = loc_in.to(work).contiguous();
-  auto attn = attn_in.to(work).contiguous();
-  auto shapes = shapes_in.contiguous();
-  auto starts = starts_in.contiguous();
+  const auto value = value_in.contiguous();
+  const auto loc = loc_in.contiguous();
+  const auto attn = attn_in.contiguous();
+  const auto shapes = shapes_in.contiguous();
+  const auto starts = starts_in.contiguous();
   check_levels(shapes, starts, value.size(1));
   const Dims s = dims_of(value, loc);
   auto out = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
-  AT_DISPATCH_FLOATING_TYPES(work, "ms_deform_attn_forward_cpu", [&] {
-    FwdArgs<scalar_t> a{s,
-                        value.data_ptr<scalar_t>(),
-                        shapes.data_ptr<int64_t>(),
-                        starts.data_ptr<int64_t>(),
-                        loc.data_ptr<scalar_t>(),
-                        attn.data_ptr<scalar_t>(),
-                        out.data_ptr<scalar_t>()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(),
+                                  "ms_deform_attn_forward_cpu", [&] {
+    using V = scalar_t;
+    using T = at::opmath_type<V>;
+    FwdArgs<V, T> a{s,
+                    value.const_data_ptr<V>(),
+                    shapes.const_data_ptr<int64_t>(),
+                    starts.const_data_ptr<int64_t>(),
+                    loc.const_data_ptr<T>(),
+                    attn.const_data_ptr<T>(),
+                    out.mutable_data_ptr<V>()};
     const bool d32 = s.D == 32;
-    auto fn = d32 ? &forward_range_base<scalar_t, 32> : &forward_range_base<scalar_t, 0>;
+    auto fn = d32 ? &forward_range_base<V, T, 32> : &forward_range_base<V, T, 0>;
 #ifdef DDETR_HAVE_AVX2_PATH
-    if (use_avx2()) fn = d32 ? &forward_range_avx2<scalar_t, 32> : &forward_range_avx2<scalar_t, 0>;
+    if (use_avx2()) fn = d32 ? &forward_range_avx2<V, T, 32> : &forward_range_avx2<V, T, 0>;
 #endif
     // ~16 queries per task keeps scheduling overhead negligible (each is M*L*P points).
     at::parallel_for(0, s.N * s.Lq, 16, [&](int64_t b, int64_t e) { fn(a, b, e); });
   });
-  return out.to(dtype);
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
@@ -417,19 +432,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& loc_in, const at::Tensor& attn_in, const at::Tensor& grad_out_in) {
   TORCH_CHECK(value_in.device().is_cpu(), "ms_deform_attn (cpu kernel): value must be on the CPU");
   ddetr::check_inputs(value_in, shapes_in, starts_in, loc_in, attn_in);
-  const auto dtype = value_in.scalar_type();
-  const auto work = is_reduced(dtype) ? at::kFloat : dtype;
-  auto value = value_in.to(work).contiguous();
-  auto loc = loc_in.to(work).contiguous();
-  auto attn = attn_in.to(work).contiguous();
-  auto shapes = shapes_in.contiguous();
-  auto starts = starts_in.contiguous();
+  ddetr::check_grad_output(value_in, loc_in, grad_out_in);
+  const auto value = value_in.contiguous();
+  const auto loc = loc_in.contiguous();
+  const auto attn = attn_in.contiguous();
+  const auto shapes = shapes_in.contiguous();
+  const auto starts = starts_in.contiguous();
+  const auto grad_out = grad_out_in.contiguous();
   check_levels(shapes, starts, value.size(1));
   const Dims s = dims_of(value, loc);
-  ddetr::check_grad_output(value_in, loc_in, grad_out_in);
-  auto grad_out = grad_out_in.to(work).contiguous();
 
-  auto grad_value = at::zeros_like(value);
+  // grad_value accumulates in the sampling type (float for half/bf16), cast to value's at the end.
+  const auto acc = value.options().dtype(ddetr::sampling_type(value.scalar_type()));
+  auto grad_value = at::zeros(value.sizes(), acc);
   auto grad_loc = at::empty_like(loc);
   auto grad_attn = at::empty_like(attn);
 
@@ -441,24 +456,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
       (heads >= threads || s.Lq < 64) ? 1 : std::min<int64_t>((threads + heads - 1) / heads, s.Lq);
   const int64_t q_per_chunk = chunks > 1 ? (s.Lq + chunks - 1) / chunks : s.Lq;
 
-  AT_DISPATCH_FLOATING_TYPES(work, "ms_deform_attn_backward_cpu", [&] {
-    BwdArgs<scalar_t> a{s,
-                        value.data_ptr<scalar_t>(),
-                        shapes.data_ptr<int64_t>(),
-                        starts.data_ptr<int64_t>(),
-                        loc.data_ptr<scalar_t>(),
-                        attn.data_ptr<scalar_t>(),
-                        grad_out.data_ptr<scalar_t>(),
-                        grad_loc.data_ptr<scalar_t>(),
-                        grad_attn.data_ptr<scalar_t>()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(),
+                                  "ms_deform_attn_backward_cpu", [&] {
+    using V = scalar_t;
+    using T = at::opmath_type<V>;
+    BwdArgs<V, T> a{s,
+                    value.const_data_ptr<V>(),
+                    shapes.const_data_ptr<int64_t>(),
+                    starts.const_data_ptr<int64_t>(),
+                    loc.const_data_ptr<T>(),
+                    attn.const_data_ptr<T>(),
+                    grad_out.const_data_ptr<V>(),
+                    grad_loc.mutable_data_ptr<T>(),
+                    grad_attn.mutable_data_ptr<T>()};
     const bool d32 = s.D == 32;
-    auto fn = d32 ? &backward_range_base<scalar_t, 32> : &backward_range_base<scalar_t, 0>;
+    auto fn = d32 ? &backward_range_base<V, T, 32> : &backward_range_base<V, T, 0>;
 #ifdef DDETR_HAVE_AVX2_PATH
     if (use_avx2()) {
-      fn = d32 ? &backward_range_avx2<scalar_t, 32> : &backward_range_avx2<scalar_t, 0>;
+      fn = d32 ? &backward_range_avx2<V, T, 32> : &backward_range_avx2<V, T, 0>;
     }
 #endif
-    scalar_t* gv = grad_value.data_ptr<scalar_t>();
+    T* gv = grad_value.mutable_data_ptr<T>();
     const int64_t MD = s.M * s.D;
     if (chunks == 1) {
       at::parallel_for(0, heads, 1, [&](int64_t b, int64_t e) {
@@ -469,8 +487,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
       });
     } else {
       // Private (S, D) buffer per (head, chunk), reduced into grad_value afterwards.
-      auto buf = at::zeros({heads, chunks, s.S, s.D}, value.options());
-      scalar_t* bp = buf.data_ptr<scalar_t>();
+      auto buf = at::zeros({heads, chunks, s.S, s.D}, acc);
+      T* bp = buf.mutable_data_ptr<T>();
       at::parallel_for(0, heads * chunks, 1, [&](int64_t b, int64_t e) {
         for (int64_t t = b; t < e; ++t) {
           const int64_t h = t / chunks, c = t % chunks;
@@ -483,7 +501,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
       grad_value.copy_(summed);
     }
   });
-  return {grad_value.to(dtype), grad_loc.to(dtype), grad_attn.to(dtype)};
+  return {grad_value.to(value.scalar_type()), grad_loc, grad_attn};
 }
 
 }  // namespace

@@ -1,12 +1,17 @@
 // Multi-scale deformable attention: CUDA kernels (forward and backward).
 //
 // Layouts, sampling rule and gradients are those of ms_deform_attn_cpu.cpp. Design:
+// - Types: value, grad_output and the output are T (float, half, bfloat16 or double); sampling
+//   locations, attention weights and their gradients are the accumulation type A (float; double
+//   for double), so a half/bf16 value is read as it is (no copy) with float32 locations, which
+//   bf16 could not hold precisely (2^-8: about 0.65 px at W = 167).
 // - A group of G = D / CPT consecutive threads serves one (n, q, m); each thread owns CPT
 //   consecutive channels. It resolves every point's location, bilinear weights and validity once
-//   and reads each corner row slice with 16-byte loads (CPT = 8 for float/half/bf16, 4 for double;
-//   any D not divisible by that, or a misaligned pointer, takes the CPT = 1 path).
+//   and reads each corner row slice with 16-byte loads (CPT = 8 for float/half/bf16; any D not
+//   divisible by 8, a misaligned pointer, or double takes the CPT = 1 path).
 // - The launch decision (CPT, L = P = 4 compiled in, reduction, index type, blocks) is the pure host
-//   function plan_launch() in ms_deform_attn_launch.h, tested on the CPU for many shapes.
+//   function plan_launch() in ms_deform_attn_launch.h, tested on the CPU for many shapes; only the
+//   variants it can choose are compiled (see there: fast ones for float/half/bf16, one generic).
 // - Accumulation in float (double for float64). Forward writes each output once: deterministic.
 // - Backward: grad_value by atomicAdd into an accumulation-type buffer (vector float4 atomics on
 //   sm_90+): not deterministic, so it reports itself to torch.use_deterministic_algorithms (in the
@@ -17,7 +22,8 @@
 // - Index arithmetic in int32 when every element count fits (chosen at launch), else int64;
 //   grid-stride loops, so any batch size runs in one launch.
 // - Levels whose (H, W, start) do not fit inside S are skipped, so bad metadata cannot read out of
-//   bounds (the CPU kernel raises for them; checking here would need a device sync).
+//   bounds. The op (ops/op.py) checks the metadata once per shapes tensor and raises for it, as
+//   the CPU kernel does; this is the last guard.
 
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
@@ -36,10 +42,11 @@ namespace {
 
 // ---- device code (tests/test_kernel_cuda_emulated.py compiles from here to the launchers) ------
 
-// Channels per thread on the vector path; equals vector_width() of the plan for the same dtype.
+// Channels per thread on the vector path; equals vector_width() of the plan for the same dtype
+// (1: double has no vector path).
 template <typename T>
 constexpr int vector_cpt() {
-  return std::is_same<T, double>::value ? 4 : 8;
+  return std::is_same<T, double>::value ? 1 : 8;
 }
 
 template <typename T>
@@ -192,8 +199,10 @@ __device__ __forceinline__ Level load_level(const int64_t* __restrict__ shapes,
 template <typename T, int CPT, int LS, int PS, typename I>
 __global__ void __launch_bounds__(kThreads)
     msda_forward_kernel(const T* __restrict__ value, const int64_t* __restrict__ shapes,
-                        const int64_t* __restrict__ starts, const T* __restrict__ loc,
-                        const T* __restrict__ attn, T* __restrict__ out, const MsdaDims d) {
+                        const int64_t* __restrict__ starts,
+                        const typename AccOf<T>::type* __restrict__ loc,
+                        const typename AccOf<T>::type* __restrict__ attn, T* __restrict__ out,
+                        const MsdaDims d) {
   using A = typename AccOf<T>::type;
   const int L = LS > 0 ? LS : static_cast<int>(d.L);
   const int P = PS > 0 ? PS : static_cast<int>(d.P);
@@ -209,8 +218,8 @@ __global__ void __launch_bounds__(kThreads)
     const I m = qm % M;
     const I n = qm / (M * Lq);
     const T* head = value + n * S * MD + m * D + g * CPT;
-    const T* lp = loc + qm * L * P * 2;
-    const T* ap = attn + qm * L * P;
+    const A* lp = loc + qm * L * P * 2;
+    const A* ap = attn + qm * L * P;
     A acc[CPT];
 #pragma unroll
     for (int c = 0; c < CPT; ++c) acc[c] = A(0);
@@ -223,9 +232,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int i = l * P + p;
-        const Point<A, I> pt = locate(to_acc(lp[2 * i]), to_acc(lp[2 * i + 1]), H, W);
+        const Point<A, I> pt = locate(lp[2 * i], lp[2 * i + 1], H, W);
         if (!pt.inside) continue;
-        const A aw = to_acc(ap[i]);
+        const A aw = ap[i];
         const A hh = A(1) - pt.lh, hw = A(1) - pt.lw;
         const bool h0_ok = pt.h0 >= 0, w0_ok = pt.w0 >= 0;
         const bool h1_ok = pt.h0 + 1 < H, w1_ok = pt.w0 + 1 < W;
@@ -292,8 +301,10 @@ __device__ __forceinline__ A segmented_warp_sum(A v, int lane, int seg_end) {
 template <typename T, int CPT, int LS, int PS, Reduce RED, typename I>
 __global__ void __launch_bounds__(kThreads)
     msda_backward_kernel(const T* __restrict__ value, const int64_t* __restrict__ shapes,
-                         const int64_t* __restrict__ starts, const T* __restrict__ loc,
-                         const T* __restrict__ attn, const T* __restrict__ grad_out,
+                         const int64_t* __restrict__ starts,
+                         const typename AccOf<T>::type* __restrict__ loc,
+                         const typename AccOf<T>::type* __restrict__ attn,
+                         const T* __restrict__ grad_out,
                          typename AccOf<T>::type* __restrict__ grad_value,
                          typename AccOf<T>::type* __restrict__ grad_loc,
                          typename AccOf<T>::type* __restrict__ grad_attn, const MsdaDims d) {
@@ -323,8 +334,8 @@ __global__ void __launch_bounds__(kThreads)
     const bool seg_head = lane == 0 || g == 0;
     const T* head = value + n * S * MD + m * D + g * CPT;
     A* ghead = grad_value + n * S * MD + m * D + g * CPT;
-    const T* lp = loc + qm * L * P * 2;
-    const T* ap = attn + qm * L * P;
+    const A* lp = loc + qm * L * P * 2;
+    const A* ap = attn + qm * L * P;
     A go[CPT];
     load_row<T, CPT>(grad_out + qm * D + g * CPT, go);
 #pragma unroll
@@ -337,10 +348,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int i = l * P + p;
-        const Point<A, I> pt = locate(to_acc(lp[2 * i]), to_acc(lp[2 * i + 1]), H, W);
+        const Point<A, I> pt = locate(lp[2 * i], lp[2 * i + 1], H, W);
         // The same for every thread of the group (same point, same level).
         const bool sampled = lv.fits && pt.inside;
-        const A aw = to_acc(ap[i]);
+        const A aw = ap[i];
         // Partial sums over this thread's channels: grad_attn, d out / d w_im, d out / d h_im.
         A s_attn = A(0), s_w = A(0), s_h = A(0);
         if (sampled) {
@@ -419,14 +430,15 @@ template <typename T>
 void forward_typed(const void* value, const int64_t* shapes, const int64_t* starts, const void* loc,
                    const void* attn, void* out, const MsdaDims& d, DType dtype,
                    cudaStream_t stream) {
+  using A = typename AccOf<T>::type;
   const LaunchPlan plan = plan_launch(dtype, d, aligned16(value) && aligned16(out));
   if (plan.blocks == 0) return;
   dispatch_plan<vector_cpt<T>()>(plan, [&](auto cpt, auto lp, auto /*reduce*/, auto index) {
     using I = typename decltype(index)::type;
     msda_forward_kernel<T, decltype(cpt)::value, decltype(lp)::value, decltype(lp)::value, I>
         <<<static_cast<unsigned int>(plan.blocks), kThreads, 0, stream>>>(
-            static_cast<const T*>(value), shapes, starts, static_cast<const T*>(loc),
-            static_cast<const T*>(attn), static_cast<T*>(out), d);
+            static_cast<const T*>(value), shapes, starts, static_cast<const A*>(loc),
+            static_cast<const A*>(attn), static_cast<T*>(out), d);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -445,8 +457,8 @@ void backward_typed(const void* value, const int64_t* shapes, const int64_t* sta
     msda_backward_kernel<T, decltype(cpt)::value, decltype(lp)::value, decltype(lp)::value,
                          decltype(reduce)::value, I>
         <<<static_cast<unsigned int>(plan.blocks), kThreads, 0, stream>>>(
-            static_cast<const T*>(value), shapes, starts, static_cast<const T*>(loc),
-            static_cast<const T*>(attn), static_cast<const T*>(grad_out),
+            static_cast<const T*>(value), shapes, starts, static_cast<const A*>(loc),
+            static_cast<const A*>(attn), static_cast<const T*>(grad_out),
             static_cast<A*>(grad_value), static_cast<A*>(grad_loc), static_cast<A*>(grad_attn), d);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -15,13 +15,15 @@ struct MsdaDims {
   int64_t N, S, M, D, Lq, L, P;
 };
 
-// out (N, Lq, M*D) in the input dtype. Accumulation is in float (double for float64).
+// value, grad_out and out are of `dtype`; loc, attn and the gradients of all three inputs are of the
+// accumulation type (float, or double for float64), which is also what the kernels compute in.
+// out (N, Lq, M*D).
 void launch_forward(DType dtype, const void* value, const int64_t* shapes, const int64_t* starts,
                     const void* loc, const void* attn, void* out, const MsdaDims& dims,
                     cudaStream_t stream);
 
-// Gradients are written in the accumulation type (float, or double for float64) into buffers the
-// caller zeroed: grad_value (N, S, M, D), grad_loc (N, Lq, M, L, P, 2), grad_attn (N, Lq, M, L, P).
+// Gradients are written in the accumulation type into buffers the caller zeroed: grad_value
+// (N, S, M, D), grad_loc (N, Lq, M, L, P, 2), grad_attn (N, Lq, M, L, P).
 void launch_backward(DType dtype, const void* value, const int64_t* shapes, const int64_t* starts,
                      const void* loc, const void* attn, const void* grad_out, void* grad_value,
                      void* grad_loc, void* grad_attn, const MsdaDims& dims, cudaStream_t stream);

@@ -42,8 +42,6 @@ void check_cuda(const at::Tensor& value) {
               value.device());
 }
 
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 at::Tensor forward(const at::Tensor& value_in, const at::Tensor& shapes_in,
                    const at::Tensor& starts_in, const at::Tensor& loc_in,
                    const at::Tensor& attn_in) {
@@ -82,8 +80,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   const auto attn = attn_in.contiguous();
   const auto grad_out = grad_out_in.contiguous();
   const auto d = dims_of(value, loc);
-  // Gradients accumulate (atomics) in float, or double for float64, and are cast afterwards.
-  const auto acc = value.options().dtype(acc_type(value.scalar_type()));
+  // Gradients accumulate (atomics) in float, or double for float64: grad_loc and grad_attn stay in
+  // that type (the locations' and weights'), grad_value is cast to value's afterwards.
+  const auto acc = value.options().dtype(ddetr::sampling_type(value.scalar_type()));
   auto grad_value = at::zeros(value.sizes(), acc);
   auto grad_loc = at::zeros(loc.sizes(), acc);
   auto grad_attn = at::zeros(attn.sizes(), acc);
@@ -93,8 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
                          grad_value.mutable_data_ptr(), grad_loc.mutable_data_ptr(),
                          grad_attn.mutable_data_ptr(), d,
                          c10::cuda::getCurrentCUDAStream(value.device().index()).stream());
-  const auto t = value.scalar_type();
-  return {grad_value.to(t), grad_loc.to(t), grad_attn.to(t)};
+  return {grad_value.to(value.scalar_type()), grad_loc, grad_attn};
 }
 
 }  // namespace

@@ -2,6 +2,12 @@
 // compiled-in L/P, reduction of the backward partial sums, index type) runs for a given dtype,
 // shape and pointer alignment, and with how many blocks. No CUDA calls, so the emulation test
 // (tests/test_kernel_cuda_emulated.py) compiles it as plain C++ and checks it for many inputs.
+//
+// Variants are compiled only where they pay: float32, float16 and bfloat16 have fast 32-bit-index
+// variants (16-byte vector loads, L = P = 4 compiled in, xor-butterfly reduction); every dtype has
+// one generic variant (a channel per thread, L and P read at run time, segmented reduction,
+// 64-bit indices) that runs any input. float64 (parity tests, never speed) and problems past the
+// 32-bit index limit (batches of hundreds of full-size pictures) take the generic variant.
 #pragma once
 
 #include <algorithm>
@@ -21,8 +27,9 @@ constexpr int64_t kMaxBlocks = int64_t{1} << 30;
 // pointer offset or `index + grid stride` sum can pass INT32_MAX.
 constexpr int64_t kIndex32Limit = int64_t{1} << 30;
 
-// Channels per thread on the vector path: 32 bytes for float/double, 16 for half/bf16.
-constexpr int vector_width(DType t) { return t == DType::kFloat64 ? 4 : 8; }
+// Channels per thread on the vector path: 32 bytes for float, 16 for half/bf16; 1 (no vector path,
+// no fast variants at all) for float64.
+constexpr int vector_width(DType t) { return t == DType::kFloat64 ? 1 : 8; }
 
 // How the backward pass sums the per-point partials (grad_attn, grad_loc) over a thread group.
 enum class Reduce : int {
@@ -42,28 +49,50 @@ struct LaunchPlan {
 
 inline bool is_pow2_upto_warp(int64_t g) { return g >= 1 && g <= kWarp && (g & (g - 1)) == 0; }
 
+inline int64_t blocks_for(int64_t total) {
+  return total > 0 ? std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks) : 0;
+}
+
+// The variant that runs anything: one channel per thread, L and P at run time, segmented
+// reduction (any group size), 64-bit indices.
+inline LaunchPlan generic_plan(const MsdaDims& d) {
+  LaunchPlan p;
+  p.cpt = 1;
+  p.fixed_lp = false;
+  p.group = d.D;
+  p.reduce = Reduce::kSegmented;
+  p.index32 = false;
+  p.total = d.N * d.Lq * d.M * p.group;
+  p.blocks = blocks_for(p.total);
+  return p;
+}
+
 // aligned: every pointer the vector path reads or writes in 16-byte units is 16-byte aligned
 // (forward: value, out; backward: value, grad_out, grad_value).
 inline LaunchPlan plan_launch(DType dtype, const MsdaDims& d, bool aligned) {
-  LaunchPlan p;
   const int width = vector_width(dtype);
+  if (width == 1) return generic_plan(d);
+  LaunchPlan p;
   p.cpt = (aligned && d.D % width == 0) ? width : 1;
-  p.fixed_lp = p.cpt > 1 && d.L == 4 && d.P == 4;
   p.group = d.D / p.cpt;
-  p.reduce = is_pow2_upto_warp(p.group) ? Reduce::kShuffle : Reduce::kSegmented;
+  // The xor butterfly needs a power-of-two group inside a warp; a scalar group (G = D) always
+  // takes the segmented reduction (the scalar path is the slow fallback: one variant less).
+  p.reduce = p.cpt > 1 && is_pow2_upto_warp(p.group) ? Reduce::kShuffle : Reduce::kSegmented;
+  p.fixed_lp = p.reduce == Reduce::kShuffle && d.L == 4 && d.P == 4;
   p.total = d.N * d.Lq * d.M * p.group;
-  p.blocks = p.total > 0 ? std::min<int64_t>((p.total + kThreads - 1) / kThreads, kMaxBlocks) : 0;
+  p.blocks = blocks_for(p.total);
   const int64_t value_numel = d.N * d.S * d.M * d.D;
   const int64_t out_numel = d.N * d.Lq * d.M * d.D;
   const int64_t loc_numel = d.N * d.Lq * d.M * d.L * d.P * 2;
   const int64_t largest = std::max({value_numel, out_numel, loc_numel, p.blocks * kThreads});
   p.index32 = largest <= kIndex32Limit;
-  return p;
+  return p.index32 ? p : generic_plan(d);
 }
 
 // Calls f(cpt, ls_ps, reduce, index) with std::integral_constant / type-tag arguments matching the
 // plan, so the one switch from runtime plan to compile-time kernel variant is shared by the CUDA
-// launchers and the emulation test. Tag<I>::type is the index type.
+// launchers and the emulation test. IndexTag<I>::type is the index type. VW is the dtype's vector
+// width: with VW == 1 (float64) only the generic variant is instantiated.
 template <typename I>
 struct IndexTag {
   using type = I;
@@ -71,29 +100,30 @@ struct IndexTag {
 
 template <int VW, typename F>
 void dispatch_plan(const LaunchPlan& p, F&& f) {
+  using One = std::integral_constant<int, 1>;
+  using Runtime = std::integral_constant<int, 0>;  // L, P read from the dims
   using Shfl = std::integral_constant<Reduce, Reduce::kShuffle>;
   using Seg = std::integral_constant<Reduce, Reduce::kSegmented>;
-  auto by_index = [&](auto cpt, auto lp, auto red) {
+  using I32 = IndexTag<int32_t>;
+  if constexpr (VW > 1) {
+    using Vec = std::integral_constant<int, VW>;
+    using Four = std::integral_constant<int, 4>;
+    if (p.index32 && p.cpt == VW) {
+      if (p.fixed_lp) {
+        f(Vec{}, Four{}, Shfl{}, I32{});
+      } else if (p.reduce == Reduce::kShuffle) {
+        f(Vec{}, Runtime{}, Shfl{}, I32{});
+      } else {
+        f(Vec{}, Runtime{}, Seg{}, I32{});
+      }
+      return;
+    }
     if (p.index32) {
-      f(cpt, lp, red, IndexTag<int32_t>{});
-    } else {
-      f(cpt, lp, red, IndexTag<int64_t>{});
+      f(One{}, Runtime{}, Seg{}, I32{});
+      return;
     }
-  };
-  auto by_reduce = [&](auto cpt, auto lp) {
-    if (p.reduce == Reduce::kShuffle) {
-      by_index(cpt, lp, Shfl{});
-    } else {
-      by_index(cpt, lp, Seg{});
-    }
-  };
-  if (p.cpt == 1) {
-    by_reduce(std::integral_constant<int, 1>{}, std::integral_constant<int, 0>{});
-  } else if (p.fixed_lp) {
-    by_reduce(std::integral_constant<int, VW>{}, std::integral_constant<int, 4>{});
-  } else {
-    by_reduce(std::integral_constant<int, VW>{}, std::integral_constant<int, 0>{});
   }
+  f(One{}, Runtime{}, Seg{}, IndexTag<int64_t>{});
 }
 
 }  // namespace ddetr
