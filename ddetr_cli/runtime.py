@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.errors import UsageError
 
 # Recipe / CLI dtype names.
 DTYPES: dict[str, torch.dtype] = {
@@ -93,8 +93,7 @@ class Dist:
 def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise DdetrError("train.device is cuda but no CUDA device is available")
+    resolve_device("cuda")  # a UsageError (exit 2) when CUDA cannot be used, as for --device
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 

@@ -165,3 +165,17 @@ def test_ctrl_c_saves_the_last_complete_step(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # written atomically
     with contextlib.suppress(FileNotFoundError):
         assert not (tmp_path / "checkpoint_best.pth").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu", "cuda:0"])
+def test_a_device_train_cannot_use_exits_2_as_everywhere(tmp_path, monkeypatch, device):
+    """`--device cuda` on a machine without CUDA is a usage mistake (exit 2), as in predict."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = [str(RECIPE), *TINY, "train.epochs=1", f"train.output_dir={tmp_path / 'run'}"]
+    result = _invoke(tmp_path, ["train", *args, "--device", device])
+    assert result.exit_code == 2, result.output
+    (line,) = _errors(result.output)
+    assert f"--device {device}" in line
+    assert not (tmp_path / "run").exists()  # refused before anything was written
