@@ -14,3 +14,9 @@ class UsageError(DdetrError):
 
     Printed like any ``DdetrError`` but exits with status 2, as argument errors do.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM) and stopped cleanly: training saved its
+    checkpoint first. A KeyboardInterrupt, so that everything that tidies up after Ctrl-C does
+    the same here; the CLI exits with 143 (128 + SIGTERM), as shells report a SIGTERM."""

@@ -112,15 +112,30 @@ def test_resume_continues_the_runs_own_recipe(first_run):
     assert result.exit_code == 0, result.output
     assert read_checkpoint(cwd / "mine" / "checkpoint_last.pth")["epoch"] == 3
     # The existing interface: a recipe whose train.output_dir is the run, and --resume.
-    result = _invoke(cwd, ["train", *ARGS, "--resume"])
+    result = _invoke(cwd, ["train", *ARGS, "--resume", "train.epochs=2"])
     assert result.exit_code == 0, result.output
     assert "resuming runs/shapes/checkpoint_last.pth" in result.output
-    assert "nothing to train: the run has done its 1 epochs" in result.output
+    assert read_checkpoint(cwd / "runs" / "shapes" / "checkpoint_last.pth")["epoch"] == 2
     # A recipe file that differs from the run's is not silently swapped in.
     result = _invoke(cwd, ["train", str(RECIPE), "--resume-from", "mine"])
     assert result.exit_code == 2
     (line,) = _errors(result.output)
     assert "differs from the recipe of the run in mine" in line and "model.hidden_dim" in line
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_says_how_to_extend_it_and_trains_nothing(first_run):
+    cwd, _ = first_run
+    shutil.copytree(cwd / "runs" / "shapes", cwd / "done")
+    before = {p.name: p.read_bytes() for p in (cwd / "done").iterdir()}
+    done = read_checkpoint(cwd / "done" / "checkpoint_last.pth")["epoch"]  # other tests extend it
+    result = _invoke(cwd, ["train", "--resume", "done"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"nothing to train: the run in done has done {done} epochs (train.epochs={done}); extend "
+        f"it with: ddetr train --resume done train.epochs=N (N > {done})"
+    ]
+    assert {p.name: p.read_bytes() for p in (cwd / "done").iterdir()} == before
 
 
 @pytest.mark.slow

@@ -53,6 +53,16 @@ def claim_folder(folder: Path, next_free: bool) -> tuple[Path, str | None]:
     return new, f"{folder} holds a run (continue it with --resume {folder}); this run: {new}"
 
 
+def nothing_to_train(run_dir: Path, epochs_done: int, epochs: int) -> str:
+    """The line for a resume of a run that has done its epochs (it trains nothing, exit 0, so
+    that a job script that resumes until the run is done may run once more)."""
+    return (
+        f"nothing to train: the run in {run_dir} has done {epochs_done} epochs (train.epochs="
+        f"{epochs}); extend it with: ddetr train --resume {run_dir} train.epochs=N "
+        f"(N > {epochs_done})"
+    )
+
+
 def _key(override: str) -> str:
     return override.split("=", 1)[0].strip()
 
