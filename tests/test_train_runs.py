@@ -194,3 +194,32 @@ def test_a_device_train_cannot_use_exits_2_as_everywhere(tmp_path, monkeypatch, 
     (line,) = _errors(result.output)
     assert f"--device {device}" in line
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_first_kernel_build_is_announced(tmp_path, monkeypatch):
+    """The kernel's first compile (~16 s on a CPU) used to pass in silence before step 1."""
+    from ddetr_cli.ops import backends, build, kernel
+
+    monkeypatch.setenv("DDETR_CACHE_DIR", str(tmp_path / "cache"))  # nothing built there
+    monkeypatch.delenv("DDETR_DISABLE_KERNEL", raising=False)
+    monkeypatch.setattr(kernel, "_status", {})
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setattr(build, "_check_toolchain", lambda device_type: {})
+    compiled = []
+
+    def no_compiler(device_type, build_dir, tools):  # the test does not wait for a compiler
+        compiled.append(build_dir)
+        raise build.KernelBuildError(f"{device_type} build failed: not in this test")
+
+    monkeypatch.setattr(build, "_compile", no_compiler)
+    backends.clear_cache()
+    run = ["train.max_steps=1", f"train.output_dir={tmp_path / 'run'}", "--device", "cpu"]
+    try:
+        result = _invoke(tmp_path, ["train", *ARGS, "model.attention_backend=auto", *run])
+        quiet = _invoke(tmp_path, ["train", *ARGS, *run[:1], f"train.output_dir={tmp_path / 'r'}"])
+    finally:
+        backends.clear_cache()
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("compiling")]
+    assert line.startswith("compiling the cpu attention kernel") and str(compiled[0]) in line
+    assert quiet.exit_code == 0 and "compiling" not in quiet.output  # the reference backend

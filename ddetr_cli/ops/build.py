@@ -233,6 +233,24 @@ def _compile(device_type: str, build_dir: Path, tools: dict[str, Any]) -> None:
             raise KernelBuildError(f"{device_type} build failed: {first_line(str(e))}") from e
 
 
+def _is_built(build_dir: Path, device_type: str) -> bool:
+    return (build_dir / "build.json").is_file() and (
+        build_dir / f"{_module_name(device_type)}.so"
+    ).is_file()
+
+
+def pending_build(device_type: str) -> Path | None:
+    """The cache folder the first use of the extension would compile into, or None when it is
+    built (or loaded) already or cannot be named; so that a command can say it is compiling."""
+    if device_type in _loaded or device_type not in _SOURCES:
+        return None
+    try:
+        build_dir = cache_root() / build_key(device_type)
+    except KernelBuildError:
+        return None
+    return None if _is_built(build_dir, device_type) else build_dir
+
+
 def load_extension(device_type: str) -> Any:
     """The compiled extension for "cpu" or "cuda", building it on first use (cached per process).
 
@@ -250,7 +268,7 @@ def load_extension(device_type: str) -> Any:
     marker = build_dir / "build.json"
     built_now = False
     with _file_lock(build_dir / ".ddetr.lock"):
-        if not (marker.is_file() and so_path.is_file()):
+        if not _is_built(build_dir, device_type):
             tools = _check_toolchain(device_type)
             t_build = time.perf_counter()
             _compile(device_type, build_dir, tools)

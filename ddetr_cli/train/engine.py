@@ -15,6 +15,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -198,6 +199,25 @@ def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
     return float(grad_norm)
 
 
+def _kernel_build_line(recipe: dict[str, Any], device: torch.device) -> str | None:
+    """A line before the attention kernel's first compile (about 15 s on a CPU), which would
+    otherwise pass in silence before the first step; None when nothing is to be compiled."""
+    from ddetr_cli.ops import build
+    from ddetr_cli.ops.kernel import DISABLE_ENV
+
+    if recipe["model"]["attention_backend"] == "reference":
+        return None
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    folder = build.pending_build(device.type)
+    if folder is None:
+        return None
+    how_long = "about 15 s" if device.type == "cpu" else "minutes"
+    return (
+        f"compiling the {device.type} attention kernel (first use only, {how_long}) into {folder}"
+    )
+
+
 def _count(dataset, coco=None) -> str:
     """'N pictures, M boxes' (boxes where the annotations are at hand)."""
     coco = coco if coco is not None else getattr(dataset, "coco", None)
@@ -283,6 +303,9 @@ class Trainer:
         lrs = ", ".join(f"{k} {v:.2e}" for k, v in self.state.learning_rates().items())
         ema = f"; EMA decay {cfg['ema']}" if cfg["ema"] > 0 else ""
         say(f"learning rates: {lrs}{ema}")
+        building = _kernel_build_line(self.recipe, self.device)
+        if building:
+            say(building)
         if ckpt is not None:
             st = self.state
             say(f"resumed from {resume}: epoch {st.epoch + 1}/{cfg['epochs']}, batch {st.batch}, "
