@@ -330,6 +330,32 @@ def test_convert_ddetr_hf_official_and_back(tmp_path):
         convert(src, tmp_path / "x", "onnx")
 
 
+def test_convert_writes_as_the_umask_says(tmp_path):
+    """Folders and files as `mkdir` and `open` would make them (was: 0700 and 0600)."""
+    import os
+    import stat
+
+    from ddetr_cli.weights import save_checkpoint
+
+    model, recipe = _ddetr_model("plain", torch.float32)
+    src = save_checkpoint(tmp_path / "src.pth", model, recipe)
+    out = tmp_path / "out"
+    old = os.umask(0o027)
+    try:
+        convert(src, out / "hf", "hf")
+        convert(src, out / "hf", "hf")  # replacing a transformers folder
+        convert(src, out / "m.safetensors", "ddetr")
+        convert(src, out / "o.pth", "official")
+        convert(src, out / "d.pth", "ddetr")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert modes == {
+        "hf": 0o750, "hf/config.json": 0o640, "hf/model.safetensors": 0o640,
+        "m.safetensors": 0o640, "o.pth": 0o640, "d.pth": 0o640,
+    }  # fmt: skip
+
+
 def test_convert_cli(tmp_path):
     import typer
     from typer.testing import CliRunner
