@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
@@ -122,7 +123,7 @@ def attention_pictures(
     points an encoder layer samples for the stride-8 position under that pixel. Layers are
     numbered from 1 (-1: the last), as in the legends."""
     from ddetr_cli.data.transforms import eval_transform
-    from ddetr_cli.draw import draw_label, drawing_sizes, label_text
+    from ddetr_cli.draw import contrasting_color, draw_labelled_boxes, drawing_sizes, label_text
 
     decoder, decoder_number = _layer(model.transformer.decoder.layers, decoder_layer, "decoder")
     encoder, encoder_number = _layer(model.transformer.encoder.layers, encoder_layer, "encoder")
@@ -140,6 +141,7 @@ def attention_pictures(
         decoder_attn.captured = encoder_attn.captured = None
     # The picture is alone in its batch, so normalised coordinates cover it exactly.
     base = _to_pil(image.cpu())
+    pixels = np.asarray(base.convert("RGB"))
     result = AttentionPictures(decoder_layer=decoder_number, encoder_layer=encoder_number,
                                decoder_layers=len(model.transformer.decoder.layers))  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,12 +159,12 @@ def attention_pictures(
         )
         cx, cy, w, h = (outputs["pred_boxes"][0, query].float().cpu() * torch.tensor(
             [width, height, width, height])).tolist()  # fmt: skip
-        draw = ImageDraw.Draw(picture)
-        line, size = drawing_sizes(width, height)
-        x0, y0 = cx - w / 2, cy - h / 2
-        draw.rectangle([x0, y0, cx + w / 2, cy + h / 2], outline=(0, 255, 0), width=line)
-        text = label_text(label, score, class_names)
-        draw_label(draw, picture.size, (x0, y0), text, (0, 255, 0), size, cy + h / 2 + 1)
+        # The box as predict draws it, in a colour that stands out from the picture under it.
+        box = (max(cx - w / 2, 0), max(cy - h / 2, 0), min(cx + w / 2, width - 1),
+               min(cy + h / 2, height - 1))  # fmt: skip
+        box = (box[0], box[1], max(box[0], box[2]), max(box[1], box[3]))
+        colour = contrasting_color(pixels, box, drawing_sizes(width, height)[0])
+        draw_labelled_boxes(picture, [box], [label_text(label, score, class_names)], [colour])
         picture = _legend(picture, decoded["locations"].shape[3], f"decoder layer {decoder_number}")
         path = out_dir / f"{name}_attention_{rank + 1}_query{query}.png"
         picture.convert("RGB").save(path)

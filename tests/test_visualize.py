@@ -91,6 +91,17 @@ def test_the_legend_fits_the_picture(size):
         assert len(hits) >= 4 and hits.max() < size[0] - 1, colour
 
 
+def test_the_attention_box_stands_out_from_the_picture(model, tmp_path):
+    """The box used to be green whatever the picture: invisible on green shapes."""
+    green = torch.zeros((3, 96, 128), dtype=torch.uint8)
+    green[1] = 230
+    result = attention_pictures(model, green, "g", tmp_path, min_size=96, max_size=128, top=1)
+    drawn = np.asarray(Image.open(result.paths[0]).convert("RGB")).astype(int)[-96:]
+    magenta = (drawn == (255, 0, 255)).all(-1)  # the vivid colour farthest from green
+    assert magenta.sum() >= 40  # the box's line and its label's plate
+    assert not ((drawn == (0, 255, 0)).all(-1)).any()
+
+
 def test_bad_layer_and_pixel_are_one_clear_line(model, tmp_path):
     with pytest.raises(DdetrError, match="the model has 2 decoder layers"):
         attention_pictures(model, _picture(), "x", tmp_path, decoder_layer=5)
@@ -192,7 +203,8 @@ def test_predictions_view_writes_pictures_and_a_sheet(tmp_path):
             row * size + 3 : (row + 1) * size - 3, column * size + 3 : (column + 1) * size - 3
         ]
         assert len(np.unique(cell.reshape(-1, 3), axis=0)) > 2
-        assert (cell != 255).any(-1).mean() > 0.7  # the thumbnail fills its cell
+        # The thumbnail fills its cell: picture rows (white box edges aside) span 96 of 128.
+        assert (cell != 255).any(-1).any(1).mean() > 0.7
     assert (sheet[size:, size:] == 255).all()  # the fourth cell is empty
 
 
