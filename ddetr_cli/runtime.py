@@ -43,6 +43,22 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def numerics(device: torch.device) -> dict[str, Any]:
+    """What, besides the code, the data and the seed, makes float results differ between two
+    runs: torch's version, the vector instructions its CPU kernels use (AVX-512 and AVX2 kernels
+    round differently), its thread count (one thread sums some gradients in another order than
+    two or more) and the GPU. Training checkpoints carry it, so runs can be told apart."""
+    out: dict[str, Any] = {
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        out |= {"gpu": torch.cuda.get_device_name(device), "cuda": str(torch.version.cuda)}
+    return out
+
+
 def amp_autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """The autocast context for a recipe's train.amp or a benchmark dtype (off/fp32, bf16,
     fp16)."""

@@ -145,3 +145,17 @@ def test_the_run_time_counts_every_part_of_a_resumed_run(tmp_path):
     assert [r["step"] for r in lines] == [1, 2, 3, 3]  # steps 2, 3 and the epoch: resumed
     assert lines[0]["time"] < 600 < lines[1]["time"] < lines[2]["time"] <= lines[3]["time"]
     assert read_checkpoint(path)["seconds"] >= lines[3]["time"]
+
+
+def test_checkpoints_say_what_their_numbers_depend_on(tmp_path):
+    """The same code and seed give other numbers with another CPU instruction set, one thread
+    instead of several, or another torch: a run's checkpoints record them."""
+    train(_recipe(tmp_path / "run", "train.max_steps=1", "train.epochs=1"), progress=False)
+    environment = read_checkpoint(tmp_path / "run" / "checkpoint_last.pth")["environment"]
+    assert environment == {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "attention_backend": "reference",
+    }

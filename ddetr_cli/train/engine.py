@@ -448,7 +448,8 @@ class Trainer:
             self.save("checkpoint_best.pth", eval=stats)
         elif self.ctx.is_main:  # the EMA weights, to evaluate and fine-tune from
             save_checkpoint(self.output_dir / "checkpoint_best.pth", st.ema.module, self.recipe,
-                            epoch=st.epoch, step=st.step, eval=stats, ema_weights=True)  # fmt: skip
+                            epoch=st.epoch, step=st.step, eval=stats, ema_weights=True,
+                            environment=self._environment())  # fmt: skip
         return True
 
     def _out_of_patience(self) -> bool:
@@ -477,5 +478,13 @@ class Trainer:
         if not self.ctx.is_main:
             return
         self.state.seconds = self._elapsed()
-        save_checkpoint(self.output_dir / name, self.bare, self.recipe,
-                        **self.state.state_dict(), rng=rngs, **extra)  # fmt: skip
+        save_checkpoint(self.output_dir / name, self.bare, self.recipe, **self.state.state_dict(),
+                        rng=rngs, environment=self._environment(), **extra)  # fmt: skip
+
+    def _environment(self) -> dict[str, Any]:
+        """``runtime.numerics`` and the attention backend in use: what a run's figures depend
+        on besides the code, the data and the seed."""
+        from ddetr_cli.ops.backends import resolve_backend
+
+        backend = resolve_backend(self.device, self.recipe["model"]["attention_backend"])[0]
+        return {**runtime.numerics(self.device), "attention_backend": backend}
