@@ -255,6 +255,25 @@ def _suggest(dotted: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _unknown_keys_message(keys: Sequence[str]) -> str:
+    """Every unknown key with its suggestion, so that one run shows all the typos."""
+    listed = ", ".join(f"'{key}'{_suggest(key)}" for key in keys)
+    return f"unknown key {listed}" if len(keys) == 1 else f"{len(keys)} unknown keys: {listed}"
+
+
+def _unknown_keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a (partial) recipe tree that the schema does not have; an unknown
+    section is one key (its contents are not looked at)."""
+    unknown = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or dotted not in _SCHEMA:
+            unknown.append(str(dotted))
+        elif isinstance(_SCHEMA[dotted], Mapping) and isinstance(value, Mapping):
+            unknown += _unknown_keys(value, dotted + ".")
+    return unknown
+
+
 def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
@@ -305,11 +324,12 @@ def _normalise(tree: Any, source: str, prefix: str = "") -> dict[str, Any]:
         return {}  # an empty section ("loss:" with nothing under it)
     if not isinstance(tree, Mapping):
         raise DdetrError(f"{source}: {where} must be a mapping, got {_describe(tree)}")
+    unknown = _unknown_keys(tree, prefix)
+    if unknown:
+        raise DdetrError(f"{source}: {_unknown_keys_message(unknown)}")
     out: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if not isinstance(key, str) or dotted not in _SCHEMA:
-            raise DdetrError(f"{source}: unknown key '{dotted}'{_suggest(str(dotted))}")
         if isinstance(_SCHEMA[dotted], Mapping):
             out[key] = _normalise(value, source, dotted + ".")
         else:
@@ -408,6 +428,10 @@ def validate_recipe(recipe: Mapping[str, Any], source: str = "recipe") -> dict[s
     return full
 
 
+def _key_of(item: str) -> str:
+    return item.partition("=")[0].strip()
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     """'model.nheads=4' -> ('model.nheads', 4), the value parsed as YAML."""
     key, sep, raw = item.partition("=")
@@ -415,7 +439,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key:
         raise DdetrError(f"override '{item}': expected dotted key=value, e.g. train.epochs=12")
     if key not in _SCHEMA:
-        raise DdetrError(f"override '{item}': unknown key '{key}'{_suggest(key)}")
+        raise DdetrError(f"override '{item}': {_unknown_keys_message([key])}")
     try:
         value = yaml.load(raw, Loader=_RecipeLoader)
     except yaml.YAMLError as exc:
@@ -437,6 +461,11 @@ def apply_overrides(
     in a checkpoint; ``source`` names it in error messages.
     """
     tree = _normalise(recipe, source)
+    typos = [item for item in overrides if "=" in item and _key_of(item) not in _SCHEMA]
+    if len(typos) > 1:
+        quoted = ", ".join(f"'{item}'" for item in typos)
+        keys = _unknown_keys_message([_key_of(item) for item in typos])
+        raise DdetrError(f"overrides {quoted}: {keys}")
     for item in overrides:
         key, value = _parse_override(item)
         partial: Any = value

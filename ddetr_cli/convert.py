@@ -33,7 +33,7 @@ def convert(
     """Read `src`, write `dst` in format `to` (ddetr | hf | official). The architecture is the
     weights' own (stored, inferred or config.json) unless `recipe_path` names one; `overrides`
     apply to it. Returns a summary:
-    {"src", "src_format", "dst", "to", "tensors_read", "tensors_written", "model"}."""
+    {"src", "src_format", "dst", "to", "tensors_read", "tensors_written", "model", "notes"}."""
     from ddetr_cli.model import build_model
     from ddetr_cli.weights import load_state_dict, read_weights, weights_format
     from ddetr_cli.weights.checkpoint import recipe_for_checkpoint
@@ -50,11 +50,12 @@ def convert(
     else:
         recipe = copy.deepcopy(recipe_for_checkpoint(ckpt, overrides, f"weights {src}"))
     recipe["model"]["pretrained_backbone"] = False
-    if to == "hf" and recipe["model"]["backbone"] not in ("resnet50", "resnet101"):
-        raise DdetrError(
-            f"{src}: transformers' Deformable DETR needs a resnet50 or resnet101 backbone, "
-            f"not {recipe['model']['backbone']}"
-        )
+    if to == "hf":
+        from ddetr_cli.weights.hf import refusal
+
+        problem = refusal(recipe["model"])
+        if problem:
+            raise DdetrError(f"{src}: {problem}")
     model = build_model(recipe)
     dtypes = {v.dtype for v in ckpt["model"].values() if v.is_floating_point()}
     if len(dtypes) == 1:  # keep the source's precision (float64, float16) as it is
@@ -62,11 +63,17 @@ def convert(
     load_state_dict(model, ckpt["model"], str(src))
     state_dict = model.state_dict()
 
+    notes: list[str] = []
     if to == "hf":
-        from ddetr_cli.weights.hf import ddetr_to_hf, write_hf_folder
+        from ddetr_cli.weights.hf import backbone_layout, ddetr_to_hf, write_hf_folder
 
         write_hf_folder(state_dict, recipe, dst)
         written = len(ddetr_to_hf(state_dict))
+        if backbone_layout(recipe["model"]) == "timm":
+            notes.append(
+                "a DC5 model (dilation): transformers builds its backbone from timm only, so "
+                "loading this folder needs timm (pip install timm); other models need no timm"
+            )
     elif to == "official":
         payload = {"model": state_dict, "args": official_args(recipe["model"])}
         with atomic_write(dst, "wb") as f:
@@ -93,4 +100,5 @@ def convert(
         "tensors_written": written,
         "model": f"{m['backbone']} {variant}, {m['num_feature_levels']} levels, "
         f"{m['num_classes']} classes, {m['num_queries']} queries",
+        "notes": notes,
     }

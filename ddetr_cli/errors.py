@@ -23,3 +23,9 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     if not text:
         return type(exc).__name__
     return text.splitlines()[0].split(". ")[0].rstrip(".")[:limit]
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM) and stopped cleanly: training saved its
+    checkpoint first. A KeyboardInterrupt, so that everything that tidies up after Ctrl-C does
+    the same here; the CLI exits with 143 (128 + SIGTERM), as shells report a SIGTERM."""

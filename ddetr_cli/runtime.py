@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.errors import UsageError
 
 # Recipe / CLI dtype names.
 DTYPES: dict[str, torch.dtype] = {
@@ -41,6 +41,22 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {device}: MPS is not available; use --device cpu")
     return dev
+
+
+def numerics(device: torch.device) -> dict[str, Any]:
+    """What, besides the code, the data and the seed, makes float results differ between two
+    runs: torch's version, the vector instructions its CPU kernels use (AVX-512 and AVX2 kernels
+    round differently), its thread count (one thread sums some gradients in another order than
+    two or more) and the GPU. Training checkpoints carry it, so runs can be told apart."""
+    out: dict[str, Any] = {
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        out |= {"gpu": torch.cuda.get_device_name(device), "cuda": str(torch.version.cuda)}
+    return out
 
 
 def amp_autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -98,8 +114,7 @@ class Dist:
 def pick_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise DdetrError("train.device is cuda but no CUDA device is available")
+    resolve_device("cuda")  # a UsageError (exit 2) when CUDA cannot be used, as for --device
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 

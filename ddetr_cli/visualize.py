@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, UsageError
 
 # One colour per feature level (stride 8, 16, 32, 64, ...), distinct on most pictures.
 LEVEL_COLOURS = [(255, 64, 64), (255, 200, 0), (0, 200, 255), (200, 80, 255), (80, 255, 120)]
@@ -20,12 +21,24 @@ LEVEL_COLOURS = [(255, 64, 64), (255, 200, 0), (0, 200, 255), (200, 80, 255), (8
 class AttentionPictures:
     paths: list[Path] = field(default_factory=list)
     detections: list[dict[str, Any]] = field(default_factory=list)
+    decoder_layer: int = 0  # the layers drawn, numbered from 1
+    encoder_layer: int = 0
+    decoder_layers: int = 0  # how many the model has
 
 
-def _layer(layers: nn.ModuleList, index: int, what: str) -> nn.Module:
-    if not -len(layers) <= index < len(layers):
-        raise DdetrError(f"--{what}-layer {index}: the model has {len(layers)} {what} layers")
-    return layers[index]
+def _layer(layers: nn.ModuleList, number: int, what: str) -> tuple[nn.Module, int]:
+    """Layer `number` (from 1; -1 the last, -2 the one before) and its number from 1."""
+    count = len(layers)
+    numbers = f"1-{count}, or -1 for the last" if count > 1 else "1, or -1"
+    if number == 0:
+        raise UsageError(f"--{what}-layer 0: layers are numbered from 1 ({numbers})")
+    if not -count <= number <= count:
+        plural = "s" if count > 1 else ""
+        raise UsageError(
+            f"--{what}-layer {number}: the model has {count} {what} layer{plural} ({numbers})"
+        )
+    index = number - 1 if number > 0 else count + number
+    return layers[index], index + 1
 
 
 def _draw_points(
@@ -107,12 +120,14 @@ def attention_pictures(
 ) -> AttentionPictures:
     """For the `top` detections, the sampling points of one decoder layer's cross-attention on
     every level, with the reference point and the predicted box; with `pixel` (x, y), also the
-    points an encoder layer samples for the stride-8 position under that pixel."""
+    points an encoder layer samples for the stride-8 position under that pixel. Layers are
+    numbered from 1 (-1: the last), as in the legends."""
     from ddetr_cli.data.transforms import eval_transform
-    from ddetr_cli.draw import draw_label, drawing_sizes, label_text
+    from ddetr_cli.draw import contrasting_color, draw_labelled_boxes, drawing_sizes, label_text
 
-    decoder_attn = _layer(model.transformer.decoder.layers, decoder_layer, "decoder").cross_attn
-    encoder_attn = _layer(model.transformer.encoder.layers, encoder_layer, "encoder").self_attn
+    decoder, decoder_number = _layer(model.transformer.decoder.layers, decoder_layer, "decoder")
+    encoder, encoder_number = _layer(model.transformer.encoder.layers, encoder_layer, "encoder")
+    decoder_attn, encoder_attn = decoder.cross_attn, encoder.self_attn
     height, width = image.shape[-2:]
     if pixel is not None and not (0 <= pixel[0] < width and 0 <= pixel[1] < height):
         raise DdetrError(f"--pixel {pixel[0]} {pixel[1]} is outside the {width}x{height} picture")
@@ -126,12 +141,13 @@ def attention_pictures(
         decoder_attn.captured = encoder_attn.captured = None
     # The picture is alone in its batch, so normalised coordinates cover it exactly.
     base = _to_pil(image.cpu())
-    result = AttentionPictures()
+    pixels = np.asarray(base.convert("RGB"))
+    result = AttentionPictures(decoder_layer=decoder_number, encoder_layer=encoder_number,
+                               decoder_layers=len(model.transformer.decoder.layers))  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     logits = outputs["pred_logits"][0].float()
     num_classes = logits.shape[1]
     scores, index = logits.sigmoid().flatten().topk(min(top, logits.numel()))
-    layer_name = decoder_layer % len(model.transformer.decoder.layers)
     for rank, (score, flat) in enumerate(zip(scores.tolist(), index.tolist(), strict=True)):
         query, label = divmod(flat, num_classes)
         reference = decoded["reference_points"][0, query, 0].float().cpu()
@@ -143,17 +159,18 @@ def attention_pictures(
         )
         cx, cy, w, h = (outputs["pred_boxes"][0, query].float().cpu() * torch.tensor(
             [width, height, width, height])).tolist()  # fmt: skip
-        draw = ImageDraw.Draw(picture)
-        line, size = drawing_sizes(width, height)
-        x0, y0 = cx - w / 2, cy - h / 2
-        draw.rectangle([x0, y0, cx + w / 2, cy + h / 2], outline=(0, 255, 0), width=line)
-        text = label_text(label, score, class_names)
-        draw_label(draw, picture.size, (x0, y0), text, (0, 255, 0), size, cy + h / 2 + 1)
-        picture = _legend(picture, decoded["locations"].shape[3], f"decoder layer {layer_name}")
+        # The box as predict draws it, in a colour that stands out from the picture under it.
+        box = (max(cx - w / 2, 0), max(cy - h / 2, 0), min(cx + w / 2, width - 1),
+               min(cy + h / 2, height - 1))  # fmt: skip
+        box = (box[0], box[1], max(box[0], box[2]), max(box[1], box[3]))
+        colour = contrasting_color(pixels, box, drawing_sizes(width, height)[0])
+        draw_labelled_boxes(picture, [box], [label_text(label, score, class_names)], [colour])
+        picture = _legend(picture, decoded["locations"].shape[3], f"decoder layer {decoder_number}")
         path = out_dir / f"{name}_attention_{rank + 1}_query{query}.png"
         picture.convert("RGB").save(path)
         result.paths.append(path)
         result.detections.append({"query": query, "label": label, "score": score,
+                                  "name": label_text(label, None, class_names),
                                   "picture": str(path)})  # fmt: skip
     if pixel is not None:
         h0, w0 = (int(v) for v in encoded["spatial_shapes"][0])
@@ -165,8 +182,7 @@ def attention_pictures(
             encoded["reference_points"][0, query, 0].float().cpu(),
         )
         levels = encoded["locations"].shape[3]
-        layer_name = encoder_layer % len(model.transformer.encoder.layers)
-        picture = _legend(picture, levels, f"encoder layer {layer_name}")
+        picture = _legend(picture, levels, f"encoder layer {encoder_number}")
         path = out_dir / f"{name}_encoder_x{pixel[0]}_y{pixel[1]}.png"
         picture.convert("RGB").save(path)
         result.paths.append(path)

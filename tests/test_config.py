@@ -126,6 +126,29 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     )
 
 
+def test_every_unknown_key_of_a_file_is_reported_at_once(tmp_path):
+    text = "model:\n  num_querys: 100\n  nheds: 4\ntrain:\n  epoch: 3\n  lr: 1.0e-4\n"
+    path = write(tmp_path / "r.yaml", text)
+    with pytest.raises(DdetrError) as info:
+        load_recipe(path)
+    assert str(info.value) == (
+        f"{path}: 3 unknown keys: 'model.num_querys' (did you mean 'model.num_queries'?), "
+        "'model.nheds' (did you mean 'model.nheads'?), 'train.epoch' (did you mean "
+        "'train.epochs'?)"
+    )
+
+
+def test_every_unknown_override_key_is_reported_at_once():
+    overrides = ["model.nheds=4", "train.epochs=3", "train.epoch=3", "lr=1"]
+    with pytest.raises(DdetrError) as info:
+        load_recipe(None, overrides)
+    assert str(info.value) == (
+        "overrides 'model.nheds=4', 'train.epoch=3', 'lr=1': 3 unknown keys: 'model.nheds' (did "
+        "you mean 'model.nheads'?), 'train.epoch' (did you mean 'train.epochs'?), 'lr' (did you "
+        "mean 'train.lr'?)"
+    )
+
+
 def test_unknown_key_in_a_base_names_the_base(tmp_path):
     write(tmp_path / "base.yaml", "trian:\n  epochs: 1\n")
     child = write(tmp_path / "child.yaml", "base: base.yaml\n")

@@ -139,3 +139,56 @@ def test_contact_sheet_shrinks_large_pictures_to_the_cell(tmp_path):
     assert sheet.size == (320, 320)
     filled = (np.asarray(sheet) != 255).any(-1)
     assert filled.any(0).sum() >= 310  # the long side spans the cell
+
+
+def _crowded_pictures():
+    """Shapes val pictures (128 px), every object detected twice (the second shifted, of
+    another class), as a poorly trained model draws them."""
+    from ddetr_cli.data import shapes
+
+    generator = np.random.default_rng(0)
+    for index in range(12):
+        picture = shapes.make_picture(shapes.VAL_SEED, index)
+        boxes = torch.from_numpy(picture.boxes)
+        labels = torch.from_numpy(picture.labels)
+        scores = torch.from_numpy(generator.uniform(0.5, 0.99, len(boxes))).float()
+        shift = torch.from_numpy(generator.uniform(-4, 4, boxes.shape)).float()
+        yield (torch.from_numpy(picture.image).permute(2, 0, 1).contiguous(),
+               torch.cat([boxes, boxes + shift]), torch.cat([labels, (labels + 1) % 3]),
+               torch.cat([scores, scores / 2]))  # fmt: skip
+
+
+def test_labels_never_cover_each_other(monkeypatch):
+    from PIL import ImageDraw
+
+    plates = []
+    real = ImageDraw.ImageDraw.rectangle
+
+    def spy(self, xy, fill=None, *args, **kwargs):
+        if fill is not None:  # label plates are the filled rectangles
+            plates.append([round(v) for v in xy])
+        return real(self, xy, fill, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", spy)
+    for image, boxes, labels, scores in _crowded_pictures():
+        plates.clear()
+        draw_detections(image, boxes, labels, scores, NAMES)
+        assert len(plates) == len(boxes)
+        for i, a in enumerate(plates):
+            assert 0 <= a[0] and 0 <= a[1] and a[2] < 128 and a[3] < 128, a  # inside
+            for b in plates[:i]:
+                apart = a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+                assert apart, (a, b)
+
+
+def test_a_box_shows_on_an_object_and_background_of_its_own_colour():
+    """A red box on a red shape on red: edged in black or white, inside and out."""
+    colour = class_color(0)
+    picture = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1).expand(3, 128, 128).clone()
+    drawn = draw_detections(picture, torch.tensor([[30.0, 30, 90, 90]]), [0], class_names=NAMES)
+    pixels = drawn.permute(1, 2, 0).numpy().astype(int)
+    distance = np.abs(pixels - np.array(colour)).sum(-1)
+    line, _ = __import__("ddetr_cli.draw", fromlist=["drawing_sizes"]).drawing_sizes(128, 128)
+    assert (distance[60, 25:30] > 250).any()  # outside the line, on the left
+    assert (distance[60, 30 + line : 36 + line] > 250).any()  # inside it
+    assert (distance[60, 40:80] == 0).all()  # the object itself stays as it is

@@ -106,13 +106,15 @@ def test_tiny_folder_reads_into_ddetr_names():
 
 
 def test_tiny_folder_round_trip_is_exact(tmp_path):
+    """The committed folder has timm's backbone; it is written back with transformers' own
+    ResNet (no timm needed), and either reads into the same tensors."""
     stored = safetensors_torch.load_file(str(TINY / "model.safetensors"))
     ckpt = hf.read_hf_folder(TINY)
-    _assert_same_tensors(hf.ddetr_to_hf(ckpt["model"]), stored)
+    _assert_same_tensors(hf.ddetr_to_hf(ckpt["model"], "timm"), stored)
     hf.write_hf_folder(ckpt["model"], ckpt["recipe"], tmp_path / "out")
-    _assert_same_tensors(
-        safetensors_torch.load_file(str(tmp_path / "out/model.safetensors")), stored
-    )
+    written = safetensors_torch.load_file(str(tmp_path / "out/model.safetensors"))
+    _assert_same_tensors(written, hf.ddetr_to_hf(ckpt["model"], "resnet"))
+    assert "model.backbone.conv_encoder.model.embedder.embedder.convolution.weight" in written
     again = hf.read_hf_folder(tmp_path / "out")
     assert again["recipe"] == ckpt["recipe"]
     _assert_same_tensors(again["model"], ckpt["model"])
@@ -136,14 +138,18 @@ def test_every_ddetr_key_maps_both_ways(variant):
     overrides = [*SMALL, *VARIANTS.get(variant, extra)]
     model = build_model(load_recipe(None, overrides))
     sd = model.state_dict()
-    hub = hf.ddetr_to_hf(sd)
-    assert all(k.startswith(("model.", "class_embed.", "bbox_embed.")) for k in hub)
-    assert not any("in_proj" in k or "norm1" in k or "linear1" in k for k in hub)
-    recipe_model = hf.config_to_recipe(hf.recipe_to_config(load_recipe(None, overrides)["model"]))[
-        0
-    ]
-    back = hf.hf_to_ddetr(hub, recipe_model)
-    _assert_same_tensors(back, {k: v for k, v in sd.items() if "num_batches" not in k})
+    config = hf.recipe_to_config(load_recipe(None, overrides)["model"])
+    recipe_model, resnet_keys = hf.config_to_recipe(config)
+    assert resnet_keys == (variant != "single_scale_dc5")  # DC5: transformers builds it from timm
+    for layout in hf.BACKBONES:
+        hub = hf.ddetr_to_hf(sd, layout)
+        assert all(k.startswith(("model.", "class_embed.", "bbox_embed.")) for k in hub)
+        assert not any("in_proj" in k or "norm1" in k or "linear1" in k for k in hub)
+        assert any(".conv_encoder.model.encoder.stages.3.layers.2.layer.2.conv" in k
+                   for k in hub) == (layout == "resnet")  # fmt: skip
+        back = hf.hf_to_ddetr(hub, recipe_model, layout == "resnet")
+        _assert_same_tensors(back, {k: v for k, v in sd.items() if "num_batches" not in k})
+    hub = hf.ddetr_to_hf(sd, "resnet" if resnet_keys else "timm")
     # transformers 5.x in-memory names read the same
     v5 = {
         k.replace("backbone.conv_encoder.model.", "backbone.model.")
@@ -151,19 +157,19 @@ def test_every_ddetr_key_maps_both_ways(variant):
         .replace("self_attn.out_proj", "self_attn.o_proj"): v
         for k, v in hub.items()
     }  # fmt: skip
-    _assert_same_tensors(hf.hf_to_ddetr(v5, recipe_model), back)
+    _assert_same_tensors(hf.hf_to_ddetr(v5, recipe_model, resnet_keys), back)
 
 
 def test_tied_heads_stored_once_are_filled_in():
     recipe = load_recipe(None, [*SMALL, *VARIANTS["two_stage"]])
     sd = build_model(recipe).state_dict()
-    hub = hf.ddetr_to_hf(sd)
+    hub = hf.ddetr_to_hf(sd, "timm")
     # what transformers 5 saves: the decoder's copies only
     only_decoder = {k: v for k, v in hub.items() if not k.startswith(("class_embed", "bbox_embed"))}
     _assert_same_tensors(hf.hf_to_ddetr(only_decoder, recipe["model"]), sd)
     plain = load_recipe(None, SMALL)
     sd = build_model(plain).state_dict()
-    hub = {k: v for k, v in hf.ddetr_to_hf(sd).items() if not k.startswith(("class_embed.1",
+    hub = {k: v for k, v in hf.ddetr_to_hf(sd, "timm").items() if not k.startswith(("class_embed.1",
            "bbox_embed.1"))}  # fmt: skip
     _assert_same_tensors(hf.hf_to_ddetr(hub, plain["model"]), sd)
 
@@ -183,8 +189,15 @@ def test_config_rules():
     model, resnet_keys = hf.config_to_recipe(hf_resnet)
     assert (model["backbone"], resnet_keys) == ("resnet101", True)
     config = hf.recipe_to_config(load_recipe(None, [*SMALL, *VARIANTS["two_stage"]])["model"])
-    assert config["use_timm_backbone"] and config["backbone"] == "resnet50"
+    assert not config["use_timm_backbone"] and config["backbone"] is None  # no timm needed
+    resnet = config["backbone_config"]
+    assert (resnet["model_type"], resnet["depths"], resnet["out_indices"]) == (
+        "resnet", [3, 4, 6, 3], [2, 3, 4])  # fmt: skip
     assert config["use_pretrained_backbone"] is False
+    dc5 = hf.recipe_to_config(
+        load_recipe("single_scale_dc5", ["model.backbone=resnet101"])["model"]
+    )
+    assert dc5["use_timm_backbone"] and dc5["backbone"] == "resnet101" and dc5["dilation"]
     assert config["num_queries"] == config["two_stage_num_proposals"] == 7
     assert config["label2id"] == {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4}
 
@@ -330,6 +343,32 @@ def test_convert_ddetr_hf_official_and_back(tmp_path):
         convert(src, tmp_path / "x", "onnx")
 
 
+def test_convert_writes_as_the_umask_says(tmp_path):
+    """Folders and files as `mkdir` and `open` would make them (was: 0700 and 0600)."""
+    import os
+    import stat
+
+    from ddetr_cli.weights import save_checkpoint
+
+    model, recipe = _ddetr_model("plain", torch.float32)
+    src = save_checkpoint(tmp_path / "src.pth", model, recipe)
+    out = tmp_path / "out"
+    old = os.umask(0o027)
+    try:
+        convert(src, out / "hf", "hf")
+        convert(src, out / "hf", "hf")  # replacing a transformers folder
+        convert(src, out / "m.safetensors", "ddetr")
+        convert(src, out / "o.pth", "official")
+        convert(src, out / "d.pth", "ddetr")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert modes == {
+        "hf": 0o750, "hf/config.json": 0o640, "hf/model.safetensors": 0o640,
+        "m.safetensors": 0o640, "o.pth": 0o640, "d.pth": 0o640,
+    }  # fmt: skip
+
+
 def test_convert_cli(tmp_path):
     import typer
     from typer.testing import CliRunner
@@ -349,6 +388,36 @@ def test_convert_cli(tmp_path):
     result = CliRunner().invoke(app, [str(tmp_path / "m.pth"), str(tmp_path / "hf"), "--to", "hf"])
     assert result.exit_code == 0, result.output
     assert "-> " in result.output and "(hf, " in result.output
+
+
+def test_convert_to_hf_says_which_models_it_takes(tmp_path):
+    from typer.testing import CliRunner
+
+    from ddetr_cli.cli import app
+    from ddetr_cli.weights import save_checkpoint
+
+    shapes = load_recipe("shapes", ["model.hidden_dim=32", "model.nheads=2"])
+    src = save_checkpoint(tmp_path / "demo.pth", build_model(shapes), shapes)
+    with pytest.raises(DdetrError) as info:
+        convert(src, tmp_path / "hf", "hf")
+    message = str(info.value)
+    assert "--to hf takes models with a resnet50 or resnet101 backbone" in message
+    assert "this one has convnet (the shapes demo's small CNN)" in message
+    assert not (tmp_path / "hf").exists()
+    help_text = CliRunner().invoke(app, ["convert", "--help"], env={"COLUMNS": "300"}).output
+    assert "resnet50 or resnet101 backbone" in help_text and "convnet" in help_text
+
+
+def test_a_dc5_model_converted_to_hf_says_it_needs_timm(tmp_path):
+    from ddetr_cli.weights import save_checkpoint
+
+    recipe = load_recipe("single_scale_dc5", [*SMALL, "model.pretrained_backbone=false"])
+    src = save_checkpoint(tmp_path / "dc5.pth", build_model(recipe), recipe)
+    summary = convert(src, tmp_path / "hf", "hf")
+    assert len(summary["notes"]) == 1 and "needs timm (pip install timm)" in summary["notes"][0]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["use_timm_backbone"]
+    plain = save_checkpoint(tmp_path / "plain.pth", *_ddetr_model("plain", torch.float32))
+    assert convert(plain, tmp_path / "hf2", "hf")["notes"] == []
 
 
 # ------------------------------------------------------------------ against transformers
@@ -413,8 +482,8 @@ def saved_transformers(transformers_lib, tmp_path_factory):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_transformers_to_ddetr_and_back(saved_transformers, transformers_lib, variant, tmp_path,
                                          capsys):  # fmt: skip
-    """Both layouts give one ddetr state dict with transformers' outputs; written back, it
-    loads in transformers tensor for tensor."""
+    """Both layouts give one ddetr state dict with transformers' outputs; written back (with
+    transformers' own ResNet for timm's), it loads in transformers tensor for tensor."""
     original, (logits, boxes), hub, v5 = saved_transformers[variant]
     hub_ckpt, v5_ckpt = hf.read_hf_folder(hub), hf.read_hf_folder(v5)
     assert any(k.startswith("model.backbone.model.") for k in
@@ -437,7 +506,11 @@ def test_transformers_to_ddetr_and_back(saved_transformers, transformers_lib, va
     hf.write_hf_folder(model.state_dict(), recipe, tmp_path / "out")
     again = transformers_lib.DeformableDetrForObjectDetection.from_pretrained(tmp_path / "out")
     assert again.dtype == torch.float64
-    _assert_same_tensors(again.state_dict(), original.state_dict())
+    assert type(again.model.backbone.model).__name__ == "ResNetBackbone"  # not timm's
+    _assert_same_tensors(hf.hf_to_ddetr(again.state_dict(), recipe["model"], True),
+                         hf.hf_to_ddetr(original.state_dict(), recipe["model"], False))  # fmt: skip
+    again_logits, again_boxes = _hf_outputs(again.eval(), _picture())
+    assert _max_diff(again_logits, logits) <= 1e-9 and _max_diff(again_boxes, boxes) <= 1e-9
 
 
 @transformers_marks
@@ -508,4 +581,44 @@ def test_official_reference_to_hf(transformers_lib, tmp_path, capsys):
             f"\n[official reference -> hf] transformers vs official, float64: |logits| "
             f"{dl:.2e}, |boxes| {db:.2e}"
         )
+    assert dl <= LOGITS_TOL and db <= BOXES_TOL
+
+
+_LOAD_WITHOUT_TIMM = """
+import sys
+sys.modules["timm"] = None  # as if timm were not installed
+import torch
+import transformers
+assert not transformers.utils.is_timm_available()
+folder, picture, out = sys.argv[1:]
+model = transformers.DeformableDetrForObjectDetection.from_pretrained(folder).double().eval()
+image = torch.load(picture)
+with torch.inference_mode():
+    outputs = model(pixel_values=image[None], pixel_mask=torch.ones(image.shape[1:])[None].long())
+torch.save({"logits": outputs.logits[0], "boxes": outputs.pred_boxes[0]}, out)
+"""
+
+
+@transformers_marks
+def test_a_converted_folder_loads_in_transformers_without_timm(tmp_path, capsys):
+    """`--to hf` writes transformers' own ResNet backbone: from_pretrained needs no timm, and
+    gives ddetr's outputs (float64)."""
+    import subprocess
+
+    pytest.importorskip("transformers")
+    from ddetr_cli.weights import save_checkpoint
+
+    model, recipe = _ddetr_model("two_stage", torch.float64, seed=4)
+    convert(save_checkpoint(tmp_path / "m.pth", model, recipe), tmp_path / "hf", "hf")
+    torch.save(_picture(), tmp_path / "picture.pt")
+    command = [sys.executable, "-c", _LOAD_WITHOUT_TIMM, str(tmp_path / "hf"),
+               str(tmp_path / "picture.pt"), str(tmp_path / "out.pt")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = torch.load(tmp_path / "out.pt")
+    logits, boxes = _ddetr_outputs(model, _picture())
+    dl, db = _max_diff(logits, theirs["logits"]), _max_diff(boxes, theirs["boxes"])
+    with capsys.disabled():
+        print(f"\n[--to hf, no timm] transformers vs ddetr, float64: |logits| {dl:.2e}, "
+              f"|boxes| {db:.2e}")  # fmt: skip
     assert dl <= LOGITS_TOL and db <= BOXES_TOL

@@ -128,3 +128,34 @@ def test_mixed_precision_steps(tmp_path, amp):
     train(_recipe(out, f"train.amp={amp}", "train.max_steps=1", "train.epochs=1"), progress=False)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and all(torch.isfinite(torch.tensor(r["loss"])) for r in lines)
+
+
+def test_the_run_time_counts_every_part_of_a_resumed_run(tmp_path):
+    """The summary's minutes and metrics.jsonl's times are the whole run's, not the last part's."""
+    out = tmp_path / "run"
+    train(_recipe(out, "train.max_steps=1", "train.epochs=1"), progress=False)
+    path = out / "checkpoint_last.pth"
+    ckpt = read_checkpoint(path)
+    assert 0 < ckpt["seconds"] < 600
+    ckpt["seconds"] = 600.0  # as if the first part had taken ten minutes
+    torch.save(ckpt, path)
+    resumed = train(_recipe(out, "train.epochs=1"), resume=find_resume(out), progress=False)
+    assert resumed.steps == 3 and 600 < resumed.seconds < 1200
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 3]  # steps 2, 3 and the epoch: resumed
+    assert lines[0]["time"] < 600 < lines[1]["time"] < lines[2]["time"] <= lines[3]["time"]
+    assert read_checkpoint(path)["seconds"] >= lines[3]["time"]
+
+
+def test_checkpoints_say_what_their_numbers_depend_on(tmp_path):
+    """The same code and seed give other numbers with another CPU instruction set, one thread
+    instead of several, or another torch: a run's checkpoints record them."""
+    train(_recipe(tmp_path / "run", "train.max_steps=1", "train.epochs=1"), progress=False)
+    environment = read_checkpoint(tmp_path / "run" / "checkpoint_last.pth")["environment"]
+    assert environment == {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "attention_backend": "reference",
+    }

@@ -112,15 +112,30 @@ def test_resume_continues_the_runs_own_recipe(first_run):
     assert result.exit_code == 0, result.output
     assert read_checkpoint(cwd / "mine" / "checkpoint_last.pth")["epoch"] == 3
     # The existing interface: a recipe whose train.output_dir is the run, and --resume.
-    result = _invoke(cwd, ["train", *ARGS, "--resume"])
+    result = _invoke(cwd, ["train", *ARGS, "--resume", "train.epochs=2"])
     assert result.exit_code == 0, result.output
     assert "resuming runs/shapes/checkpoint_last.pth" in result.output
-    assert "nothing to train: the run has done its 1 epochs" in result.output
+    assert read_checkpoint(cwd / "runs" / "shapes" / "checkpoint_last.pth")["epoch"] == 2
     # A recipe file that differs from the run's is not silently swapped in.
     result = _invoke(cwd, ["train", str(RECIPE), "--resume-from", "mine"])
     assert result.exit_code == 2
     (line,) = _errors(result.output)
     assert "differs from the recipe of the run in mine" in line and "model.hidden_dim" in line
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_says_how_to_extend_it_and_trains_nothing(first_run):
+    cwd, _ = first_run
+    shutil.copytree(cwd / "runs" / "shapes", cwd / "done")
+    before = {p.name: p.read_bytes() for p in (cwd / "done").iterdir()}
+    done = read_checkpoint(cwd / "done" / "checkpoint_last.pth")["epoch"]  # other tests extend it
+    result = _invoke(cwd, ["train", "--resume", "done"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"nothing to train: the run in done has done {done} epochs (train.epochs={done}); extend "
+        f"it with: ddetr train --resume done train.epochs=N (N > {done})"
+    ]
+    assert {p.name: p.read_bytes() for p in (cwd / "done").iterdir()} == before
 
 
 @pytest.mark.slow
@@ -165,3 +180,46 @@ def test_ctrl_c_saves_the_last_complete_step(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # written atomically
     with contextlib.suppress(FileNotFoundError):
         assert not (tmp_path / "checkpoint_best.pth").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu", "cuda:0"])
+def test_a_device_train_cannot_use_exits_2_as_everywhere(tmp_path, monkeypatch, device):
+    """`--device cuda` on a machine without CUDA is a usage mistake (exit 2), as in predict."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = [str(RECIPE), *TINY, "train.epochs=1", f"train.output_dir={tmp_path / 'run'}"]
+    result = _invoke(tmp_path, ["train", *args, "--device", device])
+    assert result.exit_code == 2, result.output
+    (line,) = _errors(result.output)
+    assert f"--device {device}" in line
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_first_kernel_build_is_announced(tmp_path, monkeypatch):
+    """The kernel's first compile (~16 s on a CPU) used to pass in silence before step 1."""
+    from ddetr_cli.ops import backends, build, kernel
+
+    monkeypatch.setenv("DDETR_CACHE_DIR", str(tmp_path / "cache"))  # nothing built there
+    monkeypatch.delenv("DDETR_DISABLE_KERNEL", raising=False)
+    monkeypatch.setattr(kernel, "_status", {})
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setattr(build, "_check_toolchain", lambda device_type: {})
+    compiled = []
+
+    def no_compiler(device_type, build_dir, tools):  # the test does not wait for a compiler
+        compiled.append(build_dir)
+        raise build.KernelBuildError(f"{device_type} build failed: not in this test")
+
+    monkeypatch.setattr(build, "_compile", no_compiler)
+    backends.clear_cache()
+    run = ["train.max_steps=1", f"train.output_dir={tmp_path / 'run'}", "--device", "cpu"]
+    try:
+        result = _invoke(tmp_path, ["train", *ARGS, "model.attention_backend=auto", *run])
+        quiet = _invoke(tmp_path, ["train", *ARGS, *run[:1], f"train.output_dir={tmp_path / 'r'}"])
+    finally:
+        backends.clear_cache()
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("compiling")]
+    assert line.startswith("compiling the cpu attention kernel") and str(compiled[0]) in line
+    assert quiet.exit_code == 0 and "compiling" not in quiet.output  # the reference backend

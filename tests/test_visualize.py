@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -42,14 +44,17 @@ def test_capture_is_off_by_default_and_keeps_the_official_shapes(model):
     torch.testing.assert_close(captured["weights"].sum((-1, -2)), torch.ones(1, 30, 8))
 
 
-def test_points_are_drawn_where_the_model_samples(model, tmp_path):
+@pytest.mark.parametrize(("number", "index"), [(1, 0), (2, 1), (-1, 1)])
+def test_points_are_drawn_where_the_model_samples(model, tmp_path, number, index):
+    """Decoder layers are numbered from 1 (-1: the last), in the option and the legend."""
     picture = _picture()
     result = attention_pictures(model, picture, "flat", tmp_path, min_size=96, max_size=128,
-                                top=2, pixel=(64, 48))  # fmt: skip
+                                top=2, pixel=(64, 48), decoder_layer=number)  # fmt: skip
     assert len(result.paths) == 3 and all(p.is_file() for p in result.paths)
     assert [d["picture"] for d in result.detections] == [str(p) for p in result.paths[:2]]
     assert result.detections[0]["score"] >= result.detections[1]["score"]
-    layer = model.transformer.decoder.layers[-1].cross_attn
+    assert result.decoder_layer == index + 1 and result.encoder_layer == 1
+    layer = model.transformer.decoder.layers[index].cross_attn
     layer.capture = True
     from ddetr_cli.data.transforms import eval_transform
 
@@ -87,9 +92,24 @@ def test_the_legend_fits_the_picture(size):
         assert len(hits) >= 4 and hits.max() < size[0] - 1, colour
 
 
+def test_the_attention_box_stands_out_from_the_picture(model, tmp_path):
+    """The box used to be green whatever the picture: invisible on green shapes."""
+    green = torch.zeros((3, 96, 128), dtype=torch.uint8)
+    green[1] = 230
+    result = attention_pictures(model, green, "g", tmp_path, min_size=96, max_size=128, top=1)
+    drawn = np.asarray(Image.open(result.paths[0]).convert("RGB")).astype(int)[-96:]
+    magenta = (drawn == (255, 0, 255)).all(-1)  # the vivid colour farthest from green
+    assert magenta.sum() >= 40  # the box's line and its label's plate
+    assert not ((drawn == (0, 255, 0)).all(-1)).any()
+
+
 def test_bad_layer_and_pixel_are_one_clear_line(model, tmp_path):
     with pytest.raises(DdetrError, match="the model has 2 decoder layers"):
         attention_pictures(model, _picture(), "x", tmp_path, decoder_layer=5)
+    with pytest.raises(DdetrError, match=r"--decoder-layer 0: layers are numbered from 1 \(1-2"):
+        attention_pictures(model, _picture(), "x", tmp_path, decoder_layer=0)
+    with pytest.raises(DdetrError, match="--encoder-layer -2: the model has 1 encoder layer "):
+        attention_pictures(model, _picture(), "x", tmp_path, encoder_layer=-2)
     with pytest.raises(DdetrError, match="outside the 128x96 picture"):
         attention_pictures(model, _picture(), "x", tmp_path, pixel=(500, 10))
 
@@ -105,6 +125,10 @@ def test_cli_writes_and_lists_the_pictures(tmp_path):
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(written) == 2 and all(name.startswith("p_attention_") for name in written)
     assert all(name in result.output for name in written)
+    lines = result.output.splitlines()
+    assert lines[0] == "decoder layer 2 of 2, the top 2 detections:"
+    for line in lines[1:]:  # classes by name, as everywhere
+        assert re.match(r"query \d+ \((circle|rectangle|triangle), score 0\.\d\d\): ", line), line
 
 
 def _write_metrics(path, lines):
@@ -180,7 +204,8 @@ def test_predictions_view_writes_pictures_and_a_sheet(tmp_path):
             row * size + 3 : (row + 1) * size - 3, column * size + 3 : (column + 1) * size - 3
         ]
         assert len(np.unique(cell.reshape(-1, 3), axis=0)) > 2
-        assert (cell != 255).any(-1).mean() > 0.7  # the thumbnail fills its cell
+        # The thumbnail fills its cell: picture rows (white box edges aside) span 96 of 128.
+        assert (cell != 255).any(-1).any(1).mean() > 0.7
     assert (sheet[size:, size:] == 255).all()  # the fourth cell is empty
 
 

@@ -2,7 +2,8 @@
 
 A ``DdetrError`` (or an OSError about a user's path) raised by any command becomes one red
 ``error: ...`` line and exit status 1; a ``UsageError`` exits 2, like typer's own argument errors;
-Ctrl-C exits 130. ``ddetr --debug ...`` shows the traceback instead.
+Ctrl-C exits 130, a training stopped by SIGTERM 143. ``ddetr --debug ...`` shows the traceback
+instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.errors import DdetrError, Terminated, UsageError
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -23,6 +24,7 @@ stderr = Console(stderr=True)
 EXIT_FAILED = 1  # a DdetrError, or some inputs failed
 EXIT_USAGE = 2  # bad arguments (as typer uses)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_TERMINATED = 143  # SIGTERM (training saves first), as shells report it
 
 
 def print_error(message: str) -> None:
@@ -48,6 +50,8 @@ def _exit_status(exc: BaseException) -> tuple[int, str]:
         return EXIT_FAILED, str(exc)
     if isinstance(exc, OSError):
         return EXIT_FAILED, _describe_os_error(exc)
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED, "terminated (SIGTERM)"
     return EXIT_INTERRUPTED, "interrupted"
 
 

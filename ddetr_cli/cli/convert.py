@@ -33,8 +33,9 @@ def convert(
         typer.Option(
             "--to",
             help="ddetr (checkpoint with its recipe, or .safetensors), hf (transformers folder: "
-            "config.json + model.safetensors) or official (what the official code's --resume "
-            "reads).",
+            "config.json + model.safetensors; models with a resnet50 or resnet101 backbone "
+            "only, not the shapes demo's convnet) or official (what the official code's "
+            "--resume reads).",
         ),
     ] = "ddetr",
     recipe: Recipe = None,
@@ -43,8 +44,11 @@ def convert(
     """Convert weights between ddetr, Hugging Face transformers and the official code.
 
     The tensors are loaded strictly into the model their recipe describes before anything is
-    written, so every file written runs. A transformers folder loads with
-    DeformableDetrForObjectDetection.from_pretrained (transformers 4.x and 5.x, offline).
+    written, so every file written runs. --to hf takes models with a resnet50 or resnet101
+    backbone (what transformers' Deformable DETR runs; the shapes demo's convnet cannot be
+    converted); the folder loads with DeformableDetrForObjectDetection.from_pretrained
+    (transformers 4.x and 5.x, offline) with transformers' own ResNet, without timm (DC5
+    models excepted: transformers builds them from timm).
 
     Examples:
       ddetr convert r50_deformable_detr.pth detr-hf --to hf
@@ -61,3 +65,5 @@ def convert(
         f"{summary['dst']} ({summary['to']}, {summary['tensors_written']} tensors): "
         f"{summary['model']}"
     )
+    for note in summary["notes"]:
+        print_line(f"note: {note}")

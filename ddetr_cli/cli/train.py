@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ddetr_cli.cli.console import print_line
 from ddetr_cli.cli.options import Overrides
 
 _RecipeOrRun = Annotated[
@@ -64,8 +65,9 @@ def train(
     The run folder (train.output_dir) gets recipe.yaml, metrics.jsonl, checkpoint_last.pth and
     checkpoint_best.pth; one line per epoch reports the losses and val AP. A folder that already
     holds a run is never overwritten: the recipe's folder gets the next free name (runs/shapes2),
-    an explicit train.output_dir=D is refused. Ctrl-C saves a checkpoint; --resume continues
-    exactly where it stopped. Several processes or machines: launch with torchrun.
+    an explicit train.output_dir=D is refused. Ctrl-C and SIGTERM (job schedulers, timeout) save
+    checkpoint_last.pth first (exit 130, 143); --resume continues exactly where it stopped; a
+    finished run is extended with train.epochs=N. Several processes or machines: torchrun.
 
     Examples:
       ddetr train recipes/shapes.yaml --device cpu
@@ -82,7 +84,11 @@ def train(
     result = run_training(plan.recipe, weights=plan.weights, resume=plan.resume,
                           progress=progress, next_free_folder=plan.next_free_folder,
                           notes=plan.notes)  # fmt: skip
-    if result is not None:  # None: not the main process of a distributed run
+    if result is None:  # not the main process of a distributed run
+        return
+    if result.nothing_to_train:
+        print_line(result.nothing_to_train)
+    else:
         _print_summary(result)
 
 

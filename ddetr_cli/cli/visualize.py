@@ -39,7 +39,10 @@ def visualize_attention(
     recipe: Recipe = None,
     top: Annotated[int, typer.Option(help="How many top-scoring detections to draw.")] = 5,
     decoder_layer: Annotated[
-        int, typer.Option(help="Decoder layer whose cross-attention is drawn (-1: the last).")
+        int,
+        typer.Option(
+            help="Decoder layer whose cross-attention is drawn, numbered from 1 (-1: the last)."
+        ),
     ] = -1,
     pixel: Annotated[
         tuple[int, int] | None,
@@ -48,7 +51,7 @@ def visualize_attention(
         ),
     ] = None,
     encoder_layer: Annotated[
-        int, typer.Option(help="Encoder layer for --pixel (-1: the last).")
+        int, typer.Option(help="Encoder layer for --pixel, numbered from 1 (-1: the last).")
     ] = -1,
     out: Out = Path("visualize"),
     device: Device = "cpu",
@@ -59,7 +62,7 @@ def visualize_attention(
 
     Examples:
       ddetr visualize attention photo.jpg -w checkpoint.pth
-      ddetr visualize attention photo.jpg -w checkpoint.pth --top 3 --decoder-layer 0
+      ddetr visualize attention photo.jpg -w checkpoint.pth --top 3 --decoder-layer 1
       ddetr visualize attention photo.jpg -w checkpoint.pth --pixel 320 240
     """
     from ddetr_cli.images import load_image
@@ -75,13 +78,20 @@ def visualize_attention(
         resolved["data"]["eval_min_size"], resolved["data"]["eval_max_size"], decoder_layer, top,
         pixel, encoder_layer,
     )  # fmt: skip
+    print_line(
+        f"decoder layer {result.decoder_layer} of {result.decoder_layers}, the top "
+        f"{len(result.detections)} detections:"
+    )
     for detection in result.detections:
         print_line(
-            f"query {detection['query']} (class {detection['label']}, score "
+            f"query {detection['query']} ({detection['name']}, score "
             f"{detection['score']:.2f}): {detection['picture']}"
         )
     if pixel is not None:
-        print_line(f"encoder at pixel {pixel[0]} {pixel[1]}: {result.paths[-1]}")
+        print_line(
+            f"encoder layer {result.encoder_layer} at pixel {pixel[0]} {pixel[1]}: "
+            f"{result.paths[-1]}"
+        )
 
 
 @visualize_app.command("curves")

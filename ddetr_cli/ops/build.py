@@ -284,6 +284,18 @@ def _compile(device_type: str, build_dir: Path, tools: dict[str, Any]) -> None:
             raise KernelBuildError(f"{device_type} build failed: {first_line(str(e))}") from e
 
 
+def pending_build(device_type: str) -> Path | None:
+    """The cache folder the first use of the extension would compile into, or None when it is
+    built (or loaded) already or cannot be named; so that a command can say it is compiling."""
+    if device_type in _loaded or device_type not in _SOURCES:
+        return None
+    try:
+        folder = build_dir(device_type)
+    except KernelBuildError:
+        return None
+    return None if _finished(folder, device_type) else folder
+
+
 def load_extension(device_type: str) -> Any:
     """The compiled extension for "cpu" or "cuda", building it on first use (cached per process).
 

@@ -4,8 +4,9 @@ The run folder (train.output_dir) holds recipe.yaml, metrics.jsonl (one JSON obj
 step and per epoch), checkpoint_last.pth and checkpoint_best.pth (best val AP; the EMA weights
 when train.ema is on), all written atomically by process 0. Checkpoints carry the whole
 ``TrainState`` (optimiser, scheduler, scaler, EMA, position in the epoch, best AP, patience)
-and every process's RNG state, so a resume continues as if the run never stopped. A new run
-never overwrites a folder that holds one (see ``train.plan``).
+and every process's RNG state, so a resume continues as if the run never stopped. Ctrl-C and
+SIGTERM (``train.stopping``) save checkpoint_last.pth before the process ends. A new run never
+overwrites a folder that holds one (see ``train.plan``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ddetr_cli import runtime
 from ddetr_cli.config import dump_recipe
 from ddetr_cli.data import ResumableBatchSampler, build_datasets, collate
-from ddetr_cli.errors import DdetrError
+from ddetr_cli.errors import DdetrError, Terminated
 from ddetr_cli.evaluate import evaluate_coco
 from ddetr_cli.model import build_model
 from ddetr_cli.runtime import amp_autocast
@@ -39,9 +41,10 @@ from ddetr_cli.train.checkpointing import (
 )
 from ddetr_cli.train.classes import resolve_classes
 from ddetr_cli.train.criterion import build_criterion
-from ddetr_cli.train.plan import claim_folder
+from ddetr_cli.train.plan import claim_folder, nothing_to_train
 from ddetr_cli.train.report import Reporter, duration, short_losses
 from ddetr_cli.train.state import TrainState
+from ddetr_cli.train.stopping import StopRequest, ignore_sigterm
 from ddetr_cli.weights import load_state_dict, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class TrainResult:
     interrupted: bool = False
     stopped_early: str | None = None  # why patience ended the run
     notes: list[str] = field(default_factory=list)
+    nothing_to_train: str | None = None  # a resumed run that had done its epochs: why not
 
 
 def train(
@@ -78,10 +82,22 @@ def train(
     recipe = copy.deepcopy(recipe)
     ctx = runtime.setup_distributed(recipe["train"]["device"])
     try:
-        trainer = Trainer(recipe, ctx, weights, resume, progress, next_free_folder, list(notes))
+        ckpt = read_training_state(Path(resume)) if resume is not None else None
+        if ckpt is not None and ckpt["epoch"] >= recipe["train"]["epochs"]:
+            return _already_done(recipe, ckpt) if ctx.is_main else None
+        trainer = Trainer(recipe, ctx, weights, ckpt, resume, progress, next_free_folder,
+                          list(notes))  # fmt: skip
         return trainer.run()
     finally:
         runtime.cleanup_distributed()
+
+
+def _already_done(recipe: dict[str, Any], ckpt: dict[str, Any]) -> TrainResult:
+    """The summary of a resumed run that has done its epochs: nothing is trained or written."""
+    output_dir = Path(recipe["train"]["output_dir"])
+    why = nothing_to_train(output_dir, ckpt["epoch"], recipe["train"]["epochs"])
+    return TrainResult(output_dir, ckpt["epoch"], ckpt["step"], float(ckpt.get("seconds", 0.0)),
+                       ckpt.get("best_ap"), nothing_to_train=why)  # fmt: skip
 
 
 def _seed_everything(seed: int) -> None:
@@ -119,6 +135,7 @@ def build_loaders(splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int):
     train_loader = DataLoader(
         splits.train, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
         pin_memory=pin, persistent_workers=workers > 0, generator=loader_gen,
+        worker_init_fn=ignore_sigterm,
     )  # fmt: skip
     if splits.val is None:
         return train_loader, sampler, None
@@ -127,7 +144,7 @@ def build_loaders(splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int):
     )
     val_loader = DataLoader(
         splits.val, batch_size=cfg["batch_size"], sampler=val_sampler, collate_fn=collate,
-        num_workers=workers, pin_memory=pin,
+        num_workers=workers, pin_memory=pin, worker_init_fn=ignore_sigterm,
     )  # fmt: skip
     return train_loader, sampler, val_loader
 
@@ -182,6 +199,25 @@ def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
     return float(grad_norm)
 
 
+def _kernel_build_line(recipe: dict[str, Any], device: torch.device) -> str | None:
+    """A line before the attention kernel's first compile (about 15 s on a CPU), which would
+    otherwise pass in silence before the first step; None when nothing is to be compiled."""
+    from ddetr_cli.ops import build
+    from ddetr_cli.ops.kernel import DISABLE_ENV
+
+    if recipe["model"]["attention_backend"] == "reference":
+        return None
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    folder = build.pending_build(device.type)
+    if folder is None:
+        return None
+    how_long = "about 15 s" if device.type == "cpu" else "minutes"
+    return (
+        f"compiling the {device.type} attention kernel (first use only, {how_long}) into {folder}"
+    )
+
+
 def _count(dataset, coco=None) -> str:
     """'N pictures, M boxes' (boxes where the annotations are at hand)."""
     coco = coco if coco is not None else getattr(dataset, "coco", None)
@@ -197,17 +233,17 @@ def _count(dataset, coco=None) -> str:
 class Trainer:
     """One run: built from the recipe, then ``run()``. Its mutable state is ``self.state``."""
 
-    def __init__(self, recipe, ctx, weights, resume, progress, next_free, notes) -> None:
+    def __init__(self, recipe, ctx, weights, ckpt, resume, progress, next_free, notes) -> None:
         self.recipe, self.ctx, self.cfg = recipe, ctx, recipe["train"]
         self.device, self.notes, self.stop = ctx.device, notes, False
         self.last_eval: dict[str, float] = {}
         self.stopped_early: str | None = None
-        self._t0 = time.perf_counter()
+        self.stop_request = StopRequest()
+        self._t0, self._seconds_before = time.perf_counter(), 0.0
         cfg = self.cfg
         if not cfg["ema"] < 1:
             raise DdetrError(f"train.ema must be below 1 (e.g. 0.9998; 0: off), got {cfg['ema']}")
         _seed_everything(cfg["seed"] + ctx.rank)
-        ckpt = read_training_state(Path(resume)) if resume is not None else None
         if ckpt is None:
             folder, note = _claim(cfg, ctx, next_free)
             cfg["output_dir"] = str(folder)
@@ -220,6 +256,7 @@ class Trainer:
         self.state = TrainState.create(self.bare, cfg, self.device)
         if ckpt is not None:
             self.state.load(ckpt, self.bare, cfg, ctx.rank)
+            self._seconds_before = self.state.seconds  # the run's time counts from its start
         workers = recipe["data"]["num_workers"]
         self.train_loader, self.sampler, self.val_loader = build_loaders(
             self.splits, cfg, ctx, workers
@@ -268,51 +305,70 @@ class Trainer:
         lrs = ", ".join(f"{k} {v:.2e}" for k, v in self.state.learning_rates().items())
         ema = f"; EMA decay {cfg['ema']}" if cfg["ema"] > 0 else ""
         say(f"learning rates: {lrs}{ema}")
+        building = _kernel_build_line(self.recipe, self.device)
+        if building:
+            say(building)
         if ckpt is not None:
             st = self.state
             say(f"resumed from {resume}: epoch {st.epoch + 1}/{cfg['epochs']}, batch {st.batch}, "
                 f"step {st.step}")  # fmt: skip
 
     def run(self) -> TrainResult | None:
-        started, st = time.perf_counter(), self.state
-        outcome = "done"
-        if st.epoch >= self.cfg["epochs"]:
-            self.reporter.line(f"nothing to train: the run has done its {st.epoch} epochs "
-                               "(extend it with train.epochs=N)")  # fmt: skip
         try:
-            while st.epoch < self.cfg["epochs"]:
-                outcome = self.run_epoch()
-                if outcome != "done":
-                    break
-                if self.end_epoch():
-                    break
-            if outcome == "interrupted":
-                self.save("checkpoint_last.pth", gather=False)
-                self.reporter.line(f"interrupted: saved {self.output_dir / 'checkpoint_last.pth'}"
-                                   f"; continue with --resume {self.output_dir}")  # fmt: skip
-                raise KeyboardInterrupt
-            if outcome == "stopped":
-                self.save("checkpoint_last.pth")
-                self.reporter.line(f"stopped after train.max_steps={self.cfg['max_steps']} steps "
-                                   f"(epoch {st.epoch + 1}, batch {st.batch}/{len(self.sampler)})"
-                                   "; saved checkpoint_last.pth")  # fmt: skip
+            with self.stop_request.installed():  # SIGTERM is noted, never fatal, to the end
+                self._finish(self._train_epochs())
         finally:
             self.reporter.close()
-        return self._result(time.perf_counter() - started) if self.ctx.is_main else None
+        return self._result() if self.ctx.is_main else None
 
-    def _result(self, seconds: float) -> TrainResult:
+    def _train_epochs(self) -> str:
+        """Epochs to the end of the run, or to where it stops: the outcome of ``run_epoch``."""
         st = self.state
-        return TrainResult(self.output_dir, st.epoch, st.step, seconds, st.best_ap,
+        while st.epoch < self.cfg["epochs"]:
+            outcome = self.run_epoch()
+            if outcome != "done" or self.end_epoch():
+                return outcome
+            if self._stop_requested():  # SIGTERM during the evaluation
+                return "terminated"
+        return "done"
+
+    def _finish(self, outcome: str) -> None:
+        """Save and say so when the run stops before its end; Ctrl-C and SIGTERM then go on
+        as the exceptions the CLI turns into exit statuses 130 and 143."""
+        st, last = self.state, self.output_dir / "checkpoint_last.pth"
+        resume = f"continue with --resume {self.output_dir}"
+        if outcome == "terminated":
+            self.save(last.name)
+            self.reporter.line(f"terminated (SIGTERM): saved {last} after step {st.step}; {resume}")
+            raise Terminated
+        if outcome == "interrupted":
+            self.save(last.name, gather=False)
+            self.reporter.line(f"interrupted: saved {last}; {resume}")
+            raise KeyboardInterrupt
+        if outcome == "stopped":
+            self.save(last.name)
+            self.reporter.line(f"stopped after train.max_steps={self.cfg['max_steps']} steps "
+                               f"(epoch {st.epoch + 1}, batch {st.batch}/{len(self.sampler)})"
+                               "; saved checkpoint_last.pth")  # fmt: skip
+
+    def _result(self) -> TrainResult:
+        st = self.state
+        return TrainResult(self.output_dir, st.epoch, st.step, self._elapsed(), st.best_ap,
                            self.last_eval, False, self.stopped_early, self.notes)  # fmt: skip
 
+    def _stop_requested(self) -> bool:
+        return self.stop_request.agreed(self.device, self.ctx.enabled)
+
     def run_epoch(self) -> str:
-        """Train to the end of the epoch: 'done', 'stopped' (train.max_steps, mid-epoch) or
-        'interrupted' (Ctrl-C; the state is that after the last complete optimiser step)."""
+        """Train to the end of the epoch: 'done', 'stopped' (train.max_steps, mid-epoch),
+        'terminated' (SIGTERM, after the step under way) or 'interrupted' (Ctrl-C); the state
+        is that after the last complete optimiser step."""
         st, cfg = self.state, self.cfg
         self.sampler.set_epoch(st.epoch, st.batch)
         self.reporter.start_epoch(st.epoch, cfg["epochs"], len(self.sampler), st.batch)
         self.model.train()
-        self.sums, self.count = {}, 0
+        if st.batch == 0:
+            st.loss_sums, st.loss_steps = {}, 0
         group: list = []
         try:
             for images, targets in self.train_loader:
@@ -331,16 +387,18 @@ class Trainer:
                 if cfg["max_steps"] and st.step >= cfg["max_steps"]:
                     self.stop = True
                     break
+                if self._stop_requested():
+                    return "terminated"
         except KeyboardInterrupt:
             return "interrupted"
         return "stopped" if self.stop and st.batch < len(self.sampler) else "done"
 
     def _after_step(self, losses: dict[str, float], batches: int) -> None:
-        self.count += 1
-        for key, value in losses.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.reporter.advance(batches, losses)
         st = self.state
+        st.loss_steps += 1
+        for key, value in losses.items():
+            st.loss_sums[key] = st.loss_sums.get(key, 0.0) + value
+        self.reporter.advance(batches, losses)
         if st.step % self.cfg["log_every"] == 0:
             record = {"type": "step", "epoch": st.epoch, "step": st.step,
                       "lr": st.optimizer.param_groups[0]["lr"], "time": self._elapsed(),
@@ -348,7 +406,8 @@ class Trainer:
             self.reporter.write(record, st.learning_rates())
 
     def _elapsed(self) -> float:
-        return time.perf_counter() - self._t0
+        """Seconds of the whole run: this process's and those of the runs it resumes."""
+        return self._seconds_before + time.perf_counter() - self._t0
 
     def end_epoch(self) -> bool:
         """Scheduler step, evaluation, metrics line, checkpoints; True when the run ends."""
@@ -357,7 +416,7 @@ class Trainer:
         st.epoch, st.batch = st.epoch + 1, 0
         record = {"type": "epoch", "epoch": st.epoch - 1, "step": st.step,
                   "lr": st.optimizer.param_groups[0]["lr"], "time": self._elapsed(),
-                  **{k: v / max(self.count, 1) for k, v in self.sums.items()}}  # fmt: skip
+                  **{k: v / max(st.loss_steps, 1) for k, v in st.loss_sums.items()}}  # fmt: skip
         matcher = self.criterion.matcher
         if matcher.non_finite_costs:
             record["non_finite_costs"] = matcher.non_finite_costs
@@ -391,7 +450,8 @@ class Trainer:
             self.save("checkpoint_best.pth", eval=stats)
         elif self.ctx.is_main:  # the EMA weights, to evaluate and fine-tune from
             save_checkpoint(self.output_dir / "checkpoint_best.pth", st.ema.module, self.recipe,
-                            epoch=st.epoch, step=st.step, eval=stats, ema_weights=True)  # fmt: skip
+                            epoch=st.epoch, step=st.step, eval=stats, ema_weights=True,
+                            environment=self._environment())  # fmt: skip
         return True
 
     def _out_of_patience(self) -> bool:
@@ -419,5 +479,14 @@ class Trainer:
         rngs = runtime.all_gather_object(rng_state()) if gather else [rng_state()]
         if not self.ctx.is_main:
             return
-        save_checkpoint(self.output_dir / name, self.bare, self.recipe,
-                        **self.state.state_dict(), rng=rngs, **extra)  # fmt: skip
+        self.state.seconds = self._elapsed()
+        save_checkpoint(self.output_dir / name, self.bare, self.recipe, **self.state.state_dict(),
+                        rng=rngs, environment=self._environment(), **extra)  # fmt: skip
+
+    def _environment(self) -> dict[str, Any]:
+        """``runtime.numerics`` and the attention backend in use: what a run's figures depend
+        on besides the code, the data and the seed."""
+        from ddetr_cli.ops.backends import resolve_backend
+
+        backend = resolve_backend(self.device, self.recipe["model"]["attention_backend"])[0]
+        return {**runtime.numerics(self.device), "attention_backend": backend}

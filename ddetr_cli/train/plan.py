@@ -22,6 +22,7 @@ from ddetr_cli.train.checkpointing import find_resume, read_training_state
 RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "metrics.jsonl", "recipe.yaml")
 # Where and on what a run goes, not what it trains: never a reason to refuse a resume.
 _NOT_THE_RUN = ("train.output_dir", "train.device", "data.num_workers")
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -51,6 +52,16 @@ def claim_folder(folder: Path, next_free: bool) -> tuple[Path, str | None]:
         n += 1
     new = folder.with_name(f"{folder.name}{n}")
     return new, f"{folder} holds a run (continue it with --resume {folder}); this run: {new}"
+
+
+def nothing_to_train(run_dir: Path, epochs_done: int, epochs: int) -> str:
+    """The line for a resume of a run that has done its epochs (it trains nothing, exit 0, so
+    that a job script that resumes until the run is done may run once more)."""
+    return (
+        f"nothing to train: the run in {run_dir} has done {epochs_done} epochs (train.epochs="
+        f"{epochs}); extend it with: ddetr train --resume {run_dir} train.epochs=N "
+        f"(N > {epochs_done})"
+    )
 
 
 def _key(override: str) -> str:
@@ -96,6 +107,7 @@ def plan_training(
         overrides.insert(0, str(recipe))  # `ddetr train --resume-from RUN key=value`
         recipe = None
     if device is not None:
+        _check_device(device)
         overrides.append(f"train.device={device}")
     if resume and resume_from is not None:
         raise UsageError("use either --resume or --resume-from, not both")
@@ -111,6 +123,19 @@ def plan_training(
         return _plan_resume(Path(load_recipe(recipe, overrides)["train"]["output_dir"]), recipe,
                             overrides)  # fmt: skip
     return _plan_new(recipe, overrides, weights)
+
+
+def _check_device(device: str) -> None:
+    """A UsageError (exit 2, as every command's bad --device) before anything is loaded."""
+    from ddetr_cli.runtime import resolve_device
+
+    if device not in TRAIN_DEVICES:
+        raise UsageError(
+            f"--device {device}: train takes {', '.join(TRAIN_DEVICES)} (each torchrun process "
+            "takes its own GPU; CUDA_VISIBLE_DEVICES chooses which)"
+        )
+    if device == "cuda":
+        resolve_device(device)
 
 
 def _plan_new(recipe: Path | None, overrides: list[str], weights: str | Path | None) -> TrainPlan:

@@ -4,7 +4,7 @@ the EMA weights and (through checkpoints) every process's RNG state."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +27,11 @@ class TrainState:
     best_ap: float | None = None
     best_epoch: int | None = None
     evals_since_best: int = 0
+    seconds: float = 0.0  # time the run has taken up to this state, over every resume
+    # The current epoch's loss sums and step count (its metrics line averages them), so that an
+    # epoch interrupted and resumed reports what it would have without the interruption.
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    loss_steps: int = 0
 
     @classmethod
     def create(cls, model: nn.Module, cfg: dict[str, Any], device: torch.device) -> TrainState:
@@ -51,6 +56,9 @@ class TrainState:
             "best_ap": self.best_ap,
             "best_epoch": self.best_epoch,
             "evals_since_best": self.evals_since_best,
+            "seconds": self.seconds,
+            "loss_sums": dict(self.loss_sums),
+            "loss_steps": self.loss_steps,
         }
         if self.ema is not None:
             out["ema"] = self.ema.state_dict()
@@ -67,6 +75,9 @@ class TrainState:
         self.best_ap = ckpt.get("best_ap")
         self.best_epoch = ckpt.get("best_epoch")
         self.evals_since_best = ckpt.get("evals_since_best", 0)
+        self.seconds = float(ckpt.get("seconds", 0.0))
+        self.loss_sums = dict(ckpt.get("loss_sums") or {})
+        self.loss_steps = int(ckpt.get("loss_steps", 0))
         if self.ema is not None:
             if "ema" in ckpt:
                 self.ema.load_state_dict(ckpt["ema"])

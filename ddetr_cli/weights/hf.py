@@ -2,27 +2,28 @@
 
 Two key layouts exist on disk and both are read:
 
-- the Hub's, written by transformers 4.x (and still by 5.x `save_pretrained`): the timm ResNet
+- the Hub's, written by transformers 4.x (and still by 5.x `save_pretrained`): the backbone
   under `model.backbone.conv_encoder.model.*`, `fc1`/`fc2` and `self_attn.out_proj` in the layers;
 - transformers 5.x's in-memory names: `model.backbone.model.*`, `mlp.fc1`/`mlp.fc2`,
   `self_attn.o_proj`.
 
-A transformers ResNet backbone (`backbone_config.model_type: resnet`, `embedder.*`/`encoder.*`
-keys) is read too. Folders are written in the Hub's layout with a timm backbone config, which
-both transformers 4.x and 5.x load without a download.
+Two backbones exist too, and both are read and written: timm's ResNet (torchvision's module
+names, `use_timm_backbone: true`), which transformers builds only with timm installed, and
+transformers' own ResNet (`backbone_config.model_type: resnet`, `embedder.*`/`encoder.*` keys),
+which needs nothing but transformers. Folders are written with transformers' own ResNet, so that
+`from_pretrained` needs no timm, except DC5 models (`dilation`), which transformers builds only
+from timm's.
 
-Every rename is one row of `KEY_RULES` (ddetr pattern, Hub pattern), used in both directions;
-the only rule that is not a rename is the decoder self-attention, whose packed
-`in_proj_weight`/`in_proj_bias` (nn.MultiheadAttention) are transformers' `q_proj`, `k_proj`,
-`v_proj` in that order.
+Every rename is one row of `KEY_RULES` (ddetr pattern, Hub pattern) or, for transformers'
+ResNet, of `RESNET_RULES`, used in both directions; the only rule that is not a rename is the
+decoder self-attention, whose packed `in_proj_weight`/`in_proj_bias` (nn.MultiheadAttention)
+are transformers' `q_proj`, `k_proj`, `v_proj` in that order.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +33,28 @@ from torch import Tensor
 
 from ddetr_cli.errors import DdetrError, one_line
 from ddetr_cli.extras import require
+from ddetr_cli.files import atomic_folder
 from ddetr_cli.weights.sniff import sniff
 
 __all__ = [
+    "BACKBONES",
     "KEY_RULES",
+    "RESNET_RULES",
+    "backbone_layout",
     "config_to_recipe",
     "download",
     "hf_to_ddetr",
     "ddetr_to_hf",
     "read_hf_folder",
     "recipe_to_config",
+    "refusal",
     "write_hf_folder",
 ]
 
 # (ddetr pattern, Hub-layout pattern). `{i}`, `{j}` stand for a layer or head index, `{p}` for a
-# parameter name (weight, bias, running_mean, ...), `{rest}` for any dotted tail. Rows are tried
-# in order; the first whose pattern matches the whole key wins.
+# parameter name (weight, bias, running_mean, ...), `{rest}` for any dotted tail; `{i+1}` is the
+# index one more than `{i}` on the other side. Rows are tried in order; the first whose pattern
+# matches the whole key wins.
 KEY_RULES: tuple[tuple[str, str], ...] = (
     # backbone: the timm ResNet has torchvision's module names
     ("backbone.0.body.{rest}", "model.backbone.conv_encoder.model.{rest}"),
@@ -94,67 +101,91 @@ _PACKED = "transformer.decoder.layers.{i}.self_attn.in_proj_{p}"
 _SPLIT = "model.decoder.layers.{i}.self_attn.{qkv}_proj.{p}"
 _QKV = ("q", "k", "v")
 
+# transformers' own ResNet (ResNetBackbone) under the Hub's backbone prefix, instead of timm's
+# (KEY_RULES' first row). Stage i block j is torchvision's `layer{i+1}.{j}`; its convolution k
+# is `conv{k+1}` with `bn{k+1}`; the shortcut is `downsample.0` and `.1`.
+_RESNET = "model.backbone.conv_encoder.model."
+RESNET_RULES: tuple[tuple[str, str], ...] = (
+    ("backbone.0.body.conv1.weight", _RESNET + "embedder.embedder.convolution.weight"),
+    ("backbone.0.body.bn1.{p}", _RESNET + "embedder.embedder.normalization.{p}"),
+    ("backbone.0.body.layer{i+1}.{j}.conv{k+1}.weight",
+     _RESNET + "encoder.stages.{i}.layers.{j}.layer.{k}.convolution.weight"),
+    ("backbone.0.body.layer{i+1}.{j}.bn{k+1}.{p}",
+     _RESNET + "encoder.stages.{i}.layers.{j}.layer.{k}.normalization.{p}"),
+    ("backbone.0.body.layer{i+1}.{j}.downsample.0.weight",
+     _RESNET + "encoder.stages.{i}.layers.{j}.shortcut.convolution.weight"),
+    ("backbone.0.body.layer{i+1}.{j}.downsample.1.{p}",
+     _RESNET + "encoder.stages.{i}.layers.{j}.shortcut.normalization.{p}"),
+)  # fmt: skip
+BACKBONES = ("resnet", "timm")  # the backbone layouts: transformers' own ResNet, timm's
+
 # transformers 5.x in-memory names -> the Hub's (applied to a key before KEY_RULES).
 _V5_TO_HUB: tuple[tuple[str, str], ...] = (
     (r"^model\.backbone\.model\.", "model.backbone.conv_encoder.model."),
     (r"\.layers\.(\d+)\.mlp\.fc([12])\.", r".layers.\1.fc\2."),
     (r"\.self_attn\.o_proj\.", ".self_attn.out_proj."),
 )
-# A transformers ResNet backbone -> timm/torchvision names (after _V5_TO_HUB). Stage s block b
-# is `layer<s+1>.b`; its convolution j is `conv<j+1>` (with `bn<j+1>`); the shortcut is
-# `downsample.0`/`.1`. `<s>` and `[j]` mark the indices _hub_key then shifts by one.
-_BLOCK = r"\.encoder\.stages\.(\d+)\.layers\.(\d+)\."
-_HF_RESNET_TO_TIMM: tuple[tuple[str, str], ...] = (
-    (r"\.embedder\.embedder\.convolution\.", ".conv1."),
-    (r"\.embedder\.embedder\.normalization\.", ".bn1."),
-    (_BLOCK + r"shortcut\.convolution\.", r".layer<\1>.\2.downsample.0."),
-    (_BLOCK + r"shortcut\.normalization\.", r".layer<\1>.\2.downsample.1."),
-    (_BLOCK + r"layer\.(\d)\.convolution\.", r".layer<\1>.\2.conv[\3]."),
-    (_BLOCK + r"layer\.(\d)\.normalization\.", r".layer<\1>.\2.bn[\3]."),
-)
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_PLACEHOLDER = re.compile(r"\{(\w+)(?:\+(\d+))?\}")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _RESNET_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101"}
 _RESNETS = ("resnet50", "resnet101")
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    """'a.{i}.{rest}' -> a regex with one named group per placeholder."""
-    parts, pos = [], 0
+_Rule = tuple[re.Pattern[str], dict[str, int], str]
+
+
+def _compile(pattern: str) -> tuple[re.Pattern[str], dict[str, int]]:
+    """'a.{i}.{rest}' -> a regex with one named group per placeholder, and the offsets of
+    placeholders written `{i+1}` (what their captured number is above the index)."""
+    parts, offsets, pos = [], {}, 0
     for m in _PLACEHOLDER.finditer(pattern):
         parts.append(re.escape(pattern[pos : m.start()]))
         name = m.group(1)
-        body = {"i": r"\d+", "j": r"\d+", "p": r"[^.]+", "qkv": "[qkv]"}.get(name, r".+")
+        if m.group(2):
+            offsets[name] = int(m.group(2))
+        body = {"p": r"[^.]+", "qkv": "[qkv]", "rest": r".+"}.get(name, r"\d+")
         parts.append(f"(?P<{name}>{body})")
         pos = m.end()
     parts.append(re.escape(pattern[pos:]))
-    return re.compile("".join(parts) + r"\Z")
+    return re.compile("".join(parts) + r"\Z"), offsets
 
 
-_FORWARD = [(_compile(d), h) for d, h in KEY_RULES]
-_BACKWARD = [(_compile(h), d) for d, h in KEY_RULES]
-_PACKED_RE = _compile(_PACKED)
-_SPLIT_RE = _compile(_SPLIT)
+def _rules(table: tuple[tuple[str, str], ...], backward: bool) -> list[_Rule]:
+    """(regex of one side, its offsets, template of the other side) for each row."""
+    rules = []
+    for ddetr, hub in table:
+        source, target = (hub, ddetr) if backward else (ddetr, hub)
+        rules.append((*_compile(source), target))
+    return rules
 
 
-def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
-    for pattern, target in rules:
+def _fill(template: str, values: dict[str, str]) -> str:
+    def value(m: re.Match[str]) -> str:
+        return str(int(values[m.group(1)]) + int(m.group(2))) if m.group(2) else values[m.group(1)]
+
+    return _PLACEHOLDER.sub(value, template)
+
+
+_FORWARD = {"timm": _rules(KEY_RULES, False), "resnet": _rules(RESNET_RULES + KEY_RULES, False)}
+_BACKWARD = {"timm": _rules(KEY_RULES, True), "resnet": _rules(RESNET_RULES + KEY_RULES, True)}
+_PACKED_RE = _compile(_PACKED)[0]
+_SPLIT_RE = _compile(_SPLIT)[0]
+
+
+def _rename(key: str, rules: list[_Rule]) -> str | None:
+    for pattern, offsets, target in rules:
         m = pattern.match(key)
         if m:
-            return target.format(**m.groupdict())
+            values = {k: str(int(v) - offsets[k]) if k in offsets else v
+                      for k, v in m.groupdict().items()}  # fmt: skip
+            return _fill(target, values)
     return None
 
 
-def _hub_key(key: str, resnet_backbone: bool) -> str:
-    """Any stored transformers key in the Hub's (4.x, timm) names."""
+def _hub_key(key: str) -> str:
+    """Any stored transformers key in the Hub's (4.x) names."""
     for pattern, repl in _V5_TO_HUB:
         key = re.sub(pattern, repl, key)
-    if resnet_backbone and ".backbone.conv_encoder.model." in key:
-        for pattern, repl in _HF_RESNET_TO_TIMM:
-            key = re.sub(pattern, repl, key)
-        key = re.sub(r"layer<(\d+)>", lambda m: f"layer{int(m.group(1)) + 1}", key)
-        key = re.sub(r"(conv|bn)\[(\d)\]", lambda m: f"{m.group(1)}{int(m.group(2)) + 1}", key)
     return key
 
 
@@ -175,12 +206,12 @@ def hf_to_ddetr(
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
             continue
-        hub = _hub_key(key, resnet_backbone)
+        hub = _hub_key(key)
         m = _SPLIT_RE.match(hub)
         if m:
             packed.setdefault((m["i"], m["p"]), {})[m["qkv"]] = value
             continue
-        name = _rename(hub, _BACKWARD)
+        name = _rename(hub, _BACKWARD["resnet" if resnet_backbone else "timm"])
         if name is None:
             unknown.append(key)
         else:
@@ -229,8 +260,11 @@ def _fill_tied_heads(sd: dict[str, Tensor], model: dict[str, Any] | None) -> Non
     fill_twins()
 
 
-def ddetr_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """ddetr tensors -> the Hub's key names (every key, shared heads written once per index)."""
+def ddetr_to_hf(state_dict: dict[str, Tensor], backbone: str = "resnet") -> dict[str, Tensor]:
+    """ddetr tensors -> the Hub's key names (every key, shared heads written once per index),
+    the backbone as transformers' own ResNet (`backbone="resnet"`) or timm's ("timm")."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, not {backbone!r}")
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
@@ -240,7 +274,7 @@ def ddetr_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             for q, part in zip(_QKV, value.chunk(3, 0), strict=True):
                 out[_SPLIT.format(i=m["i"], p=m["p"], qkv=q)] = part
             continue
-        name = _rename(key, _FORWARD)
+        name = _rename(key, _FORWARD[backbone])
         if name is None:
             raise DdetrError(f"no transformers name for ddetr tensor {key}")
         out[name] = value
@@ -339,17 +373,51 @@ def config_to_recipe(config: dict[str, Any], source: str = "config.json") -> tup
     return model, resnet_keys
 
 
-def recipe_to_config(model: dict[str, Any]) -> dict[str, Any]:
-    """Recipe `model` values -> a config.json in the Hub's style (timm backbone, no download)."""
-    if model["backbone"] not in _RESNETS:
-        raise DdetrError(
-            f"transformers' Deformable DETR needs a resnet50 or resnet101 backbone, not "
-            f"{model['backbone']}"
+def refusal(model: dict[str, Any]) -> str | None:
+    """Why a model cannot be written as a transformers folder (None: it can)."""
+    backbone = model["backbone"]
+    if backbone not in _RESNETS:
+        what = " (the shapes demo's small CNN)" if backbone == "convnet" else ""
+        return (
+            f"--to hf takes models with a resnet50 or resnet101 backbone, the only ones "
+            f"transformers' Deformable DETR runs; this one has {backbone}{what} (keep it as a "
+            "ddetr checkpoint, or ddetr export it to ONNX)"
         )
     if model["num_feature_levels"] == 2:
-        raise DdetrError(
-            "transformers' Deformable DETR takes 1 or at least 3 feature levels, not 2"
-        )
+        return "transformers' Deformable DETR takes 1 or at least 3 feature levels, not 2"
+    return None
+
+
+def backbone_layout(model: dict[str, Any]) -> str:
+    """How a model's backbone is written: transformers' own ResNet ("resnet"), which loads
+    without timm, unless it is DC5 (`dilation`), which transformers builds from timm only."""
+    return "timm" if model["dilation"] else "resnet"
+
+
+def _backbone_config(model: dict[str, Any]) -> dict[str, Any]:
+    """The config.json keys that choose the backbone (never downloading weights)."""
+    common = {"use_pretrained_backbone": False, "backbone_kwargs": None}
+    if backbone_layout(model) == "timm":
+        return {"use_timm_backbone": True, "backbone": model["backbone"],
+                "backbone_config": None, **common}  # fmt: skip
+    depths = next(list(d) for d, name in _RESNET_DEPTHS.items() if name == model["backbone"])
+    stages = [2, 3, 4] if model["num_feature_levels"] > 1 else [4]  # as transformers takes them
+    resnet = {
+        "model_type": "resnet", "num_channels": 3, "embedding_size": 64,
+        "hidden_sizes": [256, 512, 1024, 2048], "depths": depths, "layer_type": "bottleneck",
+        "hidden_act": "relu", "downsample_in_first_stage": False,
+        "downsample_in_bottleneck": False, "out_features": [f"stage{i}" for i in stages],
+        "out_indices": stages,
+    }  # fmt: skip
+    return {"use_timm_backbone": False, "backbone": None, "backbone_config": resnet, **common}
+
+
+def recipe_to_config(model: dict[str, Any]) -> dict[str, Any]:
+    """Recipe `model` values -> a config.json in the Hub's style: transformers' own ResNet
+    backbone (no timm; timm's for DC5), no download."""
+    problem = refusal(model)
+    if problem:
+        raise DdetrError(problem)
     names = model.get("class_names") or [f"class_{i}" for i in range(model["num_classes"])]
     id2label = {str(i): name for i, name in enumerate(names)}
     label2id: dict[str, int] = {}
@@ -360,11 +428,7 @@ def recipe_to_config(model: dict[str, Any]) -> dict[str, Any]:
     return {
         "architectures": ["DeformableDetrForObjectDetection"],
         "model_type": "deformable_detr",
-        "use_timm_backbone": True,
-        "backbone": model["backbone"],
-        "use_pretrained_backbone": False,
-        "backbone_config": None,
-        "backbone_kwargs": None,
+        **_backbone_config(model),
         "num_channels": 3,
         "dilation": bool(model["dilation"]),
         "d_model": model["hidden_dim"],
@@ -471,25 +535,14 @@ def write_hf_folder(
     if len(dtypes) == 1:
         config["torch_dtype"] = str(dtypes.pop()).removeprefix("torch.")
     # safetensors refuses shared storage (the tied heads): one contiguous copy per key
+    layout = backbone_layout(recipe["model"])
     tensors = {
-        k: v.detach().to("cpu").contiguous().clone() for k, v in ddetr_to_hf(state_dict).items()
+        k: v.detach().to("cpu").contiguous().clone()
+        for k, v in ddetr_to_hf(state_dict, layout).items()
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
