@@ -67,7 +67,7 @@ def build_transformers_model() -> torch.nn.Module:
 
 
 def build_ddetr_model(backend: str) -> torch.nn.Module:
-    from ddetr_cli.bench import build_bench_model
+    from ddetr_cli.bench.model import build_bench_model
 
     model, _recipe, _source = build_bench_model(None, None, [])  # defaults: plain R50
     model.set_attention_backend(backend)
@@ -75,7 +75,7 @@ def build_ddetr_model(backend: str) -> torch.nn.Module:
 
 
 def machine() -> dict[str, Any]:
-    from ddetr_cli.bench import machine_info
+    from ddetr_cli.bench.machine import machine_info
 
     info = machine_info(torch.device("cpu"))
     import transformers

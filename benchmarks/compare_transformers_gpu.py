@@ -1,8 +1,8 @@
 """GPU inference speed: ddetr (each attention backend) vs transformers, against the official V100.
 
 The plain R50 model of both libraries (random weights, same configuration as the CPU comparison),
-timed with the same loop as ``ddetr bench --fps`` (ddetr_cli.bench.measure_speed): one 800x1199
-random picture replicated to the batch size, 5 warm-up + 295 timed iterations, CUDA events,
+timed with the same loop as ``ddetr bench --fps`` (ddetr_cli.bench.model.measure_speed): one
+800x1199 random picture replicated to the batch size, 5 warm-up + 295 timed iterations, CUDA events,
 synchronised; bf16 under torch.autocast; eager and torch.compile. The official release reports
 15.0 FPS (batch 1) and 19.4 FPS (batch 4) on a V100 in fp32.
 
@@ -43,7 +43,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ddetr_cli.bench import machine_info, measure_speed
+    from ddetr_cli.bench.machine import machine_info
+    from ddetr_cli.bench.model import measure_speed
     from ddetr_cli.ops import resolve_backend
 
     device = torch.device(args.device)

@@ -433,7 +433,7 @@ def child_build(dry_run: bool) -> dict[str, Any]:
 def child_accuracy(dry_run: bool) -> dict[str, Any]:
     import torch
 
-    from ddetr_cli.bench_op import op_errors
+    from ddetr_cli.bench.op import op_errors
 
     device = torch.device("cpu" if dry_run else "cuda")
     parts, batch, backend = (["decoder"], 1, "reference") if dry_run else (
@@ -458,8 +458,8 @@ def child_train(dry_run: bool) -> dict[str, Any]:
     """3 training steps of recipes/refine.yaml under bf16 on random pictures and targets."""
     import torch
 
-    from ddetr_cli.config import load_recipe
     from ddetr_cli.model import build_model
+    from ddetr_cli.recipe import load_recipe
     from ddetr_cli.runtime import amp_autocast
     from ddetr_cli.train import build_criterion
     from ddetr_cli.train.optim import build_optimizer

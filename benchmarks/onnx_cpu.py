@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from ddetr_cli.config import load_recipe
-from ddetr_cli.export import export_onnx, ort_session
+from ddetr_cli.export.runtime import ort_session
+from ddetr_cli.export.writer import export_onnx
 from ddetr_cli.model import build_model
 from ddetr_cli.ops import ms_deform_attn
 from ddetr_cli.ops.backends import resolve_backend
 from ddetr_cli.ops.onnx import SAMPLERS, translation_table
+from ddetr_cli.recipe import load_recipe
 
 
 class _Attention(torch.nn.Module):

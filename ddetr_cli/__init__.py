@@ -13,13 +13,12 @@ Public API (imported lazily so the CLI starts fast):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ddetr_cli.lazy import lazy_getattr
 
 __version__ = "0.2.0.dev0"
 
 _EXPORTS = {
-    "load_recipe": "ddetr_cli.config",
+    "load_recipe": "ddetr_cli.recipe",
     "build_model": "ddetr_cli.model",
     "post_process": "ddetr_cli.model",
     "load_weights": "ddetr_cli.weights",
@@ -33,8 +32,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ddetr_cli' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -9,19 +9,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ddetr_cli.bench import (
+from ddetr_cli.bench.flops import PARTS, count_flops
+from ddetr_cli.bench.model import (
     BenchOptions,
     build_bench_model,
     count_params,
     measure_speed,
     run_bench,
-    time_forward,
 )
+from ddetr_cli.bench.timing import time_forward
 from ddetr_cli.cli import app
-from ddetr_cli.config import load_recipe
-from ddetr_cli.flops import PARTS, count_flops
 from ddetr_cli.model import build_model
 from ddetr_cli.ops import ms_deform_attn_macs
+from ddetr_cli.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # Official counts (trainable, all) from the release logs; docs/design.md#parameters.
@@ -102,7 +102,7 @@ def test_flops_average_over_picture_sizes(plain_r50):
 
 
 def test_flops_fall_back_to_real_tensors_when_meta_fails(monkeypatch):
-    import ddetr_cli.flops as flops
+    import ddetr_cli.bench.flops as flops
 
     model = build_model(load_recipe(None, TINY)).eval()
     on_meta = count_flops(model, [(64, 96)])

@@ -7,7 +7,7 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from ddetr_cli.bench_op import floor_bytes, make_inputs, op_errors
+from ddetr_cli.bench.op import floor_bytes, make_inputs, op_errors
 from ddetr_cli.cli import app
 
 

@@ -10,10 +10,10 @@ import torch
 import torchvision
 from reference_data import VARIANT_OVERRIDES, official_args, official_state_dict
 
-from ddetr_cli.coco_names import COCO_CLASS_NAMES
-from ddetr_cli.config import load_recipe
+from ddetr_cli.data.class_names import COCO_CLASS_NAMES
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.model import build_model
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.weights import load_model, load_weights, read_checkpoint, save_checkpoint
 
 TINY = [

@@ -113,12 +113,12 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch):
-    import ddetr_cli.config as config
+    import ddetr_cli.recipe as recipe_package
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(config, "load_recipe", interrupted)
+    monkeypatch.setattr(recipe_package, "load_recipe", interrupted)
     result = runner.invoke(app, ["recipe", "show", "x.yaml"])
     assert result.exit_code == 130
     assert error_lines(result) == ["error: interrupted"]

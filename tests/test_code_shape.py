@@ -1,5 +1,6 @@
-"""The package's shape (#10): no import cycles, nothing imports the CLI, no function over 100
-lines. Imports inside functions count: a lazy import is still a dependency."""
+"""The package's shape (#10, #20): no import cycles, nothing imports the CLI, layers point one
+way, the root holds only entry points, leaf helpers and deprecated shims that nothing imports, no
+function over 100 lines. Imports inside functions count: a lazy import is still a dependency."""
 
 from __future__ import annotations
 
@@ -69,6 +70,50 @@ def test_nothing_imports_the_cli():
         and any(d.startswith("ddetr_cli.cli") for d in deps)
     ]  # fmt: skip
     assert not wrong
+
+
+# The root: entry points, leaf helpers (importing nothing of ddetr but errors) and the shims of
+# paths that moved in 0.2 (tests/test_moved_paths.py), which no module of the package imports.
+ENTRY_POINTS = {"ddetr_cli", "ddetr_cli.__main__"}
+LEAF_HELPERS = {f"ddetr_cli.{name}" for name in ("errors", "files", "runtime", "extras", "lazy")}
+SHIMS = {"ddetr_cli.config", "ddetr_cli.predict", "ddetr_cli.images"}
+# The model and its op sit below everything else: each may import only what is listed.
+LOWER_LAYERS = {
+    "ddetr_cli.ops": ("ddetr_cli.ops",),
+    "ddetr_cli.model": ("ddetr_cli.model", "ddetr_cli.ops"),
+}
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_root_holds_entry_points_leaf_helpers_and_shims():
+    root = {m for m in MODULES if m.count(".") == 1 and not MODULES[m].name == "__init__.py"}
+    root |= {"ddetr_cli"}
+    assert root == ENTRY_POINTS | LEAF_HELPERS | SHIMS
+
+
+def test_leaf_helpers_import_nothing_of_ddetr_but_errors():
+    wrong = {
+        m: GRAPH[m] - {"ddetr_cli.errors"} for m in LEAF_HELPERS if GRAPH[m] - {"ddetr_cli.errors"}
+    }
+    assert not wrong
+
+
+def test_nothing_imports_a_deprecated_shim():
+    wrong = {m: GRAPH[m] & SHIMS for m in GRAPH if GRAPH[m] & SHIMS}
+    assert not wrong
+
+
+def test_model_and_ops_import_nothing_above_them():
+    wrong = []
+    for layer, allowed in LOWER_LAYERS.items():
+        for module in (m for m in GRAPH if _within(m, layer)):
+            for dep in GRAPH[module]:
+                if dep not in LEAF_HELPERS and not any(_within(dep, a) for a in allowed):
+                    wrong.append(f"{module} -> {dep}")
+    assert not wrong, "\n".join(sorted(wrong))
 
 
 def test_no_function_over_100_lines():

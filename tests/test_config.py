@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from ddetr_cli.config import (
+from ddetr_cli.errors import DdetrError
+from ddetr_cli.recipe import (
     DEFAULTS,
     apply_overrides,
     dump_recipe,
     load_recipe,
     validate_recipe,
 )
-from ddetr_cli.errors import DdetrError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -9,7 +9,7 @@ import torch
 from reference_data import DATA, reference
 
 from ddetr_cli import build_criterion
-from ddetr_cli.config import load_recipe
+from ddetr_cli.recipe import load_recipe
 
 REL = 1e-6
 

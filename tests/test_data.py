@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ddetr_cli.config import load_recipe
 from ddetr_cli.data import (
     CocoDataset,
     ResumableBatchSampler,
@@ -27,6 +26,7 @@ from ddetr_cli.data import (
 )
 from ddetr_cli.data.transforms import train_transform, wrap
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.recipe import load_recipe
 
 
 def _folder(tmp_path, annotations, images=(("a.png", 40, 60), ("b.png", 50, 30))):

@@ -8,8 +8,8 @@ from fake_datasets import COUNTS, box_count, pictures, ultralytics_yolo
 from typer.testing import CliRunner
 
 from ddetr_cli.cli.data import data_app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.data.check import check_data
+from ddetr_cli.recipe import load_recipe
 
 runner = CliRunner()
 TRAIN, VAL = (COUNTS["train"], box_count("train")), (COUNTS["val"], box_count("val"))

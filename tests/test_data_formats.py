@@ -14,12 +14,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ddetr_cli.cli.data import data_app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.data import build_datasets, shapes
 from ddetr_cli.data.check import check_data
 from ddetr_cli.data.formats import detect_format
 from ddetr_cli.data.sources import data_classes, load_source
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.recipe import load_recipe
 
 NAMES = list(shapes.CLASS_NAMES)
 SEEDS = {"train": 0, "val": shapes.VAL_SEED}
@@ -93,7 +93,7 @@ def write_roboflow(root: Path) -> Path:
 
 
 def write_coco(root: Path) -> Path:
-    from ddetr_cli.data.export import write_shapes_coco
+    from ddetr_cli.data.convert import write_shapes_coco
 
     write_shapes_coco(root, 3, 2)
     return root
@@ -184,7 +184,7 @@ def test_evaluation_of_converted_ground_truth(tmp_path):
     """A YOLO val split converted to COCO holds every picture and box, and pycocotools scores
     the ground truth against itself as perfect."""
     from ddetr_cli.data.coco import coco_object
-    from ddetr_cli.evaluate import coco_evaluation
+    from ddetr_cli.evaluation.coco import coco_evaluation
 
     splits = build_datasets(_recipe(write_yolo(tmp_path / "y")), train=False)
     gt = splits.val_coco

@@ -21,12 +21,12 @@ from fake_datasets import (
 from typer.testing import CliRunner
 
 from ddetr_cli.cli.data import data_app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.data import build_datasets
 from ddetr_cli.data.check import check_data
-from ddetr_cli.data.export import write_shapes_coco
+from ddetr_cli.data.convert import write_shapes_coco
 from ddetr_cli.data.formats import detect_format
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.recipe import load_recipe
 
 ALL, TRAIN_VAL = ("train", "val", "test"), ("train", "val")
 # name: (writer, the format data check reports, the splits written, the class names)

@@ -14,12 +14,12 @@ from fake_datasets import ultralytics_yolo
 from typer.testing import CliRunner
 
 from ddetr_cli.cli import app
-from ddetr_cli.config import DATA_PATH_KEYS, load_recipe, load_run_recipe
 from ddetr_cli.data import build_datasets, data_classes
-from ddetr_cli.data.export import write_shapes_coco
+from ddetr_cli.data.convert import write_shapes_coco
 from ddetr_cli.data.sources import load_source
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.recipe_library import packaged_recipes
+from ddetr_cli.recipe import DATA_PATH_KEYS, load_recipe, load_run_recipe
+from ddetr_cli.recipe.library import packaged_recipes
 from ddetr_cli.weights import read_checkpoint
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddetr_cli.draw import class_color, draw_detections, label_text
+from ddetr_cli.viz.draw import class_color, draw_detections, label_text
 
 NAMES = ["circle", "rectangle", "triangle"]
 
@@ -45,7 +45,7 @@ def test_a_label_sits_above_its_box_when_there_is_room():
 
 @pytest.mark.parametrize("small, large", [((128, 128), (800, 600)), ((800, 600), (4000, 3000))])
 def test_line_width_and_font_grow_with_the_picture(small, large):
-    from ddetr_cli.draw import drawing_sizes
+    from ddetr_cli.viz.draw import drawing_sizes
 
     small_line, small_font = drawing_sizes(*small)
     large_line, large_font = drawing_sizes(*large)
@@ -60,7 +60,7 @@ def test_line_width_and_font_grow_with_the_picture(small, large):
 
 
 def test_an_8000_pixel_photo_gets_lines_and_labels_to_match():
-    from ddetr_cli.draw import drawing_sizes
+    from ddetr_cli.viz.draw import drawing_sizes
 
     line, font = drawing_sizes(8000, 6000)
     assert line >= 15 and font >= 6 * line  # labels well above the old ~10 px beside 20 px lines
@@ -70,7 +70,7 @@ def test_an_8000_pixel_photo_gets_lines_and_labels_to_match():
 
 
 def test_labels_stay_readable_on_a_128_pixel_picture():
-    from ddetr_cli.draw import drawing_sizes
+    from ddetr_cli.viz.draw import drawing_sizes
 
     _, font = drawing_sizes(128, 96)
     assert font >= 10
@@ -89,9 +89,9 @@ def test_ground_truth_labels_are_names_only():
 
 
 def test_dataset_view_labels_ground_truth_without_scores(tmp_path, monkeypatch):
-    import ddetr_cli.draw as draw
-    from ddetr_cli.config import load_recipe
-    from ddetr_cli.visualize import dataset_pictures
+    import ddetr_cli.viz.draw as draw
+    from ddetr_cli.recipe import load_recipe
+    from ddetr_cli.viz.dataset import dataset_pictures
 
     texts = []
 
@@ -114,7 +114,7 @@ def test_boxes_keep_the_picture_size_and_dtype():
 
 
 def test_contact_sheet_thumbnails_fill_their_cells(tmp_path):
-    from ddetr_cli.visualize import contact_sheet
+    from ddetr_cli.viz.predictions import contact_sheet
 
     paths = []
     for i in range(3):
@@ -132,7 +132,7 @@ def test_contact_sheet_thumbnails_fill_their_cells(tmp_path):
 
 
 def test_contact_sheet_shrinks_large_pictures_to_the_cell(tmp_path):
-    from ddetr_cli.visualize import contact_sheet
+    from ddetr_cli.viz.predictions import contact_sheet
 
     Image.new("RGB", (1000, 500), (10, 20, 30)).save(tmp_path / "wide.png")
     sheet = Image.open(contact_sheet([tmp_path / "wide.png"], tmp_path / "s.png", 1, cell=320))
@@ -188,7 +188,7 @@ def test_a_box_shows_on_an_object_and_background_of_its_own_colour():
     drawn = draw_detections(picture, torch.tensor([[30.0, 30, 90, 90]]), [0], class_names=NAMES)
     pixels = drawn.permute(1, 2, 0).numpy().astype(int)
     distance = np.abs(pixels - np.array(colour)).sum(-1)
-    line, _ = __import__("ddetr_cli.draw", fromlist=["drawing_sizes"]).drawing_sizes(128, 128)
+    line, _ = __import__("ddetr_cli.viz.draw", fromlist=["drawing_sizes"]).drawing_sizes(128, 128)
     assert (distance[60, 25:30] > 250).any()  # outside the line, on the left
     assert (distance[60, 30 + line : 36 + line] > 250).any()  # inside it
     assert (distance[60, 40:80] == 0).all()  # the object itself stays as it is

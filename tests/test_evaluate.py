@@ -15,10 +15,11 @@ from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
 from ddetr_cli.cli import app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.data import shapes
-from ddetr_cli.evaluate import STAT_NAMES, Detections, evaluate_checkpoint, score_predictions
+from ddetr_cli.evaluation.coco import STAT_NAMES, Detections
+from ddetr_cli.evaluation.evaluate import evaluate_checkpoint, score_predictions
 from ddetr_cli.model import build_model
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.weights import save_checkpoint
 
 
@@ -142,7 +143,7 @@ def test_model_evaluation_equals_pycocotools_on_its_own_detections(tmp_path):
 def test_model_evaluation_scores_perfect_detections_as_perfect(tmp_path, monkeypatch):
     """The wiring (detections file, image ids, COCOeval) with non-trivial numbers: detections
     equal to the ground truth score AP 1, and pycocotools agrees on the written file."""
-    import ddetr_cli.evaluate as evaluate
+    import ddetr_cli.evaluation.evaluate as evaluate
 
     truth = shapes.coco_dict(shapes.VAL_SEED, 5)
 
@@ -216,7 +217,7 @@ def test_torchrun_evaluation_equals_one_process(tmp_path):
 def test_model_evaluation_reports_metrics_at_a_threshold(tmp_path, monkeypatch):
     """Threshold metrics of a model run use the evaluated pictures and their detections: an
     oracle scores precision = recall = 1, a diagonal confusion matrix, and its JSON has them."""
-    import ddetr_cli.evaluate as evaluate
+    import ddetr_cli.evaluation.evaluate as evaluate
 
     truth = shapes.coco_dict(shapes.VAL_SEED, 4)
 
@@ -321,7 +322,7 @@ def _expected_with_broken_picture_empty(tmp_path) -> COCOeval:
 
 
 def _stub_model(monkeypatch):
-    import ddetr_cli.evaluate as evaluate
+    import ddetr_cli.evaluation.evaluate as evaluate
 
     def resolve(weights, recipe_path, overrides, device):
         recipe = load_recipe(None, [*overrides, "model.num_classes=3", "model.num_detections=2",
@@ -378,7 +379,7 @@ def test_training_val_ap_counts_an_unreadable_picture_as_empty(broken_val_folder
     from torch.utils.data import DataLoader
 
     from ddetr_cli.data import CocoDataset, collate
-    from ddetr_cli.evaluate import evaluate_coco
+    from ddetr_cli.evaluation.coco import evaluate_coco
 
     folder, annotations = broken_val_folder
     dataset = CocoDataset(folder, annotations, train=False, min_size=48)

@@ -13,20 +13,14 @@ pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from ddetr_cli.config import load_recipe  # noqa: E402
 from ddetr_cli.errors import DdetrError  # noqa: E402
-from ddetr_cli.export import (  # noqa: E402
-    check_onnx,
-    export_onnx,
-    match_detections,
-    ort_session,
-    read_metadata,
-    require_export_extra,
-    topk_detections,
-)
+from ddetr_cli.export.check import check_onnx, match_detections, topk_detections  # noqa: E402
+from ddetr_cli.export.runtime import ort_session, read_metadata, require_export_extra  # noqa: E402
+from ddetr_cli.export.writer import export_onnx  # noqa: E402
 from ddetr_cli.model import build_model  # noqa: E402
 from ddetr_cli.ops import ms_deform_attn  # noqa: E402
 from ddetr_cli.ops.onnx import translation_table  # noqa: E402
+from ddetr_cli.recipe import load_recipe  # noqa: E402
 
 # Small enough to export in seconds; 3 levels, 8 heads, like the shapes demo.
 TINY = [
@@ -119,7 +113,7 @@ def test_onnx_model_runs_like_pytorch(two_stage_export):
 def test_bench_times_an_onnx_file_in_onnxruntime(two_stage_export):
     """bench -w model.onnx: one onnxruntime row, no FLOPs or parameters (they belong to the
     source weights), and only what the file can do (fp32, no torch.compile)."""
-    from ddetr_cli.bench import BenchOptions, run_bench
+    from ddetr_cli.bench.model import BenchOptions, run_bench
     from ddetr_cli.errors import UsageError
     from ddetr_cli.weights import load_model
 
@@ -250,10 +244,10 @@ class _Tampered:
 
 
 def _tamper(monkeypatch, change):
-    import ddetr_cli.export as export
+    import ddetr_cli.export.check as check
 
-    real = export.ort_session
-    monkeypatch.setattr(export, "ort_session", lambda path: _Tampered(real(path), change))
+    real = check.ort_session
+    monkeypatch.setattr(check, "ort_session", lambda path: _Tampered(real(path), change))
 
 
 def test_the_check_fails_on_a_wrong_box(two_stage_export, monkeypatch):

@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ddetr_cli.bench import default_size
+from ddetr_cli.bench.model import default_size
 from ddetr_cli.cli import app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.data import shapes
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.evaluate import score_predictions
+from ddetr_cli.evaluation.evaluate import score_predictions
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.weights import read_checkpoint, read_weights, resolve_weights_path
 
 DATA = Path(__file__).parent / "data"
@@ -209,7 +209,7 @@ def test_the_kernel_is_found_available_under_inference_mode(monkeypatch):
 def test_predicted_pictures_are_labelled_with_class_names(tmp_path, monkeypatch):
     from PIL import Image
 
-    import ddetr_cli.predict as predict_module
+    import ddetr_cli.inference.predict as predict_module
 
     seen = []
     real = predict_module.draw_detections
@@ -244,8 +244,8 @@ def test_resume_drops_the_metrics_a_killed_run_wrote_after_its_checkpoint(tmp_pa
 def test_convert_takes_a_recipe(tmp_path):
     """A file whose architecture cannot be inferred (official DC5 without args) needs the
     recipe the mismatch message asks for: convert has --recipe like the other commands."""
-    from ddetr_cli.config import dump_recipe
-    from ddetr_cli.convert import convert
+    from ddetr_cli.recipe import dump_recipe
+    from ddetr_cli.weights.convert import convert
 
     recipe = read_checkpoint(OLD)["recipe"]
     recipe["model"]["num_detections"] = 7
@@ -260,10 +260,10 @@ def test_convert_takes_a_recipe(tmp_path):
 def test_training_starts_from_any_weights_format(tmp_path):
     """train --weights reads what every --weights reads (here .safetensors; transformers
     folders go the same way), re-initialising class heads of another class count."""
-    from ddetr_cli.config import validate_recipe
-    from ddetr_cli.convert import convert
     from ddetr_cli.model import build_model
+    from ddetr_cli.recipe import validate_recipe
     from ddetr_cli.train.checkpointing import load_initial_weights
+    from ddetr_cli.weights.convert import convert
 
     convert(OLD, tmp_path / "w.safetensors")
     recipe = read_checkpoint(OLD)["recipe"]

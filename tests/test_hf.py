@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddetr_cli.config import load_recipe
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.model import build_model
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.weights import load_model, load_state_dict, read_weights
 from ddetr_cli.weights.checkpoint import read_checkpoint, recipe_for_checkpoint
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from ddetr_cli.convert import convert  # noqa: E402
 from ddetr_cli.weights import hf  # noqa: E402
+from ddetr_cli.weights.convert import convert  # noqa: E402
 from ddetr_cli.weights.safetensors_file import read_safetensors, write_safetensors  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -517,7 +517,7 @@ def test_transformers_to_ddetr_and_back(saved_transformers, transformers_lib, va
 def test_official_file_to_hf_gives_the_same_outputs(transformers_lib, tmp_path, capsys):
     """A small model saved as the official code saves it, converted --to hf, run in
     transformers: ddetr's outputs (and so the official code's, test_parity.py)."""
-    from ddetr_cli.convert import official_args
+    from ddetr_cli.weights.official import official_args
 
     model, recipe = _ddetr_model("plain", torch.float64, seed=3)
     torch.save({"model": model.state_dict(), "args": official_args(recipe["model"]),

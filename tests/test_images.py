@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ddetr_cli.data.pictures import list_images, load_image
 from ddetr_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_size, eval_transform
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.images import list_images, load_image
 
 
 @pytest.mark.parametrize(

@@ -359,8 +359,8 @@ def test_levels_that_do_not_fit_raise_on_cuda(ext):
 def test_model_under_autocast_runs_the_bf16_kernel(ext, monkeypatch):
     """Under bf16 autocast every attention layer hands the kernel its bf16 value as it is, with
     float32 locations and weights."""
-    from ddetr_cli.config import load_recipe
     from ddetr_cli.model import build_model
+    from ddetr_cli.recipe import load_recipe
 
     seen = []
     real = kernel.forward

@@ -17,7 +17,13 @@ from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
 from ddetr_cli.cli import app
-from ddetr_cli.metrics import IGNORED, SWEEP, Counts, match_detections, threshold_metrics
+from ddetr_cli.evaluation.thresholds import (
+    IGNORED,
+    SWEEP,
+    Counts,
+    match_detections,
+    threshold_metrics,
+)
 
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from reference_data import OFFICIAL_PARAMS, VARIANT_OVERRIDES, VARIANTS, layout
 
-from ddetr_cli.config import load_recipe
 from ddetr_cli.model import build_model, pad_images, post_process
 from ddetr_cli.model.transformer import refine_boxes
+from ddetr_cli.recipe import load_recipe
 
 
 def _official(variant: str, *extra: str):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from reference_data import normalised_picture, official_state_dict, reference
 
-from ddetr_cli.config import load_recipe
 from ddetr_cli.model import build_model, post_process
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.weights import load_state_dict
 
 # (logits, normalised boxes) tolerances the issue sets per dtype.

@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import ddetr_cli.predict as predict_module
+import ddetr_cli.inference.predict as predict_module
 import ddetr_cli.weights as weights_module
 from ddetr_cli.cli import app
-from ddetr_cli.coco_names import COCO_CLASS_NAMES, class_names
-from ddetr_cli.config import load_recipe
+from ddetr_cli.data.class_names import COCO_CLASS_NAMES, class_names
+from ddetr_cli.data.pictures import load_image
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.images import load_image
-from ddetr_cli.predict import output_names, run_predict
+from ddetr_cli.inference.predict import output_names, run_predict
+from ddetr_cli.recipe import load_recipe
 
 # Every picture gets the same three detections: normalised xyxy boxes, scaled by post_process
 # to the size it is given.

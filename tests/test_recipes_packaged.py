@@ -10,11 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ddetr_cli.config as config
 from ddetr_cli.cli import app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.recipe_library import PACKAGED_DIR, describe, packaged_recipes, resolve_recipe
+from ddetr_cli.recipe import RECIPE_SCHEMA, load_recipe, migrate
+from ddetr_cli.recipe.library import PACKAGED_DIR, describe, packaged_recipes, resolve_recipe
 from ddetr_cli.weights import load_model, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,12 +108,12 @@ def test_stored_recipes_are_migrated(monkeypatch):
         recipe["model"]["num_queries"] = recipe["model"].pop("queries_renamed_later", 5)
         return recipe
 
-    monkeypatch.setattr(config, "RECIPE_SCHEMA", 2)
-    monkeypatch.setattr(config, "MIGRATIONS", {1: rename})
-    migrated = config.migrate_recipe({"model": {"queries_renamed_later": 9}}, 1)
+    monkeypatch.setattr(migrate, "RECIPE_SCHEMA", 2)
+    monkeypatch.setattr(migrate, "MIGRATIONS", {1: rename})
+    migrated = migrate.migrate_recipe({"model": {"queries_renamed_later": 9}}, 1)
     assert migrated == {"model": {"num_queries": 9}}
     with pytest.raises(DdetrError, match="written by a newer ddetr"):
-        config.migrate_recipe({}, 3)
+        migrate.migrate_recipe({}, 3)
 
 
 def test_new_checkpoints_store_the_schema(tmp_path):
@@ -122,11 +121,13 @@ def test_new_checkpoints_store_the_schema(tmp_path):
 
     model, recipe = load_model(OLD)
     path = save_checkpoint(tmp_path / "c.pth", model, recipe)
-    assert read_checkpoint(path)["recipe_schema"] == config.RECIPE_SCHEMA
+    assert read_checkpoint(path)["recipe_schema"] == RECIPE_SCHEMA
 
 
 def test_the_0_1_0_import_of_the_evaluation_transform_still_works():
     from ddetr_cli.data import transforms
-    from ddetr_cli.images import eval_size, eval_transform
+
+    with pytest.warns(DeprecationWarning, match=r"moved to ddetr_cli\.data\.transforms\."):
+        from ddetr_cli.images import eval_size, eval_transform
 
     assert eval_transform is transforms.eval_transform and eval_size is transforms.eval_size

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddetr_cli.config import load_recipe
 from ddetr_cli.model import build_model
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.train.checkpointing import find_resume, load_initial_weights
 from ddetr_cli.train.engine import train
 from ddetr_cli.train.optim import build_optimizer

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from ddetr_cli.data import ShapesDataset, collate
 from ddetr_cli.data.shapes import VAL_SEED
-from ddetr_cli.evaluate import STAT_NAMES, evaluate_coco
+from ddetr_cli.evaluation.coco import STAT_NAMES, evaluate_coco
 
 
 class _Oracle(nn.Module):

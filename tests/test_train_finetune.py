@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddetr_cli.config import load_recipe
 from ddetr_cli.data import ShapesDataset, collate
 from ddetr_cli.model import build_model
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.train.checkpointing import find_resume
 from ddetr_cli.train.criterion import build_criterion
 from ddetr_cli.train.ema import ModelEMA

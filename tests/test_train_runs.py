@@ -16,8 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from ddetr_cli.cli import app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.train import engine
 from ddetr_cli.train.classes import resolve_classes
 from ddetr_cli.weights import read_checkpoint

@@ -11,10 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ddetr_cli.cli import app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.model import build_model
-from ddetr_cli.visualize import attention_pictures
+from ddetr_cli.recipe import load_recipe
+from ddetr_cli.viz.attention import attention_pictures
 from ddetr_cli.weights import save_checkpoint
 
 TINY = ["model.enc_layers=1", "model.dec_layers=2", "model.hidden_dim=32",
@@ -80,7 +80,7 @@ def test_points_are_drawn_where_the_model_samples(model, tmp_path, number, index
 
 @pytest.mark.parametrize("size", [(128, 128), (96, 64), (1200, 800)])
 def test_the_legend_fits_the_picture(size):
-    from ddetr_cli.visualize import LEVEL_COLOURS, _legend
+    from ddetr_cli.viz.attention import LEVEL_COLOURS, _legend
 
     picture = Image.new("RGBA", size, (40, 40, 40, 255))
     framed = np.asarray(_legend(picture, 4, "decoder layer 5").convert("RGB")).astype(int)
@@ -139,7 +139,7 @@ def _write_metrics(path, lines):
 
 
 def test_curves_draw_every_logged_series(tmp_path):
-    from ddetr_cli.visualize import curves_picture
+    from ddetr_cli.viz.curves import curves_picture
 
     steps = [{"type": "step", "step": s, "lr": 1e-4, "loss": 10 / s, "loss_ce": 1 / s}
              for s in range(10, 110, 10)]  # fmt: skip
@@ -170,7 +170,7 @@ def test_curves_bad_metrics_are_one_clear_line(tmp_path, lines, message):
 
 def test_dataset_view_draws_the_ground_truth_on_both_sides(tmp_path):
     from ddetr_cli.data import build_datasets
-    from ddetr_cli.visualize import dataset_pictures
+    from ddetr_cli.viz.dataset import dataset_pictures
 
     recipe = load_recipe("recipes/shapes.yaml", ["data.augment=paper"])
     paths = dataset_pictures(recipe, tmp_path, count=2)

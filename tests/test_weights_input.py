@@ -17,9 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ddetr_cli.cli import app
-from ddetr_cli.config import load_recipe
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.model import build_model
+from ddetr_cli.recipe import load_recipe
 from ddetr_cli.weights import (
     is_hub_id,
     read_checkpoint,

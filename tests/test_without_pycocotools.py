@@ -41,9 +41,9 @@ spec.loader.exec_module(gpu_check)
 accuracy = gpu_check.child_accuracy(dry_run=True)  # the op, fp32 and bf16, forward and backward
 train = gpu_check.child_train(dry_run=True)  # 3 bf16 training steps (tiny)
 
-from ddetr_cli.bench import measure_speed
-from ddetr_cli.config import load_recipe
-from ddetr_cli.flops import count_flops
+from ddetr_cli.bench.model import measure_speed
+from ddetr_cli.recipe import load_recipe
+from ddetr_cli.bench.flops import count_flops
 from ddetr_cli.model import build_model
 
 tiny = ["model.backbone=convnet", "model.enc_layers=1", "model.dec_layers=1",

@@ -217,7 +217,7 @@ def bench(
       ddetr bench --fps --device cuda --dtype fp32,bf16 -b 1,4 --compile --json out.json
       ddetr bench --fps --weights r50_deformable_detr.pth --iters 20 model.num_queries=100
     """
-    from ddetr_cli.bench import BenchOptions, build_bench_model, check_options, run_bench
+    from ddetr_cli.bench.model import BenchOptions, build_bench_model, check_options, run_bench
 
     options = BenchOptions(
         device=device,
@@ -286,7 +286,7 @@ def bench_op(
     """
     import torch
 
-    from ddetr_cli.bench_op import run_bench_op
+    from ddetr_cli.bench.op import run_bench_op
 
     batches = _ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1, 2, 8]
     parts = _split_list(part, "--part") or ["encoder", "decoder"]

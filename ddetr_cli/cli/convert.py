@@ -57,7 +57,7 @@ def convert(
       ddetr convert runs/coco/checkpoint_best.pth for-official.pth --to official
       ddetr convert dc5_without_args.pth dc5.pth --recipe single_scale_dc5
     """
-    from ddetr_cli.convert import convert as run_convert
+    from ddetr_cli.weights.convert import convert as run_convert
 
     summary = run_convert(src, dst, to, recipe, overrides or [])
     print_line(

@@ -79,7 +79,7 @@ def data_convert(
       ddetr data convert datasets/yolo datasets/yolo_coco --to coco
     """
     from ddetr_cli.data.check import recipe_for
-    from ddetr_cli.data.export import conversion_shortfall, write_coco
+    from ddetr_cli.data.convert import conversion_shortfall, write_coco
     from ddetr_cli.data.sources import load_source
 
     if to != "coco":
@@ -127,7 +127,7 @@ def data_shapes(
     """
     from rich.progress import Progress
 
-    from ddetr_cli.data.export import prepare_shapes_folder, write_shapes_coco
+    from ddetr_cli.data.convert import prepare_shapes_folder, write_shapes_coco
     from ddetr_cli.data.shapes import TASKS
 
     if task not in TASKS:

@@ -95,7 +95,7 @@ def evaluate(
       ddetr evaluate --predictions results.json --annotations instances_val2017.json
       ddetr evaluate -w runs/shapes/checkpoint_best.pth -t 0.5 --plots -o eval/
     """
-    from ddetr_cli.evaluate import evaluate_checkpoint, score_predictions
+    from ddetr_cli.evaluation.evaluate import evaluate_checkpoint, score_predictions
     from ddetr_cli.files import write_json
 
     if threshold is not None and not 0 <= threshold <= 1:
@@ -117,7 +117,7 @@ def evaluate(
     if threshold is not None:
         _print_threshold_metrics(report.add_threshold_metrics(threshold, iou))
     if plots:
-        from ddetr_cli.plots import evaluation_pictures
+        from ddetr_cli.viz.plots import evaluation_pictures
 
         for path in evaluation_pictures(report, out):
             print_line(f"plot: {path}")

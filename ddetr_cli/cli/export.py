@@ -89,7 +89,8 @@ def export(
       ddetr predict -w shapes.onnx pictures/
     """
     from ddetr_cli.data.transforms import eval_size
-    from ddetr_cli.export import export_onnx, require_export_extra
+    from ddetr_cli.export.runtime import require_export_extra
+    from ddetr_cli.export.writer import export_onnx
     from ddetr_cli.files import write_json
     from ddetr_cli.runtime import resolve_device
     from ddetr_cli.weights import resolve_model

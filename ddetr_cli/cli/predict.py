@@ -48,7 +48,7 @@ def predict(
       ddetr predict photos/ -w runs/shapes model.num_detections=20
       ddetr predict photos/ -w checkpoint.pth --device cuda --batch-size 4
     """
-    from ddetr_cli.predict import run_predict
+    from ddetr_cli.inference.predict import run_predict
 
     pictures, overrides = split_overrides(images)
     summary = run_predict(

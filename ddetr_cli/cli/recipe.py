@@ -23,7 +23,7 @@ def recipe_list() -> None:
     Example:
       ddetr recipe list
     """
-    from ddetr_cli.recipe_library import describe, packaged_recipes
+    from ddetr_cli.recipe.library import describe, packaged_recipes
 
     table = Table(title="packaged recipes", title_justify="left")
     table.add_column("name", style="bold", no_wrap=True)
@@ -46,7 +46,7 @@ def recipe_show(recipe: RecipeArgument, overrides: Overrides = None) -> None:
       ddetr recipe show two_stage
       ddetr recipe show recipes/refine.yaml train.epochs=12 data.root=/data/coco
     """
-    from ddetr_cli.config import format_recipe, load_recipe
+    from ddetr_cli.recipe import format_recipe, load_recipe
 
     typer.echo(format_recipe(load_recipe(recipe, overrides or ())), nl=False)
 
@@ -65,6 +65,6 @@ def recipe_copy(
       ddetr recipe copy refine my_recipe.yaml
       ddetr train my_recipe.yaml data.root=/data/mine
     """
-    from ddetr_cli.recipe_library import copy_recipe
+    from ddetr_cli.recipe.library import copy_recipe
 
     print_line(f"wrote {copy_recipe(name, destination, overwrite=force)}")

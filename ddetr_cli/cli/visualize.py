@@ -65,8 +65,8 @@ def visualize_attention(
       ddetr visualize attention photo.jpg -w checkpoint.pth --top 3 --decoder-layer 1
       ddetr visualize attention photo.jpg -w checkpoint.pth --pixel 320 240
     """
-    from ddetr_cli.images import load_image
-    from ddetr_cli.visualize import attention_pictures
+    from ddetr_cli.data.pictures import load_image
+    from ddetr_cli.viz.attention import attention_pictures
     from ddetr_cli.weights import resolve_model
 
     if top < 1:
@@ -110,7 +110,7 @@ def visualize_curves(
       ddetr visualize curves runs/shapes
       ddetr visualize curves runs/shapes/metrics.jsonl -o curves.png
     """
-    from ddetr_cli.visualize import curves_picture
+    from ddetr_cli.viz.curves import curves_picture
 
     metrics = run / "metrics.jsonl" if run.is_dir() else run
     target = out or metrics.parent / "curves.png"
@@ -138,9 +138,9 @@ def visualize_predictions(
       ddetr visualize predictions shapes_coco/val2017 -w runs/shapes -t 0.3
       ddetr visualize predictions photos/ -w checkpoint.pth --recipe refine --min-size 600
     """
-    from ddetr_cli.images import list_images
-    from ddetr_cli.predict import output_names, run_predict
-    from ddetr_cli.visualize import contact_sheet
+    from ddetr_cli.data.pictures import list_images
+    from ddetr_cli.inference.predict import output_names, run_predict
+    from ddetr_cli.viz.predictions import contact_sheet
 
     if columns < 1:
         raise UsageError(f"--columns must be at least 1, got {columns}")
@@ -175,8 +175,8 @@ def visualize_dataset(
       ddetr visualize dataset recipes/shapes.yaml --count 4
       ddetr visualize dataset recipes/refine.yaml data.root=/data/coco --epoch 3
     """
-    from ddetr_cli.config import load_recipe
-    from ddetr_cli.visualize import dataset_pictures
+    from ddetr_cli.recipe import load_recipe
+    from ddetr_cli.viz.dataset import dataset_pictures
 
     if count < 1 or epoch < 0:
         raise UsageError("--count must be at least 1 and --epoch at least 0")

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ddetr_cli.data.formats import DataSource, Problem, SplitData
+from ddetr_cli.data.pictures import load_image
 from ddetr_cli.data.sources import load_source
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.images import load_image
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's area ranges
 _EDGE_TOLERANCE = 1.0  # pixels a box may stick out of its picture (rounding in the labels)
@@ -211,7 +211,7 @@ def check_data(recipe: dict[str, Any], decode: bool = True) -> CheckReport:
 def recipe_for(target: str | Path, overrides: list[str]) -> dict[str, Any]:
     """The recipe ``ddetr data check/convert`` works on: a recipe file, or a data folder
     (the defaults with data.root=DIR)."""
-    from ddetr_cli.config import load_recipe
+    from ddetr_cli.recipe import load_recipe
 
     path = Path(target)
     if path.is_dir():

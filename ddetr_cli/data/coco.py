@@ -38,9 +38,9 @@ from ddetr_cli.data.formats import (
     names_by_index,
     split_folders,
 )
+from ddetr_cli.data.pictures import load_image
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.files import read_json
-from ddetr_cli.images import load_image
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO

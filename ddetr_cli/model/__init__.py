@@ -1,7 +1,20 @@
-"""Deformable DETR model: every configuration of the official release."""
+"""Deformable DETR model: every configuration of the official release.
 
-from ddetr_cli.model.detector import MLP, DeformableDETR, build_model
-from ddetr_cli.model.postprocess import post_process
-from ddetr_cli.model.utils import inverse_sigmoid, pad_images
+The names below are imported on first use, so that ``model.variants`` (what recipes check
+against) is read without importing torch.
+"""
 
-__all__ = ["MLP", "DeformableDETR", "build_model", "inverse_sigmoid", "pad_images", "post_process"]
+from ddetr_cli.lazy import lazy_getattr
+
+_EXPORTS = {
+    "MLP": "ddetr_cli.model.detector",
+    "DeformableDETR": "ddetr_cli.model.detector",
+    "build_model": "ddetr_cli.model.detector",
+    "post_process": "ddetr_cli.model.postprocess",
+    "inverse_sigmoid": "ddetr_cli.model.utils",
+    "pad_images": "ddetr_cli.model.utils",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ddetr_cli.config import BACKBONES as RESNETS
+from ddetr_cli.model.variants import BACKBONES as RESNETS
 from ddetr_cli.errors import DdetrError
 
 # Stage names in stride order 8, 16, 32; layer1 (stride 4) is never a feature level.

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import torch
 
-from ddetr_cli.config import ATTENTION_BACKENDS
+from ddetr_cli.ops.choices import ATTENTION_BACKENDS
 
 log = logging.getLogger("ddetr_cli.ops")
 

@@ -28,11 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ddetr_cli import runtime
-from ddetr_cli.config import dump_recipe
 from ddetr_cli.data import ResumableBatchSampler, build_datasets, collate
 from ddetr_cli.errors import DdetrError, Terminated
-from ddetr_cli.evaluate import evaluate_coco
+from ddetr_cli.evaluation.coco import evaluate_coco
 from ddetr_cli.model import build_model
+from ddetr_cli.recipe import dump_recipe
 from ddetr_cli.runtime import amp_autocast
 from ddetr_cli.train.checkpointing import (
     load_initial_weights,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddetr_cli.config import absolute_data_paths, apply_overrides, load_recipe, load_run_recipe
 from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.recipe import absolute_data_paths, apply_overrides, load_recipe, load_run_recipe
 from ddetr_cli.train.checkpointing import find_resume, read_training_state
 
 RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "metrics.jsonl", "recipe.yaml")

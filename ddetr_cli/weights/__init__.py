@@ -5,7 +5,7 @@
 - a run folder (its `checkpoint_best.pth`, else `checkpoint_last.pth`);
 - a `.safetensors` file written by `ddetr convert` (`weights.safetensors_file`);
 - a Hugging Face transformers folder, or a Hub model id (`weights.hf`);
-- an ONNX file written by `ddetr export` (`weights.onnx_model`), run with onnxruntime.
+- an ONNX file written by `ddetr export` (`export.runtime`), run with onnxruntime.
 
 Every reader but ONNX gives a "checkpoint dict": {"model": state dict in ddetr's key names,
 "recipe": a (partial) recipe or absent, "args": official argparse args or absent}. The model is
@@ -169,11 +169,11 @@ def load_model(
 
     ONNX files give an onnxruntime-backed module with the same call and outputs.
     """
-    from ddetr_cli.config import apply_overrides
     from ddetr_cli.model import build_model
+    from ddetr_cli.recipe import apply_overrides
 
     if weights_format(weights) == "onnx":
-        from ddetr_cli.weights.onnx_model import load_onnx_model
+        from ddetr_cli.export.runtime import load_onnx_model
 
         return load_onnx_model(weights, recipe, device=device, overrides=overrides)
     ckpt = read_weights(weights)
@@ -204,7 +204,7 @@ def resolve_model(
     - no weights: the recipe (default: the built-in plain R50) with random weights and no
       pretrained download, for benchmarks.
     """
-    from ddetr_cli.config import load_recipe
+    from ddetr_cli.recipe import load_recipe
     from ddetr_cli.runtime import resolve_device
 
     device = resolve_device(device)

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ddetr_cli.coco_names import class_names
-from ddetr_cli.config import RECIPE_SCHEMA
+from ddetr_cli.data.class_names import class_names
 from ddetr_cli.errors import DdetrError, one_line
 from ddetr_cli.files import atomic_write
+from ddetr_cli.recipe import RECIPE_SCHEMA
 from ddetr_cli.weights.official import infer_model_config
 from ddetr_cli.weights.sniff import sniff
 
@@ -96,7 +96,7 @@ def recipe_for_checkpoint(
     ckpt: dict[str, Any], overrides: Sequence[str] = (), source: str = "checkpoint"
 ) -> dict[str, Any]:
     """The checkpoint's stored recipe, or one inferred from an official file, plus overrides."""
-    from ddetr_cli.config import apply_overrides, migrate_recipe
+    from ddetr_cli.recipe import apply_overrides, migrate_recipe
 
     if isinstance(ckpt.get("recipe"), dict):
         recipe = migrate_recipe(copy.deepcopy(ckpt["recipe"]), ckpt.get("recipe_schema", 1))

@@ -24,7 +24,7 @@ sys.path.insert(0, str(TESTS))
 from reference_data import normalised_picture, official_state_dict  # noqa: E402
 
 from ddetr_cli.weights import load_state_dict  # noqa: E402
-from ddetr_cli.config import load_recipe  # noqa: E402
+from ddetr_cli.recipe import load_recipe  # noqa: E402
 from ddetr_cli.model import build_model  # noqa: E402
 
 

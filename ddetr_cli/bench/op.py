@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from ddetr_cli.bench.machine import machine_info
+from ddetr_cli.bench.timing import median_ms
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.runtime import DTYPES
-from ddetr_cli.timing import median_ms
 
 LEVELS_800x1333 = ((100, 167), (50, 84), (25, 42), (13, 21))
 HEADS, CHANNELS, POINTS = 8, 32, 4
@@ -216,8 +217,6 @@ def run_bench_op(
     for r in results:
         ref_ms = reference.get((r.part, r.batch, r.dtype, r.pass_))
         r.speedup = round(ref_ms / r.ms, 2) if ref_ms else None
-    from ddetr_cli.bench import machine_info
-
     return {
         "device": machine_info(dev),
         "threads": torch.get_num_threads(),

@@ -1,4 +1,5 @@
-"""An ONNX file written by ``ddetr export``, run with onnxruntime behind the model's own call.
+"""An ONNX file written by ``ddetr export``, run with onnxruntime behind the model's own call;
+its ``ddetr.*`` metadata; the onnxruntime session.
 
 ``load_onnx_model`` gives an object that ``predict``, ``evaluate`` and ``bench`` can use in place
 of the PyTorch detector: called on a list of normalised (3, H, W) pictures (or one (N, 3, H, W)
@@ -23,6 +24,48 @@ import torch
 from torch import Tensor
 
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.extras import EXTRAS, require
+
+METADATA_PREFIX = "ddetr."
+
+
+def require_export_extra(*modules: str) -> None:
+    """DdetrError naming the extra to install when an export dependency is missing."""
+    for name in modules or EXTRAS["export"]:
+        require(name, "export")
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``ddetr.*`` metadata of an exported file, prefix removed (values are strings)."""
+    onnx = require("onnx", "export")
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        p.key[len(METADATA_PREFIX) :]: p.value
+        for p in model.metadata_props
+        if p.key.startswith(METADATA_PREFIX)
+    }
+
+
+def ort_session(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+    """An onnxruntime InferenceSession: CUDA provider for a cuda device when present."""
+    ort = require("onnxruntime", "export")
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DdetrError(
+                "onnxruntime has no CUDA provider here: "
+                "pip install onnxruntime-gpu, or use --device cpu"
+            )
+        index = torch.device(device).index or 0
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 class OnnxDetector:
@@ -142,8 +185,7 @@ def load_onnx_model(
     """(onnxruntime-backed detector, recipe): the recipe stored in the file unless given, with
     ``overrides`` applied to it (data and post-processing keys matter; the architecture is the
     file's). CPU provider, or CUDA's for a cuda device."""
-    from ddetr_cli.config import apply_overrides, validate_recipe
-    from ddetr_cli.export import ort_session, read_metadata, require_export_extra
+    from ddetr_cli.recipe import apply_overrides, validate_recipe
 
     require_export_extra("onnx", "onnxruntime")
     path = Path(path)

@@ -19,7 +19,7 @@ from ddetr_cli.errors import DdetrError
 
 log = logging.getLogger(__name__)
 
-PACKAGED_DIR = Path(__file__).resolve().parent / "recipes"
+PACKAGED_DIR = Path(__file__).resolve().parents[1] / "recipes"
 _AP = re.compile(r"COCO val2017 AP ([0-9.]+)")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ddetr_cli.metrics import ConfusionMatrix
+    from ddetr_cli.evaluation.thresholds import ConfusionMatrix
 
 LINE = "#1e5ac8"  # the curves' colour, (30, 90, 200)
 PANEL_PIXELS = (360, 220)  # width, height of one training-curve panel
@@ -150,7 +150,7 @@ def confusion_matrix_picture(confusion: ConfusionMatrix, out: Path, title: str =
 
 
 def evaluation_pictures(report: Any, out_dir: Path) -> list[Path]:
-    """The pictures of an evaluation report (``ddetr_cli.evaluate.EvaluationReport``):
+    """The pictures of an evaluation report (``ddetr_cli.evaluation.evaluate.EvaluationReport``):
     precision-recall curves when COCOeval ran, and with threshold metrics the confusion
     matrix and the F1 sweep."""
     out_dir = Path(out_dir)

@@ -44,7 +44,7 @@ def convert(
     src_format = weights_format(src)  # one line for a missing path or a file no reader takes
     ckpt = read_weights(src)
     if recipe_path is not None:
-        from ddetr_cli.config import load_recipe
+        from ddetr_cli.recipe import load_recipe
 
         recipe = load_recipe(recipe_path, overrides)
     else:

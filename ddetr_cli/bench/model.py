@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddetr_cli.config import ATTENTION_BACKENDS
+from ddetr_cli.bench.flops import count_flops
+from ddetr_cli.bench.machine import machine_info
+from ddetr_cli.bench.timing import percentile, time_forward
 from ddetr_cli.errors import DdetrError, UsageError
-from ddetr_cli.flops import count_flops
+from ddetr_cli.ops.choices import ATTENTION_BACKENDS
 from ddetr_cli.runtime import DTYPES, amp_autocast
-from ddetr_cli.timing import percentile, time_forward
 
 BACKEND_CHOICES = ("all", *ATTENTION_BACKENDS)
 # COCO val2017's first picture; after the 800/1333 evaluation resize it is 800x1199, as the
@@ -128,8 +127,8 @@ def folder_inputs(
 ) -> tuple[list[tuple[int, int]], torch.Tensor]:
     """Evaluation-transform sizes of a folder's first ``max_images`` pictures (sorted by name)
     and the first one, transformed, for the speed runs."""
+    from ddetr_cli.data.pictures import list_images, load_image
     from ddetr_cli.data.transforms import eval_size, eval_transform
-    from ddetr_cli.images import list_images, load_image
 
     if not folder.is_dir():
         raise DdetrError(f"--images {folder}: not a folder")
@@ -142,32 +141,6 @@ def folder_inputs(
             first = eval_transform(image, min_size, max_size)
         sizes.append(eval_size(image.shape[-2], image.shape[-1], min_size, max_size))
     return sizes, first
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if hasattr(os, "getloadavg"):  # above the core count means the timings shared the CPU
-        info["load_average_1m"] = round(os.getloadavg()[0], 2)
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 # --------------------------------------------------------------------------- backends and timing

@@ -1,4 +1,4 @@
-"""Pictures that explain the model: where deformable attention looks."""
+"""The attention view: where deformable attention looks, for the top detections and a pixel."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.viz.draw import (
+    contrasting_color,
+    draw_labelled_boxes,
+    drawing_sizes,
+    font,
+    label_text,
+    to_pil,
+)
 
 # One colour per feature level (stride 8, 16, 32, 64, ...), distinct on most pictures.
 LEVEL_COLOURS = [(255, 64, 64), (255, 200, 0), (0, 200, 255), (200, 80, 255), (80, 255, 120)]
@@ -72,8 +80,6 @@ def _draw_points(
 def _legend(picture: Image.Image, levels: int, title: str) -> Image.Image:
     """The picture below a strip with `title` and the colour of every level; the strip wraps
     its entries onto more rows when the picture is narrow, so nothing is cut or covered."""
-    from ddetr_cli.draw import drawing_sizes, font
-
     size = drawing_sizes(*picture.size)[1]
     face = font(size)
     pad, dot = max(2, size // 3), max(6, round(size * 0.8))
@@ -123,7 +129,6 @@ def attention_pictures(
     points an encoder layer samples for the stride-8 position under that pixel. Layers are
     numbered from 1 (-1: the last), as in the legends."""
     from ddetr_cli.data.transforms import eval_transform
-    from ddetr_cli.draw import contrasting_color, draw_labelled_boxes, drawing_sizes, label_text
 
     decoder, decoder_number = _layer(model.transformer.decoder.layers, decoder_layer, "decoder")
     encoder, encoder_number = _layer(model.transformer.encoder.layers, encoder_layer, "encoder")
@@ -140,7 +145,7 @@ def attention_pictures(
         decoder_attn.capture = encoder_attn.capture = False
         decoder_attn.captured = encoder_attn.captured = None
     # The picture is alone in its batch, so normalised coordinates cover it exactly.
-    base = _to_pil(image.cpu())
+    base = to_pil(image.cpu())
     pixels = np.asarray(base.convert("RGB"))
     result = AttentionPictures(decoder_layer=decoder_number, encoder_layer=encoder_number,
                                decoder_layers=len(model.transformer.decoder.layers))  # fmt: skip
@@ -187,133 +192,3 @@ def attention_pictures(
         picture.convert("RGB").save(path)
         result.paths.append(path)
     return result
-
-
-# Curves drawn when the run logged them: (key, record type, title).
-CURVES = (
-    ("loss", "step", "total loss (weighted)"),
-    ("loss_ce", "step", "loss_ce (focal)"),
-    ("loss_bbox", "step", "loss_bbox (L1)"),
-    ("loss_giou", "step", "loss_giou"),
-    ("lr", "step", "learning rate"),
-    ("AP", "epoch", "val AP"),
-    ("AP50", "epoch", "val AP50"),
-)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl, with one-line errors for unusable files."""
-    import json
-
-    if not path.is_file():
-        raise DdetrError(f"metrics file not found: {path}")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise DdetrError(f"{path}:{number}: not a JSON line") from None
-        if not isinstance(record, dict):
-            raise DdetrError(f"{path}:{number}: expected a JSON object per line")
-        records.append(record)
-    return records
-
-
-def curves_picture(metrics: Path, out: Path, columns: int = 3) -> tuple[Path, list[str]]:
-    """Loss terms, learning rate and val AP over steps from a run's metrics.jsonl, as one PNG
-    of small matplotlib charts; returns the picture and the curves it holds.
-
-    ``out`` is the picture, or a folder (an existing one, or a path without a picture suffix)
-    to hold ``curves.png``.
-    """
-    from ddetr_cli.plots import curves_figure
-
-    records = read_metrics(metrics)
-    panels, names = [], []
-    for key, kind, title in CURVES:
-        rows = [r for r in records if r.get("type") == kind and isinstance(r.get(key), int | float)]
-        if rows and all(isinstance(r.get("step"), int | float) for r in rows):
-            panels.append((title, [r["step"] for r in rows], [r[key] for r in rows]))
-            names.append(key)
-    if not panels:
-        raise DdetrError(f"{metrics}: no step or epoch records with losses, lr or AP to draw")
-    if out.is_dir() or out.suffix.lower() not in {".png", ".jpg", ".jpeg", ".pdf", ".svg"}:
-        out = out / "curves.png"
-    return curves_figure(panels, out, columns), names
-
-
-def _side_by_side(pictures: list[Image.Image], gap: int = 8) -> Image.Image:
-    width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
-    sheet = Image.new("RGB", (width, max(p.height for p in pictures)), (255, 255, 255))
-    x = 0
-    for picture in pictures:
-        sheet.paste(picture, (x, 0))
-        x += picture.width + gap
-    return sheet
-
-
-def _to_pil(image: Tensor) -> Image.Image:
-    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
-
-
-def dataset_pictures(
-    recipe: dict[str, Any], out_dir: Path, count: int = 8, epoch: int = 0
-) -> list[Path]:
-    """Ground-truth boxes on the first `count` training pictures as stored (left) and as one
-    augmented training sample of `epoch` (right), to check data and augmentation."""
-    from torchvision.ops import box_convert
-
-    from ddetr_cli.data import build_datasets
-    from ddetr_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from ddetr_cli.draw import draw_detections
-
-    splits = build_datasets(recipe, train=True)
-    dataset, names = splits.train, splits.class_names or None
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(min(count, len(dataset))):
-        raw, boxes, labels = dataset.load(index)
-        # Ground truth has no score: class names only.
-        left = draw_detections(raw, boxes, labels, class_names=names)
-        pixels, target = dataset[(epoch, index)]
-        augmented = ((pixels * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-        h, w = augmented.shape[-2:]
-        xyxy = box_convert(target["boxes"], "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
-        right = draw_detections(augmented, xyxy, target["labels"], class_names=names)
-        path = out_dir / f"{dataset.image_id(index)}_dataset.png"
-        _side_by_side([_to_pil(left), _to_pil(right)]).save(path)
-        paths.append(path)
-    return paths
-
-
-def contact_sheet(pictures: list[Path], out: Path, columns: int = 4, cell: int = 320) -> Path:
-    """Thumbnails of `pictures` in a grid of square cells, for a look at many predictions at once.
-
-    Each picture is scaled so that its longer side fills its cell (aspect kept). Cells are at most
-    `cell` pixels, and no larger than the largest picture, so small pictures are not blown up."""
-    if not pictures:
-        raise DdetrError("no pictures to put on a sheet")
-    gap = 3  # white border around each thumbnail
-    thumbs = []
-    for path in pictures:
-        with Image.open(path) as picture:
-            thumbs.append(picture.convert("RGB"))
-    inner = min(cell - 2 * gap, max(max(t.size) for t in thumbs))
-    cell = inner + 2 * gap
-    rows = -(-len(pictures) // columns)
-    sheet = Image.new("RGB", (columns * cell, rows * cell), (255, 255, 255))
-    for i, thumb in enumerate(thumbs):
-        scale = inner / max(thumb.size)
-        size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
-        if size != thumb.size:
-            thumb = thumb.resize(size, Image.Resampling.LANCZOS)
-        x = (i % columns) * cell + gap + (inner - thumb.width) // 2
-        y = (i // columns) * cell + gap + (inner - thumb.height) // 2
-        sheet.paste(thumb, (x, y))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out

@@ -305,6 +305,12 @@ def draw_labelled_boxes(
         draw_label(draw, pixels, plate, text, color, font_size)
 
 
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A (3, H, W) or (1, H, W) uint8 tensor as an RGB PIL picture."""
+    pixels = image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0).contiguous()
+    return Image.fromarray(pixels.numpy())
+
+
 def draw_detections(
     image: torch.Tensor,
     boxes_xyxy: torch.Tensor,
@@ -332,8 +338,7 @@ def draw_detections(
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height - 1)
     # Clipping can cross the corners of a box that lies outside; keep it well-formed.
     boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2])
-    pixels = image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0).contiguous()
-    picture = Image.fromarray(pixels.numpy())
+    picture = to_pil(image)
     texts = [
         label_text(labels[i], None if values is None else float(values[i]), class_names)
         for i in keep
