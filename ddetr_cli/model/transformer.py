@@ -21,6 +21,13 @@ def _valid_ratios(mask: Tensor) -> Tensor:
     return torch.stack([valid_w.float() / w, valid_h.float() / h], -1)
 
 
+def _relu(hidden: Tensor) -> Tensor:
+    """The FFN's ReLU, in place only when no gradient is recorded: Linear returns a view for
+    3-d inputs, and an in-place op on a view makes the backward copy the whole hidden tensor
+    three times (about 5% of a training step on a CPU). The values are the same either way."""
+    return F.relu(hidden, inplace=not hidden.requires_grad)
+
+
 class EncoderLayer(nn.Module):
     def __init__(
         self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int
@@ -48,7 +55,7 @@ class EncoderLayer(nn.Module):
             src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
         )
         src = self.norm1(src + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
+        ffn = self.linear2(self.dropout2(_relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
 
 
@@ -131,7 +138,7 @@ class DecoderLayer(nn.Module):
             padding_mask,
         )  # fmt: skip
         tgt = self.norm1(tgt + self.dropout1(attended))
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt), inplace=True)))
+        ffn = self.linear2(self.dropout3(_relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout4(ffn))
 
 
