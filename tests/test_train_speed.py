@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ddetr_cli.data.dataset import sample_seed
 from ddetr_cli.data.shapes_dataset import ShapesDataset
 from ddetr_cli.model import build_model
-from ddetr_cli.model.attention import _softmax
+from ddetr_cli.model.attention import _sampling_locations, _softmax
 from ddetr_cli.model.transformer import DecoderLayer, EncoderLayer
 from ddetr_cli.recipe import load_recipe
 from ddetr_cli.train.engine import train
@@ -161,6 +161,64 @@ def test_the_softmax_is_torchs_own_where_nothing_is_gained():
         torch.randn(2, 5, 8, 12, generator=g, dtype=torch.float64),
     ):
         assert torch.equal(_softmax(logits), F.softmax(logits, -1))
+
+
+def _locations_as_written(ref: torch.Tensor, offsets: torch.Tensor, shapes: torch.Tensor):
+    ref = ref[:, :, None, :, None, :]
+    if ref.shape[-1] == 2:
+        normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1)
+        return ref + offsets / normalizer[None, None, None, :, None, :]
+    return ref[..., :2] + offsets / offsets.shape[4] * ref[..., 2:] * 0.5
+
+
+@pytest.mark.parametrize("coords", [2, 4])
+@pytest.mark.parametrize("ref_grad", [False, True])
+def test_sampling_locations_are_those_of_the_formula_bit_for_bit(coords, ref_grad):
+    g = torch.Generator().manual_seed(coords)
+    shapes = torch.tensor([[16, 12], [8, 6], [4, 3]])
+    ref = torch.rand(2, 21, 3, coords, generator=g).requires_grad_(ref_grad)
+    offsets = (torch.randn(2, 21, 8, 3, 4, 2, generator=g) * 3).requires_grad_()
+    grad = torch.randn(2, 21, 8, 3, 4, 2, generator=g)
+    ours, written = (
+        _sampling_locations(ref, offsets, shapes),
+        _locations_as_written(ref, offsets, shapes),
+    )
+    assert torch.equal(ours, written)
+    inputs = (offsets, ref) if ref_grad else (offsets,)
+    for a, b in zip(torch.autograd.grad(ours, inputs, grad), torch.autograd.grad(written, inputs, grad),
+                    strict=True):  # fmt: skip
+        assert torch.equal(a, b)
+
+
+def test_no_padding_no_masking_the_same_outputs():
+    """Same-size pictures on a CPU: the attention gets no padding mask (nothing to zero), and
+    the model's outputs and gradients are those it gives with the all-False mask."""
+    from ddetr_cli.model import transformer
+
+    recipe = _recipe()
+    torch.manual_seed(0)
+    model = build_model(recipe).train()
+    images = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    assert transformer._padding_or_none(torch.zeros(2, 7, dtype=torch.bool)) is None
+    padded = torch.zeros(2, 7, dtype=torch.bool)
+    padded[1, 6] = True
+    assert transformer._padding_or_none(padded) is padded
+
+    def run():
+        model.zero_grad()
+        out = model(images)
+        (out["pred_logits"].sum() + out["pred_boxes"].sum()).backward()
+        return [out["pred_logits"], out["pred_boxes"], *(p.grad for p in model.parameters())]
+
+    ours = run()
+    original = transformer._padding_or_none
+    transformer._padding_or_none = lambda mask: mask
+    try:
+        masked = run()
+    finally:
+        transformer._padding_or_none = original
+    assert sum(a is not None for a in ours) > 100
+    assert all(a is b is None or torch.equal(a, b) for a, b in zip(ours, masked, strict=True))
 
 
 def test_part_timer_adds_up_a_part_entered_twice_and_takes_medians():

@@ -10,7 +10,17 @@ from torch import Tensor, nn
 
 from ddetr_cli.model.attention import MSDeformAttn
 from ddetr_cli.model.position_encoding import proposal_pos_embed
-from ddetr_cli.model.utils import clones, inverse_sigmoid
+from ddetr_cli.model.utils import clones, inverse_sigmoid, is_eager
+
+
+def _padding_or_none(mask_flatten: Tensor) -> Tensor | None:
+    """The padding mask for the attention, or None when nothing is padded (a batch of
+    same-size pictures on a CPU, as the shapes demo's): zeroing no value costs a copy of the
+    value and of its gradient in every attention call. Kept on a GPU (the check would be a host
+    sync) and when exporting or compiling."""
+    if mask_flatten.device.type == "cpu" and is_eager() and not bool(mask_flatten.any()):
+        return None
+    return mask_flatten
 
 
 def _valid_ratios(mask: Tensor) -> Tensor:
@@ -49,7 +59,7 @@ class EncoderLayer(nn.Module):
         reference_points: Tensor,
         spatial_shapes: Tensor,
         level_start_index: Tensor,
-        padding_mask: Tensor,
+        padding_mask: Tensor | None,
     ) -> Tensor:
         attended = self.self_attn(
             src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
@@ -94,7 +104,7 @@ class Encoder(nn.Module):
         level_start_index: Tensor,
         valid_ratios: Tensor,
         pos: Tensor,
-        padding_mask: Tensor,
+        padding_mask: Tensor | None,
     ) -> Tensor:
         reference_points = self.reference_points(shapes, valid_ratios, src.device)
         for layer in self.layers:
@@ -128,7 +138,7 @@ class DecoderLayer(nn.Module):
         memory: Tensor,
         spatial_shapes: Tensor,
         level_start_index: Tensor,
-        padding_mask: Tensor,
+        padding_mask: Tensor | None,
     ) -> Tensor:
         q = k = tgt + query_pos
         attended = self.self_attn(q, k, tgt, need_weights=False)[0]
@@ -170,7 +180,7 @@ class Decoder(nn.Module):
         level_start_index: Tensor,
         valid_ratios: Tensor,
         query_pos: Tensor,
-        padding_mask: Tensor,
+        padding_mask: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """Returns every layer's output (D, B, Q, C) and the reference each layer produced."""
         outputs, references = [], []
@@ -326,9 +336,10 @@ class DeformableTransformer(nn.Module):
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
         )
         valid_ratios = torch.stack([_valid_ratios(m) for m in masks], 1)
+        attention_mask = _padding_or_none(mask_flatten)
         memory = self.encoder(
             src_flatten, shapes, spatial_shapes, level_start_index, valid_ratios, pos_flatten,
-            mask_flatten,
+            attention_mask,
         )  # fmt: skip
 
         enc_class = enc_coord_unact = None
@@ -348,6 +359,6 @@ class DeformableTransformer(nn.Module):
         init_reference = reference_points
         hs, inter_references = self.decoder(
             tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
-            query_pos, mask_flatten,
+            query_pos, attention_mask,
         )  # fmt: skip
         return hs, init_reference, inter_references, enc_class, enc_coord_unact
