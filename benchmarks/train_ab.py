@@ -1,32 +1,38 @@
-"""A/B of the training step: this checkout against an earlier revision, on a shared machine.
+"""A/B of the training step: this checkout against an earlier revision, in one process.
 
-Both versions run the same recipe's first steps, through the functions both have
-(``build_datasets``, ``build_model``, ``build_criterion``, ``TrainState``, ``build_loaders``,
-``engine.train_step``), in separate processes that alternate (A, B, B, A, A, B, ...) so that
-load changes on a shared machine hit both alike. Each process reports its median step time and
-its median data time after warm-up; the result is the ratio of the medians of those medians.
-The revision is unpacked with ``git archive`` into a temporary folder (no worktree is made).
+The revision is unpacked with ``git archive`` into a temporary folder as a package of another
+name (``ddetr_base``, its custom ops renamed to match), so both versions live in one process.
+Each builds the recipe's run (data, model, criterion, AdamW) from the same seed and trains on
+the same batches, the two alternating step by step (A, B, B, A, ...), so that the load of a
+shared machine hits both alike. Reported: the median step time of each, their ratio, the same
+for the data loader, and where their losses part (exact changes keep them equal).
 
-    python benchmarks/train_ab.py --base main --rounds 6           # the shapes demo, 2 threads
-    python benchmarks/train_ab.py --base main --threads 1 model.num_queries=100
+    python benchmarks/train_ab.py                           # the shapes demo vs main, 2 threads
+    python benchmarks/train_ab.py --base b3b08a4 --threads 1 --steps 40
+    python benchmarks/train_ab.py model.num_queries=100 --recipe recipes/shapes.yaml
 
-``--components`` times instead, in one process, the criterion (matcher and losses) and the
-optimiser step of both versions on the same model outputs, alternating 20 times.
+Each step is timed as ``engine.train_step`` (forward, losses, backward, optimiser), which both
+versions have; wall seconds and this process's CPU seconds are both reported (on a shared
+machine the CPU seconds are inflated less).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's ddetr_cli before any installed one
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,173 +40,105 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     p.add_argument("--recipe", default=str(ROOT / "recipes" / "shapes.yaml"))
     p.add_argument("--base", default="main", help="git revision to compare with (default main)")
-    p.add_argument("--rounds", type=int, default=6, help="processes per version (default 6)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per process (default 20)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps of each (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--components", action="store_true",
-                   help="instead, time the criterion of both versions in one process")  # fmt: skip
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, help="also write the result here")
     return p.parse_args()
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Time ``args.steps`` steps of whichever ddetr_cli is first on the path; print JSON."""
-    import torch
-
-    from ddetr_cli.data import build_datasets
-    from ddetr_cli.model import build_model
-    from ddetr_cli.recipe import load_recipe
-    from ddetr_cli.runtime import Dist
-    from ddetr_cli.train.criterion import build_criterion
-    from ddetr_cli.train.engine import build_loaders, train_step
-    from ddetr_cli.train.state import TrainState
-
-    torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe, args.overrides)
-    torch.manual_seed(recipe["train"]["seed"])
-    device = torch.device("cpu")
-    splits = build_datasets(recipe)
-    model = build_model(recipe)
-    criterion = build_criterion(recipe)
-    state = TrainState.create(model, recipe["train"], device)
-    loader, sampler, _ = build_loaders(splits, recipe["train"], Dist(), 0)
-    sampler.set_epoch(0)
-    batches = iter(loader)
-    data_s, step_s, cpu_s, losses = [], [], [], []
-    model.train()
-    for _ in range(args.warmup + args.steps):
-        start = time.perf_counter()
-        batch = next(batches)
-        data_s.append(time.perf_counter() - start)
-        start, cpu = time.perf_counter(), time.process_time()
-        out = train_step(model, criterion, state, [batch], recipe["train"], device)
-        step_s.append(time.perf_counter() - start)
-        cpu_s.append(time.process_time() - cpu)
-        losses.append(out["loss"])
-    skip = args.warmup
-    print(json.dumps({"step_s": statistics.median(step_s[skip:]),
-                      "step_cpu_s": statistics.median(cpu_s[skip:]),
-                      "data_s": statistics.median(data_s[skip:]), "losses": losses}))  # fmt: skip
-
-
-def _base_criterion(base: Path):
-    """The base revision's matcher and criterion modules, loaded beside this checkout's."""
-    import importlib.util
-
-    modules = {}
-    for name in ("matcher", "criterion"):
-        source = (base / "ddetr_cli" / "train" / f"{name}.py").read_text()
-        source = source.replace("ddetr_cli.train.matcher", "base_matcher")
-        spec = importlib.util.spec_from_loader(f"base_{name}", loader=None)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[f"base_{name}"] = module
-        exec(compile(source, f"base:{name}.py", "exec"), module.__dict__)
-        modules[name] = module
-    return modules["criterion"]
-
-
-def components(base: Path, args: argparse.Namespace) -> dict:
-    """The criterion (matching, losses and their backward) of both versions on the same model
-    outputs, alternating; medians of 20 calls each."""
-    import torch
-
-    from ddetr_cli.data import build_datasets
-    from ddetr_cli.model import build_model
-    from ddetr_cli.recipe import load_recipe
-    from ddetr_cli.runtime import Dist
-    from ddetr_cli.train.criterion import build_criterion
-    from ddetr_cli.train.engine import build_loaders
-
-    torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe, args.overrides)
-    torch.manual_seed(0)
-    model = build_model(recipe)
-    loader, sampler, _ = build_loaders(build_datasets(recipe), recipe["train"], Dist(), 0)
-    sampler.set_epoch(0)
-    images, targets = next(iter(loader))
-    outputs = model(images)
-    criteria = {"base": _base_criterion(base).build_criterion(recipe),
-                "this": build_criterion(recipe)}  # fmt: skip
-    leaves = _as_leaves(outputs)
-    times: dict[str, list[float]] = {name: [] for name in criteria}
-    totals = {}
-    for _ in range(22):
-        for name, criterion in criteria.items():
-            start = time.perf_counter()
-            total = criterion.total(criterion(leaves, targets))
-            total.backward()
-            times[name].append(time.perf_counter() - start)
-            totals[name] = total.item()
-    medians = {name: statistics.median(t[2:]) for name, t in times.items()}
-    return {"criterion_ms": {k: v * 1e3 for k, v in medians.items()},
-            "criterion_speedup": medians["base"] / medians["this"],
-            "same_total_loss": totals["base"] == totals["this"]}  # fmt: skip
-
-
-def _as_leaves(outputs):
-    """The model's outputs as tensors of their own, so backward stops at them."""
-    if isinstance(outputs, dict):
-        return {k: _as_leaves(v) for k, v in outputs.items()}
-    if isinstance(outputs, list):
-        return [_as_leaves(v) for v in outputs]
-    return outputs.detach().requires_grad_()
-
-
-def unpack(revision: str, folder: Path) -> None:
+def load_base(revision: str, folder: Path):
+    """The revision's ddetr_cli as the package ``ddetr_base``."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "ddetr_cli"],
                              check=True, capture_output=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    package = folder / "ddetr_base"
+    (folder / "ddetr_cli").rename(package)
+    renames = [("ddetr_cli", "ddetr_base"), ("ddetr::", "ddetr_base::"),
+               ("torch.ops.ddetr.", "torch.ops.ddetr_base.")]  # fmt: skip
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        for old, new in renames:
+            text = text.replace(old, new)
+        path.write_text(text)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("ddetr_base")
 
 
-def run_worker(source: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--recipe", args.recipe, "--steps",
-           str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           *args.overrides]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(source)}
-    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Version:
+    """One version's run: its model, criterion, optimiser state and loader."""
+
+    def __init__(self, package: str, recipe_path: str, overrides: list[str]) -> None:
+        import torch
+
+        def part(name: str):
+            return importlib.import_module(f"{package}.{name}")
+
+        recipe = part("recipe").load_recipe(recipe_path, overrides)
+        self.cfg, self.device = recipe["train"], torch.device("cpu")
+        torch.manual_seed(self.cfg["seed"])
+        splits = part("data").build_datasets(recipe)
+        self.model = part("model").build_model(recipe)
+        self.criterion = part("train.criterion").build_criterion(recipe)
+        self.state = part("train.state").TrainState.create(self.model, self.cfg, self.device)
+        engine = part("train.engine")
+        self.train_step = engine.train_step
+        loader, sampler, _ = engine.build_loaders(splits, self.cfg, part("runtime").Dist(), 0)
+        sampler.set_epoch(0)
+        self.batches = iter(loader)
+        self.model.train()
+        self.times: dict[str, list[float]] = {"step_s": [], "cpu_s": [], "data_s": []}
+        self.losses: list[float] = []
+
+    def step(self, timed: bool) -> None:
+        start = time.perf_counter()
+        batch = next(self.batches)
+        data_s = time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        out = self.train_step(self.model, self.criterion, self.state, [batch], self.cfg,
+                              self.device)  # fmt: skip
+        step_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+        self.losses.append(out["loss"])
+        if timed:
+            for key, value in (("step_s", step_s), ("cpu_s", cpu_s), ("data_s", data_s)):
+                self.times[key].append(value)
 
 
-def compare(args: argparse.Namespace) -> dict:
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="ddetr-ab-") as folder:
-        base = Path(folder)
-        unpack(args.base, base)
-        sources = {"base": base, "this": ROOT}
-        runs: dict[str, list[dict]] = {"base": [], "this": []}
-        for r in range(args.rounds):
-            order = ("base", "this") if r % 2 == 0 else ("this", "base")
+        load_base(args.base, Path(folder))
+        versions = {"base": Version("ddetr_base", args.recipe, args.overrides),
+                    "this": Version("ddetr_cli", args.recipe, args.overrides)}  # fmt: skip
+        for i in range(args.warmup + args.steps):
+            order = ("base", "this") if i % 2 == 0 else ("this", "base")
             for name in order:
-                runs[name].append(run_worker(sources[name], args))
-                last = runs[name][-1]
-                print(f"round {r + 1} {name}: {last['step_s'] * 1e3:.1f} ms/step, "
-                      f"{last['step_cpu_s'] * 1e3:.1f} ms CPU", file=sys.stderr)  # fmt: skip
-    out = {}
-    for name, results in runs.items():
-        out[name] = {key: statistics.median(r[key] for r in results)
-                     for key in ("step_s", "step_cpu_s", "data_s")}  # fmt: skip
-    out["step_speedup"] = out["base"]["step_s"] / out["this"]["step_s"]
-    # CPU seconds are inflated less by other processes than wall seconds on a shared machine.
-    out["step_cpu_speedup"] = out["base"]["step_cpu_s"] / out["this"]["step_cpu_s"]
-    out["data_speedup"] = out["base"]["data_s"] / out["this"]["data_s"]
-    out["same_losses"] = runs["base"][0]["losses"] == runs["this"][0]["losses"]
+                versions[name].step(timed=i >= args.warmup)
+    out: dict[str, Any] = {}
+    for name, version in versions.items():
+        out[name] = {key: statistics.median(values) for key, values in version.times.items()}
+    for key in ("step_s", "cpu_s", "data_s"):
+        out[f"speedup_{key.removesuffix('_s')}"] = out["base"][key] / out["this"][key]
+    base, this = versions["base"].losses, versions["this"].losses
+    equal = [a == b for a, b in zip(base, this, strict=True)]
+    out["losses_equal_through_step"] = equal.index(False) if False in equal else len(equal)
+    out["last_loss"] = {"base": base[-1], "this": this[-1]}
     return out
 
 
 def main() -> int:
     args = parse_args()
-    if args.worker:
-        worker(args)
-        return 0
-    if args.components:
-        with tempfile.TemporaryDirectory(prefix="ddetr-ab-") as folder:
-            unpack(args.base, Path(folder))
-            result = components(Path(folder), args)
-    else:
-        result = compare(args)
-    result["command"] = "python benchmarks/train_ab.py " + " ".join(sys.argv[1:])
-    result["load_average_1m"] = os.getloadavg()[0]
-    print(json.dumps(result, indent=2))
+    result = compare(args)
+    argv = " ".join(re.sub(r"^/\S*/", "", a) if a.startswith("/") else a for a in sys.argv[1:])
+    result["command"] = f"python benchmarks/train_ab.py {argv}".strip()
+    result["threads"] = args.threads
+    result["load_average_1m"] = round(os.getloadavg()[0], 2)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
     return 0
 
 
