@@ -89,6 +89,24 @@ def test_augmentation_seeds_are_those_of_torch_manual_seed(monkeypatch):
     assert len(sizes) > 1  # the random sizes were drawn
 
 
+def test_a_shapes_picture_is_made_once_and_handed_out_as_a_copy(monkeypatch):
+    from ddetr_cli.data import shapes, shapes_dataset
+
+    made = []
+    make = shapes.make_picture
+    monkeypatch.setattr(shapes, "make_picture", lambda *a: made.append(a) or make(*a))
+    shapes_dataset._picture.cache_clear()
+    dataset = ShapesDataset(split_seed=5, count=3, train=True)
+    first = dataset.load(2)
+    first[0].zero_()  # whatever a caller does to its copy
+    second = dataset.load(2)
+    assert made == [(5, 2, "shapes3")]
+    picture = make(5, 2, "shapes3")
+    assert torch.equal(second[0], torch.from_numpy(picture.image).permute(2, 0, 1))
+    assert torch.equal(second[1], torch.from_numpy(picture.boxes))
+    assert second[0].data_ptr() != first[0].data_ptr()
+
+
 def test_matching_levels_in_one_go_gives_each_images_own_assignment():
     from scipy.optimize import linear_sum_assignment
 
