@@ -239,6 +239,36 @@ def test_no_padding_no_masking_the_same_outputs():
     assert all(a is b is None or torch.equal(a, b) for a, b in zip(ours, masked, strict=True))
 
 
+def test_the_optimiser_step_skips_non_finite_gradients_and_says_the_norm():
+    import math
+
+    from ddetr_cli.train.engine import _optimizer_step
+    from ddetr_cli.train.state import TrainState
+
+    recipe = _recipe()
+    model = build_model(recipe)
+    state = TrainState.create(model, recipe["train"], torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    norm = _optimizer_step(state, recipe["train"])
+    assert isinstance(norm, float) and math.isnan(norm)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    count = sum(p.numel() for p in model.parameters())
+    assert _optimizer_step(state, recipe["train"]) == pytest.approx(math.sqrt(count), rel=1e-5)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_progress_bar_redraws_twice_a_second():
+    from rich.console import Console
+
+    from ddetr_cli.train.report import _progress_bar
+
+    assert _progress_bar(Console()).live.refresh_per_second == 2
+
+
 def test_part_timer_adds_up_a_part_entered_twice_and_takes_medians():
     timer = PartTimer()
     for seconds in (0.1, 0.3, 0.2):

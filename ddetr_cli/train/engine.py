@@ -210,14 +210,14 @@ def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     max_norm = cfg["clip_max_norm"] if cfg["clip_max_norm"] > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))  # the one host sync
     # Gradients are already averaged over processes, so every process makes the same choice.
-    if scaler.is_enabled() or torch.isfinite(grad_norm):
+    if scaler.is_enabled() or math.isfinite(grad_norm):
         scaler.step(optimizer)
     else:
         log.warning("non-finite gradients: step skipped")
     scaler.update()
-    return float(grad_norm)
+    return grad_norm
 
 
 def _kernel_build_line(recipe: dict[str, Any], device: torch.device) -> str | None:
