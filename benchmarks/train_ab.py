@@ -10,6 +10,7 @@ for the data loader, and where their losses part (exact changes keep them equal)
     python benchmarks/train_ab.py                           # the shapes demo vs main, 2 threads
     python benchmarks/train_ab.py --base b3b08a4 --threads 1 --steps 40
     python benchmarks/train_ab.py model.num_queries=100 --recipe recipes/shapes.yaml
+    python benchmarks/train_ab.py data.shapes.train_images=40   # data after the first epoch
 
 Each step is timed as ``engine.train_step`` (forward, losses, backward, optimiser), which both
 versions have; wall seconds and this process's CPU seconds are both reported (on a shared
@@ -83,16 +84,25 @@ class Version:
         self.state = part("train.state").TrainState.create(self.model, self.cfg, self.device)
         engine = part("train.engine")
         self.train_step = engine.train_step
-        loader, sampler, _ = engine.build_loaders(splits, self.cfg, part("runtime").Dist(), 0)
-        sampler.set_epoch(0)
-        self.batches = iter(loader)
+        self.loader, self.sampler, _ = engine.build_loaders(
+            splits, self.cfg, part("runtime").Dist(), 0
+        )
+        self.epoch = 0
+        self.sampler.set_epoch(0)
+        self.batches = iter(self.loader)
         self.model.train()
         self.times: dict[str, list[float]] = {"step_s": [], "cpu_s": [], "data_s": []}
         self.losses: list[float] = []
 
     def step(self, timed: bool) -> None:
         start = time.perf_counter()
-        batch = next(self.batches)
+        batch = next(self.batches, None)
+        if batch is None:  # the next epoch
+            self.epoch += 1
+            self.sampler.set_epoch(self.epoch)
+            self.batches = iter(self.loader)
+            start = time.perf_counter()
+            batch = next(self.batches)
         data_s = time.perf_counter() - start
         start, cpu = time.perf_counter(), time.process_time()
         out = self.train_step(self.model, self.criterion, self.state, [batch], self.cfg,
