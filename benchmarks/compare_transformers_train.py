@@ -232,7 +232,7 @@ def _report(args, recipe, model, hf, timers) -> dict[str, Any]:
         "params": {
             "ddetr": sum(p.numel() for p in model.parameters()),
             "transformers": sum(p.numel() for p in hf.parameters()),
-        },  # fmt: skip
+        },
         "parts": rows,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
