@@ -19,6 +19,7 @@ from ddetr_cli.export.runtime import ort_session, read_metadata, require_export_
 from ddetr_cli.export.writer import export_onnx  # noqa: E402
 from ddetr_cli.model import build_model  # noqa: E402
 from ddetr_cli.model.postprocess import batched_detections  # noqa: E402
+from ddetr_cli.model.protocol import Detector  # noqa: E402
 from ddetr_cli.ops import ms_deform_attn  # noqa: E402
 from ddetr_cli.ops.onnx import translation_table  # noqa: E402
 from ddetr_cli.recipe import load_recipe  # noqa: E402
@@ -96,6 +97,12 @@ def test_onnx_model_runs_like_pytorch(two_stage_export):
     onnx_model, onnx_recipe = load_model(path, overrides=["data.eval_min_size=96"])
     assert onnx_recipe["model"] == recipe["model"] and onnx_recipe["data"]["eval_min_size"] == 96
     assert onnx_model.eval().to("cpu").optimize_for_inference() is onnx_model
+    assert isinstance(onnx_model, Detector) and isinstance(model, Detector)
+    assert onnx_model.fixed_runtime() == (
+        "onnxruntime",
+        "the exported graph (CPUExecutionProvider)",
+    )
+    assert model.fixed_runtime() is None
     g = torch.Generator().manual_seed(3)
     pictures = [torch.randn(3, *s, generator=g) for s in ((96, 128), (80, 112), (96, 128))]
     out = onnx_model(pictures)

@@ -217,7 +217,7 @@ def bench(
       ddetr bench --fps --device cuda --dtype fp32,bf16 -b 1,4 --compile --json out.json
       ddetr bench --fps --weights r50_deformable_detr.pth --iters 20 model.num_queries=100
     """
-    from ddetr_cli.bench.model import BenchOptions, build_bench_model, check_options, run_bench
+    from ddetr_cli.bench.model import BenchOptions, bench_weights
 
     options = BenchOptions(
         device=device,
@@ -234,13 +234,11 @@ def bench(
         iters=iters,
         threads=threads,
     )
-    check_options(options)
-    model, resolved, source = build_bench_model(weights, recipe, overrides or ())
 
     def progress(message: str) -> None:
         stderr.print(Text(message, style="dim"), highlight=False)
 
-    report = run_bench(model, resolved, source, options, progress=progress)
+    report = bench_weights(weights, recipe, overrides or (), options, progress=progress)
     report["command"] = "ddetr " + shlex.join(sys.argv[1:])  # how to reproduce a saved report
     print_report(report, stdout)
     if json_out is not None:

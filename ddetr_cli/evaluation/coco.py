@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from ddetr_cli.model import post_process
+from ddetr_cli.model.protocol import Detector
 from ddetr_cli.runtime import all_gather_object, amp_autocast, is_main_process
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class Detections:
 
 @torch.no_grad()
 def predict_coco_results(
-    model: nn.Module,
+    model: Detector,
     data_loader: Iterable,
     device: torch.device | str = "cpu",
     amp: str = "off",
@@ -68,7 +68,7 @@ def predict_coco_results(
 
 
 def _detect(
-    model: nn.Module,
+    model: Detector,
     samples: list[tuple[torch.Tensor, dict[str, Any]]],
     device: torch.device,
     amp: str,
@@ -173,7 +173,7 @@ def evaluated_image_ids(dataset: Any) -> list[int]:
 
 
 def evaluate_coco(
-    model: nn.Module,
+    model: Detector,
     data_loader: Iterable,
     coco_gt: COCO,
     device: torch.device | str = "cpu",

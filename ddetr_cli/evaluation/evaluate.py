@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.evaluation.coco import (
@@ -19,6 +18,7 @@ from ddetr_cli.evaluation.coco import (
     predict_coco_results,
 )
 from ddetr_cli.files import read_json
+from ddetr_cli.model.protocol import Detector
 from ddetr_cli.weights import resolve_model
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def evaluate_checkpoint(
 
 
 def _evaluate_model(
-    model: nn.Module,
+    model: Detector,
     recipe: dict[str, Any],
     batch_size: int,
     device: torch.device,

@@ -18,6 +18,7 @@ from ddetr_cli.data.transforms import eval_transform
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import write_json
 from ddetr_cli.model import post_process
+from ddetr_cli.model.protocol import Detector
 from ddetr_cli.runtime import resolve_device
 from ddetr_cli.viz.draw import draw_detections, to_pil
 from ddetr_cli.weights import resolve_model
@@ -144,7 +145,7 @@ def _read_batch(
 
 
 def _detect(
-    model: torch.nn.Module,
+    model: Detector,
     batch: list[_Loaded],
     sizes: tuple[int, int],
     num_detections: int,

@@ -18,6 +18,7 @@ import torch
 
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import atomic_write
+from ddetr_cli.model.variants import describe_model
 from ddetr_cli.weights.official import official_args
 
 TARGETS = ("ddetr", "hf", "official")
@@ -90,7 +91,6 @@ def convert(
         save_checkpoint(dst, model, recipe, converted_from=str(src))
         written = len(state_dict)
     m = recipe["model"]
-    variant = "two-stage" if m["two_stage"] else "box refine" if m["with_box_refine"] else "plain"
     return {
         "src": str(src),
         "src_format": ckpt.get("source", src_format) if src_format != "hub" else "hub",
@@ -98,7 +98,7 @@ def convert(
         "to": to,
         "tensors_read": len(ckpt["model"]),
         "tensors_written": written,
-        "model": f"{m['backbone']} {variant}, {m['num_feature_levels']} levels, "
-        f"{m['num_classes']} classes, {m['num_queries']} queries",
+        "model": f"{describe_model(recipe)}, {m['num_classes']} classes, "
+        f"{m['num_queries']} queries",
         "notes": notes,
     }
