@@ -34,6 +34,7 @@ from ddetr_cli.data.formats import (
     DataSource,
     Problem,
     SplitData,
+    coco_split_paths,
     index_by_name,
     names_by_index,
     split_folders,
@@ -203,9 +204,6 @@ def drop_unused_supercategory(data: dict[str, Any]) -> str | None:
     return f"dropped category 0 '{name}': Roboflow's dataset-name supercategory, unused"
 
 
-# data.root's COCO layouts: the standard (train2017/) and mmdetection's (train/ or images/train/).
-_ANNOTATION_FILES = ("instances_{split}2017.json", "instances_{split}.json")
-_IMAGE_FOLDERS = ("{split}2017", "{split}", "images/{split}2017", "images/{split}")
 _SplitFiles = tuple[list[Path], Path]  # (candidate pictures folders, annotations file)
 
 
@@ -221,10 +219,13 @@ def _roboflow_files(root: Path) -> dict[str, _SplitFiles]:
 
 
 def _layout_files(root: Path, split: str) -> _SplitFiles | None:
-    for name in _ANNOTATION_FILES:
-        annotations = root / "annotations" / name.format(split=split)
-        if annotations.is_file():
-            return [root / f.format(split=split) for f in _IMAGE_FOLDERS], annotations
+    """data.root's COCO layouts: the standard one (train2017/) and mmdetection's (train/ or
+    images/train/, annotations/instances_train.json)."""
+    pictures, annotations = coco_split_paths(root, split)
+    folders = [pictures, root / split, root / "images" / pictures.name, root / "images" / split]
+    for candidate in (annotations, root / "annotations" / f"instances_{split}.json"):
+        if candidate.is_file():
+            return folders, candidate
     return None
 
 

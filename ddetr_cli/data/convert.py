@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from ddetr_cli.data import shapes
-from ddetr_cli.data.formats import DataSource, categories_of
+from ddetr_cli.data.formats import DataSource, categories_of, coco_split_paths
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.files import write_json
 
@@ -33,14 +33,13 @@ def write_shapes_coco(
     for split, count, split_seed in (("train", train, seed), ("val", val, shapes.VAL_SEED)):
         if count == 0:
             continue
-        folder = out_dir / f"{split}2017"
+        folder, path = coco_split_paths(out_dir, split)
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(count):
             picture = shapes.make_picture(split_seed, i, task)
             Image.fromarray(picture.image).save(folder / f"{i:06d}.png")
             if on_picture:
                 on_picture()
-        path = out_dir / "annotations" / f"instances_{split}2017.json"
         write_json(shapes.coco_dict(split_seed, count, task=task), path)
         written[split] = path
     return written
@@ -92,7 +91,7 @@ def write_coco(
     categories = categories_of(source.class_names)
     known = {c["id"] for c in categories}
     for name, split in source.splits.items():
-        folder = out_dir / f"{name}2017"
+        folder, path = coco_split_paths(out_dir, name)
         folder.mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
         images, kept = [], set()
@@ -116,7 +115,6 @@ def write_coco(
             for ann in split.coco["annotations"]
             if ann.get("image_id") in kept and ann.get("category_id") in known
         ]
-        path = out_dir / "annotations" / f"instances_{name}2017.json"
         write_json({"images": images, "annotations": annotations, "categories": categories}, path)
         unlisted = sum(p.kind in _PICTURE_PROBLEMS for p in split.problems)
         written[name] = SplitWritten(path, len(split.coco["images"]) + unlisted, len(images),

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ddetr_cli.data.formats import FORMATS, DataSource, detect_format
+from ddetr_cli.data.formats import DataSource, detect_format
 from ddetr_cli.errors import DdetrError
 
 _SPLIT_PATHS = tuple(f"{split}.{kind}" for split in ("train", "val")
@@ -92,10 +92,6 @@ def data_format(data: dict[str, Any], splits: tuple[str, ...] = ("train", "val")
         raise DdetrError(
             "no data: set data.root (a COCO, YOLO or VOC folder), data.train.images and "
             "data.train.annotations, or data.format=shapes"
-        )
-    if fmt not in FORMATS:
-        raise DdetrError(
-            f"data.format must be one of auto, {', '.join(FORMATS)}, shapes; got {fmt}"
         )
     refuse_unread_paths(data, fmt)
     if fmt != "coco" and data["root"] is None:

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ddetr_cli.data.formats import (
-    PICTURE_SUFFIXES,
     DataSource,
     Problem,
     SplitData,
     categories_of,
     index_by_name,
-    picture_size,
     split_folders,
 )
+from ddetr_cli.data.pictures import IMAGE_SUFFIXES, picture_size
 from ddetr_cli.errors import DdetrError
 
 
@@ -64,7 +63,7 @@ def _picture_of(folder: Path, stem: str, filename: str) -> Path:
     """The picture of an annotation: folder/<filename>, else folder/<stem>.<any>."""
     if filename and (folder / filename).is_file():
         return folder / filename
-    for suffix in PICTURE_SUFFIXES:
+    for suffix in IMAGE_SUFFIXES:
         for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
             if candidate.is_file():
                 return candidate

@@ -32,9 +32,8 @@ from ddetr_cli.data.formats import (
     Problem,
     SplitData,
     categories_of,
-    picture_size,
-    pictures_in,
 )
+from ddetr_cli.data.pictures import picture_size, pictures_in
 from ddetr_cli.errors import DdetrError
 
 _SPLIT_KEYS = {"train": "train", "val": "val", "test": "test"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ddetr_cli.data.formats import DATA_FORMATS
 from ddetr_cli.model.variants import BACKBONES
 from ddetr_cli.ops.choices import ATTENTION_BACKENDS
 
@@ -125,7 +126,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone_norm": ("frozen", "batch"),
     "model.attention_backend": ATTENTION_BACKENDS,
     "train.amp": ("off", "bf16", "fp16"),
-    "data.format": ("auto", "coco", "yolo", "voc", "shapes"),
+    "data.format": DATA_FORMATS,
     "data.shapes.task": ("shapes3", "shapes6"),
     "data.augment": ("paper", "flip", "none"),
     "train.device": ("auto", "cpu", "cuda"),
