@@ -121,19 +121,19 @@ class CocoDataset(DetectionDataset):
             raise DdetrError(f"images folder not found: {self.images_dir}")
         if isinstance(annotations, dict):
             name = name or "annotations"
-            self.coco = coco_object(annotations, name)
+            self._coco = coco_object(annotations, name)
         else:
-            self.coco = read_coco(annotations)
+            self._coco = read_coco(annotations)
             name = name or Path(annotations).name
-        categories = set(self.coco.getCatIds())
+        categories = set(self._coco.getCatIds())
         if any(not isinstance(c, int) or c < 0 for c in categories):
             raise DdetrError(f"{name}: category ids must be integers >= 0")
         self.max_category = max(categories, default=-1)
         problems: Counter[str] = Counter()
         self.targets: dict[int, tuple[Tensor, Tensor]] = {}
-        for image_id in self.coco.getImgIds():
+        for image_id in self._coco.getImgIds():
             boxes, labels = [], []
-            for ann in self.coco.imgToAnns.get(image_id, []):
+            for ann in self._coco.imgToAnns.get(image_id, []):
                 if ann.get("iscrowd", 0):
                     continue  # crowd regions are not trained on (official)
                 problem = _box_problem(ann, categories)
@@ -152,7 +152,7 @@ class CocoDataset(DetectionDataset):
             log.warning("%s: skipped %d annotations (%s)", name, problems.total(), detail)
         self.skipped_annotations = problems.total()
         present = [i for i in sorted(self.targets)
-                   if (self.images_dir / self.coco.imgs[i]["file_name"]).is_file()]  # fmt: skip
+                   if (self.images_dir / self._coco.imgs[i]["file_name"]).is_file()]  # fmt: skip
         if not present:
             raise DdetrError(f"{name}: no images found in {self.images_dir}")
         missing = len(self.targets) - len(present)
@@ -170,9 +170,15 @@ class CocoDataset(DetectionDataset):
     def image_id(self, index: int) -> int:
         return self.ids[index]
 
+    def coco_ground_truth(self) -> COCO:
+        return self._coco
+
+    def box_count(self) -> int:
+        return len(self._coco.getAnnIds(imgIds=self.ids))
+
     def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
         image_id = self.ids[index]
-        image = load_image(self.images_dir / self.coco.imgs[image_id]["file_name"])
+        image = load_image(self.images_dir / self._coco.imgs[image_id]["file_name"])
         boxes, labels = self.targets[image_id]
         h, w = image.shape[-2:]
         # Clamp to the picture; boxes that become empty are dropped later.

@@ -18,6 +18,9 @@ from ddetr_cli.runtime import all_gather_object, amp_autocast, is_main_process
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
+    from torch.utils.data import DataLoader
+
+    from ddetr_cli.data.dataset import DetectionDataset
 
 log = logging.getLogger(__name__)
 
@@ -167,31 +170,23 @@ def gather_detections(local: Detections) -> Detections:
     return Detections(results, dict(sorted(unreadable.items())))
 
 
-def evaluated_image_ids(dataset: Any) -> list[int]:
-    """The image ids a dataset evaluates: all of its pictures, unreadable ones included."""
-    return [dataset.image_id(i) for i in range(len(dataset))]
-
-
 def evaluate_coco(
     model: Detector,
-    data_loader: Iterable,
-    coco_gt: COCO,
+    data_loader: DataLoader,
     device: torch.device | str = "cpu",
     amp: str = "off",
     num_detections: int = 100,
 ) -> dict[str, float]:
-    """Box AP of ``model`` on the pictures of ``data_loader`` (batches of (images, targets) as
-    the training data gives them) against ``coco_gt``. Pictures that could not be read count
-    as pictures with no detections, with one warning naming them.
+    """Box AP of ``model`` on the pictures of ``data_loader`` (batches of (images, targets) of
+    a ``DetectionDataset``) against that dataset's ground truth. Pictures that could not be read
+    count as pictures with no detections, with one warning naming them.
 
     Returns AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl. In a distributed
     run every process evaluates its share and all get the same numbers.
     """
     found = gather_detections(predict_coco_results(model, data_loader, device, amp, num_detections))
-    dataset = getattr(data_loader, "dataset", None)
-    image_ids = (
-        evaluated_image_ids(dataset) if hasattr(dataset, "image_id") else coco_gt.getImgIds()
-    )
+    dataset: DetectionDataset = data_loader.dataset
+    image_ids = dataset.image_ids()
     if found.unreadable and is_main_process():
         log.warning("val: %s", unreadable_note(found.unreadable, len(image_ids)))
-    return coco_stats(coco_gt, found.results, image_ids)
+    return coco_stats(dataset.coco_ground_truth(), found.results, image_ids)

@@ -13,7 +13,6 @@ import torch
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.evaluation.coco import (
     coco_evaluation_curves,
-    evaluated_image_ids,
     gather_detections,
     predict_coco_results,
 )
@@ -229,9 +228,9 @@ def _evaluate_model(
         return None
     out = Path(out_dir) / "detections.json"
     write_json(found.results, out)
-    image_ids = evaluated_image_ids(splits.val)
-    stats, per_class, precision = coco_evaluation_curves(splits.val_coco, found.results, image_ids)
-    return EvaluationReport(stats, per_class, _category_names(splits.val_coco),
+    image_ids, coco_gt = splits.val.image_ids(), splits.val.coco_ground_truth()
+    stats, per_class, precision = coco_evaluation_curves(coco_gt, found.results, image_ids)
+    return EvaluationReport(stats, per_class, _category_names(coco_gt),
                             len(image_ids), len(found.results), out, precision=precision,
-                            coco_gt=splits.val_coco, results=found.results,
+                            coco_gt=coco_gt, results=found.results,
                             image_ids=image_ids, unreadable=found.unreadable)  # fmt: skip

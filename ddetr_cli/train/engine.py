@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ddetr_cli import runtime
 from ddetr_cli.data import ResumableBatchSampler, build_datasets, collate
+from ddetr_cli.data.dataset import DetectionDataset
 from ddetr_cli.errors import DdetrError, Terminated
 from ddetr_cli.evaluation.coco import evaluate_coco
 from ddetr_cli.model import build_model
@@ -218,16 +219,10 @@ def _kernel_build_line(recipe: dict[str, Any], device: torch.device) -> str | No
     )
 
 
-def _count(dataset, coco=None) -> str:
-    """'N pictures, M boxes' (boxes where the annotations are at hand)."""
-    coco = coco if coco is not None else getattr(dataset, "coco", None)
-    text = f"{len(dataset)} pictures"
-    if coco is not None and not callable(coco):
-        ids = getattr(dataset, "ids", None)
-        with contextlib.suppress(AttributeError, TypeError, KeyError):
-            anns = coco.getAnnIds(imgIds=list(ids)) if ids is not None else coco.getAnnIds()
-            text += f", {len(anns)} boxes"
-    return text
+def _count(dataset: DetectionDataset) -> str:
+    """'N pictures, M boxes' (boxes where the dataset knows them without reading pictures)."""
+    boxes = dataset.box_count()
+    return f"{len(dataset)} pictures" + (f", {boxes} boxes" if boxes is not None else "")
 
 
 class Trainer:
@@ -293,7 +288,7 @@ class Trainer:
         say(f"run folder {self.output_dir}/")
         data = f"data: train {_count(splits.train)}"
         if splits.val is not None:
-            data += f"; val {_count(splits.val, splits.val_coco)}"
+            data += f"; val {_count(splits.val)}"
         else:
             data += "; no val split (no val AP, no checkpoint_best.pth)"
         names = self.recipe["model"]["class_names"] or []
@@ -440,8 +435,8 @@ class Trainer:
         """Val AP (of the EMA weights when on) into ``record``; saves a new best checkpoint."""
         st = self.state
         model = st.ema.module if st.ema is not None else self.bare
-        stats = evaluate_coco(model, self.val_loader, self.splits.val_coco, self.device,
-                              self.cfg["amp"], self.recipe["model"]["num_detections"])  # fmt: skip
+        amp, kept = self.cfg["amp"], self.recipe["model"]["num_detections"]
+        stats = evaluate_coco(model, self.val_loader, self.device, amp, kept)
         record.update(stats)
         self.last_eval = stats
         if not st.record_eval(stats["AP"], st.epoch):
