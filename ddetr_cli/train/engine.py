@@ -59,7 +59,6 @@ class TrainResult:
     seconds: float = 0.0
     best_ap: float | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
-    interrupted: bool = False
     stopped_early: str | None = None  # why patience ended the run
     notes: list[str] = field(default_factory=list)
     nothing_to_train: str | None = None  # a resumed run that had done its epochs: why not
@@ -236,8 +235,6 @@ class Trainer:
         self.stop_request = StopRequest()
         self._t0, self._seconds_before = time.perf_counter(), 0.0
         cfg = self.cfg
-        if not cfg["ema"] < 1:
-            raise DdetrError(f"train.ema must be below 1 (e.g. 0.9998; 0: off), got {cfg['ema']}")
         _seed_everything(cfg["seed"] + ctx.rank)
         if ckpt is None:
             folder, note = _claim(cfg, ctx, next_free)
@@ -349,7 +346,7 @@ class Trainer:
     def _result(self) -> TrainResult:
         st = self.state
         return TrainResult(self.output_dir, st.epoch, st.step, self._elapsed(), st.best_ap,
-                           self.last_eval, False, self.stopped_early, self.notes)  # fmt: skip
+                           self.last_eval, self.stopped_early, self.notes)  # fmt: skip
 
     def _stop_requested(self) -> bool:
         return self.stop_request.agreed(self.device, self.ctx.enabled)
