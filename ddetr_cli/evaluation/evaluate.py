@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ddetr_cli import runtime
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.evaluation.coco import (
     coco_evaluation_curves,
@@ -176,8 +177,6 @@ def evaluate_checkpoint(
     detections, writes them and returns the report; the other processes return None. Pictures
     that cannot be read are in the report's ``unreadable`` and have no detections.
     """
-    from ddetr_cli import runtime
-
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if (images is None) != (annotations is None):
@@ -201,7 +200,7 @@ def _evaluate_model(
     batch_size: int,
     device: torch.device,
     out_dir: str | Path,
-    ctx: Any,
+    ctx: runtime.Dist,
 ) -> EvaluationReport | None:
     from torch.utils.data import DataLoader, DistributedSampler
 

@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ddetr_cli import runtime
-from ddetr_cli.data import ResumableBatchSampler, build_datasets, collate
+from ddetr_cli.data import ResumableBatchSampler, Splits, build_datasets, collate
 from ddetr_cli.data.dataset import DetectionDataset
 from ddetr_cli.errors import DdetrError, Terminated
 from ddetr_cli.evaluation.coco import evaluate_coco
@@ -41,7 +42,7 @@ from ddetr_cli.train.checkpointing import (
     rng_state,
 )
 from ddetr_cli.train.classes import resolve_classes
-from ddetr_cli.train.criterion import build_criterion
+from ddetr_cli.train.criterion import SetCriterion, build_criterion
 from ddetr_cli.train.plan import claim_folder, nothing_to_train
 from ddetr_cli.train.report import Reporter, duration, short_losses
 from ddetr_cli.train.state import TrainState
@@ -121,7 +122,12 @@ def _claim(cfg: dict[str, Any], ctx: runtime.Dist, next_free: bool) -> tuple[Pat
     return Path(decided[0]), decided[1]
 
 
-def build_loaders(splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int):
+Batch = tuple[list[Tensor], list[dict[str, Any]]]  # pictures and targets, as the loader gives
+
+
+def build_loaders(
+    splits: Splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int
+) -> tuple[DataLoader, ResumableBatchSampler, DataLoader | None]:
     """(training loader, its resumable batch sampler, val loader or None)."""
     sampler = ResumableBatchSampler(splits.train, cfg["batch_size"], ctx.rank, ctx.world_size,
                                     shuffle=True, seed=cfg["seed"])  # fmt: skip
@@ -149,15 +155,24 @@ def build_loaders(splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int):
     return train_loader, sampler, val_loader
 
 
-def _to_device(images, targets, device: torch.device, dtype: torch.dtype):
+def _to_device(
+    images: list[Tensor], targets: list[dict[str, Any]], device: torch.device, dtype: torch.dtype
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     images = [img.to(device, dtype=dtype, non_blocking=True) for img in images]
     targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device, dtype=dtype)}
                for t in targets]  # fmt: skip
     return images, targets
 
 
-def train_step(model, criterion, state: TrainState, batches, cfg: dict[str, Any], device,
-               distributed: bool = False) -> dict[str, float]:  # fmt: skip
+def train_step(
+    model: nn.Module,
+    criterion: SetCriterion,
+    state: TrainState,
+    batches: list[Batch],
+    cfg: dict[str, Any],
+    device: torch.device,
+    distributed: bool = False,
+) -> dict[str, float]:
     """One optimiser step over ``batches`` (train.accumulate of them, or fewer at the end of an
     epoch): their gradients add up with every loss normalised by the target boxes of all of
     them, so the update equals that of one batch holding all their pictures."""
@@ -227,7 +242,17 @@ def _count(dataset: DetectionDataset) -> str:
 class Trainer:
     """One run: built from the recipe, then ``run()``. Its mutable state is ``self.state``."""
 
-    def __init__(self, recipe, ctx, weights, ckpt, resume, progress, next_free, notes) -> None:
+    def __init__(
+        self,
+        recipe: dict[str, Any],
+        ctx: runtime.Dist,
+        weights: str | Path | None,
+        ckpt: dict[str, Any] | None,
+        resume: str | Path | None,
+        progress: bool,
+        next_free: bool,
+        notes: list[str],
+    ) -> None:
         self.recipe, self.ctx, self.cfg = recipe, ctx, recipe["train"]
         self.device, self.notes, self.stop = ctx.device, notes, False
         self.last_eval: dict[str, float] = {}
@@ -261,7 +286,9 @@ class Trainer:
             self.reporter.forget_after(self.state.step)
         self._report_start(ckpt, resume)
 
-    def _build_model(self, ckpt, resume, weights) -> None:
+    def _build_model(
+        self, ckpt: dict[str, Any] | None, resume: str | Path | None, weights: str | Path | None
+    ) -> None:
         if self.cfg["amp"] == "fp16" and self.device.type == "cpu":
             log.warning("train.amp=fp16 on CPU is slow and rarely useful; consider bf16")
         model = build_model(self.recipe).to(self.device)
@@ -278,7 +305,7 @@ class Trainer:
                 find_unused_parameters=not self.recipe["model"]["aux_loss"],
             )
 
-    def _report_start(self, ckpt, resume) -> None:
+    def _report_start(self, ckpt: dict[str, Any] | None, resume: str | Path | None) -> None:
         cfg, splits, say = self.cfg, self.splits, self.reporter.line
         for note in self.notes:
             say(f"note: {note}")
