@@ -166,8 +166,9 @@ def measure_speed(
     inference is usually deployed: matmuls and convs in half precision, norms in fp32); the
     name is checked beforehand (``bench.backends.check_dtypes``).
     """
-    result = SpeedResult(backend="", dtype=dtype, mode="compile" if compiled else "eager",
-                         batch_size=batch_size)  # fmt: skip
+    result = SpeedResult(
+        backend="", dtype=dtype, mode="compile" if compiled else "eager", batch_size=batch_size
+    )
     batch = picture.to(device)[None].expand(batch_size, -1, -1, -1).contiguous()
     runner: Callable[..., Any] = model
     if compiled:

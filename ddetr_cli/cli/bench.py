@@ -311,17 +311,33 @@ def bench_op(
         title_justify="left",
         box=box.SIMPLE_HEAVY,
     )
-    for column in ("part", "batch", "dtype", "pass", "backend", "ms", "vs reference", "floor ms",
-                   "GB/s", "x floor"):  # fmt: skip
+    for column in (
+        "part",
+        "batch",
+        "dtype",
+        "pass",
+        "backend",
+        "ms",
+        "vs reference",
+        "floor ms",
+        "GB/s",
+        "x floor",
+    ):
         left = column in ("part", "pass", "backend")
         table.add_column(column, justify="left" if left else "right")
     for row in report["results"]:
         table.add_row(
-            row["part"], str(row["batch"]), row["dtype"], row["pass"], row["backend"],
-            f"{row['ms']:.2f}", f"{row['speedup']:.1f}x" if row["speedup"] else "",
-            f"{row['floor_ms']:.3f}", f"{row['gbytes_per_s']:.1f}",
+            row["part"],
+            str(row["batch"]),
+            row["dtype"],
+            row["pass"],
+            row["backend"],
+            f"{row['ms']:.2f}",
+            f"{row['speedup']:.1f}x" if row["speedup"] else "",
+            f"{row['floor_ms']:.3f}",
+            f"{row['gbytes_per_s']:.1f}",
             f"{row['ms'] / row['floor_ms']:.1f}",
-        )  # fmt: skip
+        )
     wide = Console(width=max(stdout.width, 110))  # never crop the numbers, e.g. in CI logs
     wide.print(table)
     note = f"protocol: {report['protocol']}; 'x floor' = time / memory floor"

@@ -87,14 +87,20 @@ def data_convert(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DdetrError(f"{out_dir}: exists and is not empty")
     recipe = recipe_for(source, overrides or [])
-    data = load_source(recipe["data"], recipe["model"]["class_names"], ("train", "val", "test"),
-                       require_train=False)  # fmt: skip
+    data = load_source(
+        recipe["data"],
+        recipe["model"]["class_names"],
+        ("train", "val", "test"),
+        require_train=False,
+    )
     written = write_coco(data, out_dir, link=not copy)
     for problem in data.problems:
         print_line(f"skipped: {problem}")
     for split, w in written.items():
-        print_line(f"{split}: {w.pictures} of {w.pictures_read} pictures, {w.boxes} of "
-                   f"{w.boxes_read} boxes -> {w.annotations}")  # fmt: skip
+        print_line(
+            f"{split}: {w.pictures} of {w.pictures_read} pictures, {w.boxes} of "
+            f"{w.boxes_read} boxes -> {w.annotations}"
+        )
     shortfall = conversion_shortfall(data, written)
     if shortfall is not None:
         raise DdetrError(shortfall)
@@ -136,8 +142,12 @@ def data_shapes(
     with Progress(transient=True) as bar:
         progress = bar.add_task("writing pictures", total=train_count + val_count)
         written = write_shapes_coco(
-            out_dir, train_count, val_count, seed, on_picture=lambda: bar.advance(progress),
+            out_dir,
+            train_count,
+            val_count,
+            seed,
+            on_picture=lambda: bar.advance(progress),
             task=task,
-        )  # fmt: skip
+        )
     for split, path in written.items():
         print_line(f"{split}: {path}")

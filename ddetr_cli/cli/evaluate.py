@@ -27,14 +27,20 @@ _CONFUSION_PRINT_MAX = 16
 _MEANINGS = [
     f"{kind} IoU={iou} area={area} maxDets={dets}"
     for kind, iou, area, dets in (
-        ("AP", "0.50:0.95", "all", 100), ("AP", "0.50", "all", 100), ("AP", "0.75", "all", 100),
-        ("AP", "0.50:0.95", "small", 100), ("AP", "0.50:0.95", "medium", 100),
-        ("AP", "0.50:0.95", "large", 100), ("AR", "0.50:0.95", "all", 1),
-        ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
-        ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100),
+        ("AP", "0.50:0.95", "all", 100),
+        ("AP", "0.50", "all", 100),
+        ("AP", "0.75", "all", 100),
+        ("AP", "0.50:0.95", "small", 100),
+        ("AP", "0.50:0.95", "medium", 100),
+        ("AP", "0.50:0.95", "large", 100),
+        ("AR", "0.50:0.95", "all", 1),
+        ("AR", "0.50:0.95", "all", 10),
+        ("AR", "0.50:0.95", "all", 100),
+        ("AR", "0.50:0.95", "small", 100),
+        ("AR", "0.50:0.95", "medium", 100),
         ("AR", "0.50:0.95", "large", 100),
     )
-]  # fmt: skip
+]
 
 
 def evaluate(
@@ -109,8 +115,9 @@ def evaluate(
     elif weights is None:
         raise UsageError("give --weights CHECKPOINT (or --predictions with --annotations)")
     else:
-        report = evaluate_checkpoint(weights, recipe, overrides or [], images, annotations,
-                                     batch_size, device, out)  # fmt: skip
+        report = evaluate_checkpoint(
+            weights, recipe, overrides or [], images, annotations, batch_size, device, out
+        )
         if report is None:  # a torchrun process other than 0: process 0 reports
             return
     _print_report(report)
@@ -146,8 +153,10 @@ def _fail_on_unreadable(report: Any) -> None:
 
 def _print_report(report: Any) -> None:
     """The 12 COCOeval numbers and the AP of each class, as tables."""
-    summary = Table(title=f"COCO box AP ({report.num_images} pictures, "
-                    f"{report.num_detections} detections)", title_justify="left")  # fmt: skip
+    summary = Table(
+        title=f"COCO box AP ({report.num_images} pictures, {report.num_detections} detections)",
+        title_justify="left",
+    )
     for column in ("", "value", "what (pycocotools)"):
         summary.add_column(column, justify="right" if column == "value" else "left")
     for (name, value), what in zip(report.stats.items(), _MEANINGS, strict=True):
@@ -165,16 +174,22 @@ def _print_report(report: Any) -> None:
 
 def _print_threshold_metrics(at: Any) -> None:
     """The precision / recall / F1 table and the confusion matrix of ``ddetr evaluate -t``."""
-    title = (f"Detections scoring >= {at.score_threshold:g}, matched at IoU >= "
-             f"{at.iou_threshold:g}")  # fmt: skip
+    title = f"Detections scoring >= {at.score_threshold:g}, matched at IoU >= {at.iou_threshold:g}"
     table = Table(title=title, title_justify="left")
     for column in ("class", "TP", "FP", "FN", "precision", "recall", "F1"):
         table.add_column(column, justify="left" if column == "class" else "right")
 
     def row(name: str, counts: Any, **style: Any) -> None:
-        table.add_row(name, str(counts.tp), str(counts.fp), str(counts.fn),
-                      f"{counts.precision:.3f}", f"{counts.recall:.3f}", f"{counts.f1:.3f}",
-                      **style)  # fmt: skip
+        table.add_row(
+            name,
+            str(counts.tp),
+            str(counts.fp),
+            str(counts.fn),
+            f"{counts.precision:.3f}",
+            f"{counts.recall:.3f}",
+            f"{counts.f1:.3f}",
+            **style,
+        )
 
     for category, counts in at.per_class.items():
         row(at.class_names.get(category, str(category)), counts)
@@ -182,8 +197,10 @@ def _print_threshold_metrics(at: Any) -> None:
     stdout.print(table)
     best = at.best_f1
     if best is not None:
-        print_line(f"best F1 {best['f1']:.3f} at score >= {best['score_threshold']:g} "
-                   f"(precision {best['precision']:.3f}, recall {best['recall']:.3f})")  # fmt: skip
+        print_line(
+            f"best F1 {best['f1']:.3f} at score >= {best['score_threshold']:g} "
+            f"(precision {best['precision']:.3f}, recall {best['recall']:.3f})"
+        )
     labels, matrix = at.confusion.labels, at.confusion.matrix
     if len(labels) > _CONFUSION_PRINT_MAX:
         print_line(f"confusion matrix: {len(labels)} x {len(labels)}, in --json and --plots")

@@ -74,10 +74,18 @@ def visualize_attention(
     picture = load_image(image)
     model, resolved = resolve_model(weights, recipe, overrides or [], device)
     result = attention_pictures(
-        model, picture, image.stem, out, resolved["model"]["class_names"],
-        resolved["data"]["eval_min_size"], resolved["data"]["eval_max_size"], decoder_layer, top,
-        pixel, encoder_layer,
-    )  # fmt: skip
+        model,
+        picture,
+        image.stem,
+        out,
+        resolved["model"]["class_names"],
+        resolved["data"]["eval_min_size"],
+        resolved["data"]["eval_max_size"],
+        decoder_layer,
+        top,
+        pixel,
+        encoder_layer,
+    )
     print_line(
         f"decoder layer {result.decoder_layer} of {result.decoder_layers}, the top "
         f"{len(result.detections)} detections:"
@@ -146,9 +154,17 @@ def visualize_predictions(
         raise UsageError(f"--columns must be at least 1, got {columns}")
     pictures, overrides = split_overrides(images)
     summary = run_predict(
-        pictures, weights, recipe, overrides, threshold, out, device, batch_size, min_size,
+        pictures,
+        weights,
+        recipe,
+        overrides,
+        threshold,
+        out,
+        device,
+        batch_size,
+        min_size,
         max_size,
-    )  # fmt: skip
+    )
     drawn = [out / name for name in output_names(list_images(pictures)) if (out / name).is_file()]
     sheet = contact_sheet(drawn, out / "sheet.png", columns)
     print_line(

@@ -39,7 +39,7 @@ def build_datasets(recipe: dict[str, Any], train: bool = True) -> Splits:
         train_set = (
             ShapesDataset(
                 cfg["seed"], cfg["train_images"], train=True, augment=data["augment"], task=task
-            )  # fmt: skip
+            )
             if train
             else None
         )
@@ -54,11 +54,22 @@ def build_datasets(recipe: dict[str, Any], train: bool = True) -> Splits:
     train_set = val_set = None
     if train:
         split = source.splits["train"]
-        train_set = CocoDataset(split.image_root, split.coco, train=True,
-                                augment=data["augment"], seed=seed, name=split.source)  # fmt: skip
+        train_set = CocoDataset(
+            split.image_root,
+            split.coco,
+            train=True,
+            augment=data["augment"],
+            seed=seed,
+            name=split.source,
+        )
     split = source.splits.get("val")
     if split is not None:
-        val_set = CocoDataset(split.image_root, split.coco, train=False,
-                              min_size=data["eval_min_size"], max_size=data["eval_max_size"],
-                              name=split.source)  # fmt: skip
+        val_set = CocoDataset(
+            split.image_root,
+            split.coco,
+            train=False,
+            min_size=data["eval_min_size"],
+            max_size=data["eval_max_size"],
+            name=split.source,
+        )
     return Splits(train_set, val_set, source.num_classes, list(source.class_names))

@@ -151,16 +151,20 @@ class CocoDataset(DetectionDataset):
             detail = ", ".join(f"{n} {what}" for what, n in problems.most_common())
             log.warning("%s: skipped %d annotations (%s)", name, problems.total(), detail)
         self.skipped_annotations = problems.total()
-        present = [i for i in sorted(self.targets)
-                   if (self.images_dir / self._coco.imgs[i]["file_name"]).is_file()]  # fmt: skip
+        present = [
+            i
+            for i in sorted(self.targets)
+            if (self.images_dir / self._coco.imgs[i]["file_name"]).is_file()
+        ]
         if not present:
             raise DdetrError(f"{name}: no images found in {self.images_dir}")
         missing = len(self.targets) - len(present)
         # Evaluation keeps them: each is named and scored as a picture with no detections.
         ids = present if train else sorted(self.targets)
         if missing and train:
-            log.warning("%s: skipped %d images whose file is missing in %s", name, missing,
-                        self.images_dir)  # fmt: skip
+            log.warning(
+                "%s: skipped %d images whose file is missing in %s", name, missing, self.images_dir
+            )
         self.missing_images = missing
         self.ids = ids
 
@@ -183,9 +187,14 @@ class CocoDataset(DetectionDataset):
         h, w = image.shape[-2:]
         # Clamp to the picture; boxes that become empty are dropped later.
         boxes = torch.stack(
-            [boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
-             boxes[:, 3].clamp(0, h)], dim=1,
-        )  # fmt: skip
+            [
+                boxes[:, 0].clamp(0, w),
+                boxes[:, 1].clamp(0, h),
+                boxes[:, 2].clamp(0, w),
+                boxes[:, 3].clamp(0, h),
+            ],
+            dim=1,
+        )
         return image, boxes, labels
 
 
@@ -285,16 +294,16 @@ def _remap_by_name(data: dict[str, Any], class_names: list[str], source: str) ->
             "model.class_names"
         )
     for name in missing:
-        problems.append(Problem(source, f"category '{name}' is not in model.class_names",
-                                "class"))  # fmt: skip
+        problems.append(Problem(source, f"category '{name}' is not in model.class_names", "class"))
     old_names = {c["id"]: c.get("name") for c in data["categories"]}
     for ann in data["annotations"]:
         cat = ann.get("category_id")
         if cat not in new_id:
             ann["class_name"] = old_names.get(cat, cat)  # named in data check's message
         ann["category_id"] = new_id.get(cat, -1)
-    data["categories"] = [{**c, "id": new_id[c["id"]]} for c in data["categories"]
-                          if c["id"] in new_id]  # fmt: skip
+    data["categories"] = [
+        {**c, "id": new_id[c["id"]]} for c in data["categories"] if c["id"] in new_id
+    ]
     return problems
 
 

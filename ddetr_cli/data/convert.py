@@ -117,8 +117,13 @@ def write_coco(
         ]
         write_json({"images": images, "annotations": annotations, "categories": categories}, path)
         unlisted = sum(p.kind in _PICTURE_PROBLEMS for p in split.problems)
-        written[name] = SplitWritten(path, len(split.coco["images"]) + unlisted, len(images),
-                                     len(split.coco["annotations"]), len(annotations))  # fmt: skip
+        written[name] = SplitWritten(
+            path,
+            len(split.coco["images"]) + unlisted,
+            len(images),
+            len(split.coco["annotations"]),
+            len(annotations),
+        )
     return written
 
 

@@ -88,10 +88,17 @@ def _detect(
     for (_, target), det in zip(samples, detections, strict=True):
         boxes = det["boxes"].cpu()
         boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-        for box, score, label in zip(boxes.tolist(), det["scores"].tolist(),
-                                     det["labels"].tolist(), strict=True):  # fmt: skip
-            results.append({"image_id": int(target["image_id"]), "category_id": label,
-                            "bbox": box, "score": score})  # fmt: skip
+        for box, score, label in zip(
+            boxes.tolist(), det["scores"].tolist(), det["labels"].tolist(), strict=True
+        ):
+            results.append(
+                {
+                    "image_id": int(target["image_id"]),
+                    "category_id": label,
+                    "bbox": box,
+                    "score": score,
+                }
+            )
     return results
 
 
@@ -164,8 +171,12 @@ def gather_detections(local: Detections) -> Detections:
     for rank, part in enumerate(gathered):
         for r in part.results:
             owner.setdefault(r["image_id"], rank)
-    results = [r for rank, part in enumerate(gathered) for r in part.results
-               if owner[r["image_id"]] == rank]  # fmt: skip
+    results = [
+        r
+        for rank, part in enumerate(gathered)
+        for r in part.results
+        if owner[r["image_id"]] == rank
+    ]
     unreadable = {i: why for part in gathered for i, why in part.unreadable.items()}
     return Detections(results, dict(sorted(unreadable.items())))
 

@@ -155,9 +155,18 @@ def score_predictions(predictions: str | Path, annotations: str | Path) -> Evalu
     coco_gt = read_coco(annotations)
     results, note = _read_results(Path(predictions), coco_gt)
     stats, per_class, precision = coco_evaluation_curves(coco_gt, results)
-    return EvaluationReport(stats, per_class, _category_names(coco_gt), len(coco_gt.getImgIds()),
-                            len(results), Path(predictions), notes=[note], precision=precision,
-                            coco_gt=coco_gt, results=results)  # fmt: skip
+    return EvaluationReport(
+        stats,
+        per_class,
+        _category_names(coco_gt),
+        len(coco_gt.getImgIds()),
+        len(results),
+        Path(predictions),
+        notes=[note],
+        precision=precision,
+        coco_gt=coco_gt,
+        results=results,
+    )
 
 
 def evaluate_checkpoint(
@@ -220,16 +229,27 @@ def _evaluate_model(
         raise no_data
     sampler = DistributedSampler(splits.val, shuffle=False) if ctx.enabled else None
     loader = DataLoader(splits.val, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    found = gather_detections(predict_coco_results(
-        model, loader, device, recipe["train"]["amp"], recipe["model"]["num_detections"]
-    ))  # fmt: skip
+    found = gather_detections(
+        predict_coco_results(
+            model, loader, device, recipe["train"]["amp"], recipe["model"]["num_detections"]
+        )
+    )
     if not ctx.is_main:
         return None
     out = Path(out_dir) / "detections.json"
     write_json(found.results, out)
     image_ids, coco_gt = splits.val.image_ids(), splits.val.coco_ground_truth()
     stats, per_class, precision = coco_evaluation_curves(coco_gt, found.results, image_ids)
-    return EvaluationReport(stats, per_class, _category_names(coco_gt),
-                            len(image_ids), len(found.results), out, precision=precision,
-                            coco_gt=coco_gt, results=found.results,
-                            image_ids=image_ids, unreadable=found.unreadable)  # fmt: skip
+    return EvaluationReport(
+        stats,
+        per_class,
+        _category_names(coco_gt),
+        len(image_ids),
+        len(found.results),
+        out,
+        precision=precision,
+        coco_gt=coco_gt,
+        results=found.results,
+        image_ids=image_ids,
+        unreadable=found.unreadable,
+    )

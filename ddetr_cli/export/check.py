@@ -172,10 +172,17 @@ def check_onnx(
             (scores, labels, boxes), ref_logits, ref_boxes, (height, width), tolerance
         )
         return CheckResult(
-            (height, width), batch_size, float((scores - ref_scores).abs().max()), boxes_diff,
-            mismatches == 0, int(scores.shape[1]), mismatches, tolerance, onnx_seconds,
+            (height, width),
+            batch_size,
+            float((scores - ref_scores).abs().max()),
+            boxes_diff,
+            mismatches == 0,
+            int(scores.shape[1]),
+            mismatches,
+            tolerance,
+            onnx_seconds,
             torch_seconds,
-        )  # fmt: skip
+        )
     logits = torch.from_numpy(outputs[0])
     boxes = torch.from_numpy(outputs[1])
     mismatches = compare_topk(ref_logits, logits, k)

@@ -86,8 +86,9 @@ def train(
         ckpt = read_training_state(Path(resume)) if resume is not None else None
         if ckpt is not None and ckpt["epoch"] >= recipe["train"]["epochs"]:
             return _already_done(recipe, ckpt) if ctx.is_main else None
-        trainer = Trainer(recipe, ctx, weights, ckpt, resume, progress, next_free_folder,
-                          list(notes))  # fmt: skip
+        trainer = Trainer(
+            recipe, ctx, weights, ckpt, resume, progress, next_free_folder, list(notes)
+        )
         return trainer.run()
     finally:
         runtime.cleanup_distributed()
@@ -97,8 +98,14 @@ def _already_done(recipe: dict[str, Any], ckpt: dict[str, Any]) -> TrainResult:
     """The summary of a resumed run that has done its epochs: nothing is trained or written."""
     output_dir = Path(recipe["train"]["output_dir"])
     why = nothing_to_train(output_dir, ckpt["epoch"], recipe["train"]["epochs"])
-    return TrainResult(output_dir, ckpt["epoch"], ckpt["step"], float(ckpt.get("seconds", 0.0)),
-                       ckpt.get("best_ap"), nothing_to_train=why)  # fmt: skip
+    return TrainResult(
+        output_dir,
+        ckpt["epoch"],
+        ckpt["step"],
+        float(ckpt.get("seconds", 0.0)),
+        ckpt.get("best_ap"),
+        nothing_to_train=why,
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -129,8 +136,9 @@ def build_loaders(
     splits: Splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int
 ) -> tuple[DataLoader, ResumableBatchSampler, DataLoader | None]:
     """(training loader, its resumable batch sampler, val loader or None)."""
-    sampler = ResumableBatchSampler(splits.train, cfg["batch_size"], ctx.rank, ctx.world_size,
-                                    shuffle=True, seed=cfg["seed"])  # fmt: skip
+    sampler = ResumableBatchSampler(
+        splits.train, cfg["batch_size"], ctx.rank, ctx.world_size, shuffle=True, seed=cfg["seed"]
+    )
     if len(sampler) == 0:
         raise DdetrError(
             f"the training set ({len(splits.train)} pictures) is smaller than one batch of "
@@ -139,19 +147,29 @@ def build_loaders(
     pin = ctx.device.type == "cuda"
     loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps the global RNG untouched
     train_loader = DataLoader(
-        splits.train, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-        pin_memory=pin, persistent_workers=workers > 0, generator=loader_gen,
+        splits.train,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        generator=loader_gen,
         worker_init_fn=ignore_sigterm,
-    )  # fmt: skip
+    )
     if splits.val is None:
         return train_loader, sampler, None
     val_sampler = (
         DistributedSampler(splits.val, shuffle=False, drop_last=False) if ctx.enabled else None
     )
     val_loader = DataLoader(
-        splits.val, batch_size=cfg["batch_size"], sampler=val_sampler, collate_fn=collate,
-        num_workers=workers, pin_memory=pin, worker_init_fn=ignore_sigterm,
-    )  # fmt: skip
+        splits.val,
+        batch_size=cfg["batch_size"],
+        sampler=val_sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=pin,
+        worker_init_fn=ignore_sigterm,
+    )
     return train_loader, sampler, val_loader
 
 
@@ -159,8 +177,10 @@ def _to_device(
     images: list[Tensor], targets: list[dict[str, Any]], device: torch.device, dtype: torch.dtype
 ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     images = [img.to(device, dtype=dtype, non_blocking=True) for img in images]
-    targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device, dtype=dtype)}
-               for t in targets]  # fmt: skip
+    targets = [
+        {"labels": t["labels"].to(device), "boxes": t["boxes"].to(device, dtype=dtype)}
+        for t in targets
+    ]
     return images, targets
 
 
@@ -319,8 +339,10 @@ class Trainer:
         shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         say(f"{data}; {self.recipe['model']['num_classes']} classes ({shown})")
         b, a, w = cfg["batch_size"], cfg["accumulate"], self.ctx.world_size
-        say(f"batch {b * a * w} per optimiser step = {b} pictures x {a} accumulated x {w} "
-            f"process{'es' if w > 1 else ''}")  # fmt: skip
+        say(
+            f"batch {b * a * w} per optimiser step = {b} pictures x {a} accumulated x {w} "
+            f"process{'es' if w > 1 else ''}"
+        )
         lrs = ", ".join(f"{k} {v:.2e}" for k, v in self.state.learning_rates().items())
         ema = f"; EMA decay {cfg['ema']}" if cfg["ema"] > 0 else ""
         say(f"learning rates: {lrs}{ema}")
@@ -329,8 +351,10 @@ class Trainer:
             say(building)
         if ckpt is not None:
             st = self.state
-            say(f"resumed from {resume}: epoch {st.epoch + 1}/{cfg['epochs']}, batch {st.batch}, "
-                f"step {st.step}")  # fmt: skip
+            say(
+                f"resumed from {resume}: epoch {st.epoch + 1}/{cfg['epochs']}, batch {st.batch}, "
+                f"step {st.step}"
+            )
 
     def run(self) -> TrainResult | None:
         try:
@@ -366,14 +390,24 @@ class Trainer:
             raise KeyboardInterrupt
         if outcome == "stopped":
             self.save(last.name)
-            self.reporter.line(f"stopped after train.max_steps={self.cfg['max_steps']} steps "
-                               f"(epoch {st.epoch + 1}, batch {st.batch}/{len(self.sampler)})"
-                               "; saved checkpoint_last.pth")  # fmt: skip
+            self.reporter.line(
+                f"stopped after train.max_steps={self.cfg['max_steps']} steps "
+                f"(epoch {st.epoch + 1}, batch {st.batch}/{len(self.sampler)})"
+                "; saved checkpoint_last.pth"
+            )
 
     def _result(self) -> TrainResult:
         st = self.state
-        return TrainResult(self.output_dir, st.epoch, st.step, self._elapsed(), st.best_ap,
-                           self.last_eval, self.stopped_early, self.notes)  # fmt: skip
+        return TrainResult(
+            self.output_dir,
+            st.epoch,
+            st.step,
+            self._elapsed(),
+            st.best_ap,
+            self.last_eval,
+            self.stopped_early,
+            self.notes,
+        )
 
     def _stop_requested(self) -> bool:
         return self.stop_request.agreed(self.device, self.ctx.enabled)
@@ -396,8 +430,9 @@ class Trainer:
                 group.append((images, targets))
                 if len(group) < cfg["accumulate"] and st.batch + len(group) < len(self.sampler):
                     continue
-                losses = train_step(self.model, self.criterion, st, group, cfg, self.device,
-                                    self.ctx.enabled)  # fmt: skip
+                losses = train_step(
+                    self.model, self.criterion, st, group, cfg, self.device, self.ctx.enabled
+                )
                 if st.ema is not None:
                     st.ema.update(self.bare)
                 st.batch, st.step = st.batch + len(group), st.step + 1
@@ -419,9 +454,14 @@ class Trainer:
             st.loss_sums[key] = st.loss_sums.get(key, 0.0) + value
         self.reporter.advance(batches, losses)
         if st.step % self.cfg["log_every"] == 0:
-            record = {"type": "step", "epoch": st.epoch, "step": st.step,
-                      "lr": st.optimizer.param_groups[0]["lr"], "time": self._elapsed(),
-                      **losses}  # fmt: skip
+            record = {
+                "type": "step",
+                "epoch": st.epoch,
+                "step": st.step,
+                "lr": st.optimizer.param_groups[0]["lr"],
+                "time": self._elapsed(),
+                **losses,
+            }
             self.reporter.write(record, st.learning_rates())
 
     def _elapsed(self) -> float:
@@ -433,14 +473,20 @@ class Trainer:
         st, cfg = self.state, self.cfg
         st.scheduler.step()
         st.epoch, st.batch = st.epoch + 1, 0
-        record = {"type": "epoch", "epoch": st.epoch - 1, "step": st.step,
-                  "lr": st.optimizer.param_groups[0]["lr"], "time": self._elapsed(),
-                  **{k: v / max(st.loss_steps, 1) for k, v in st.loss_sums.items()}}  # fmt: skip
+        record = {
+            "type": "epoch",
+            "epoch": st.epoch - 1,
+            "step": st.step,
+            "lr": st.optimizer.param_groups[0]["lr"],
+            "time": self._elapsed(),
+            **{k: v / max(st.loss_steps, 1) for k, v in st.loss_sums.items()},
+        }
         matcher = self.criterion.matcher
         if matcher.non_finite_costs:
             record["non_finite_costs"] = matcher.non_finite_costs
-            log.warning("matcher: replaced %d non-finite costs this epoch",
-                        matcher.non_finite_costs)  # fmt: skip
+            log.warning(
+                "matcher: replaced %d non-finite costs this epoch", matcher.non_finite_costs
+            )
             matcher.non_finite_costs = 0
         last = st.epoch == cfg["epochs"] or self.stop
         best = False
@@ -468,9 +514,16 @@ class Trainer:
         if st.ema is None:
             self.save("checkpoint_best.pth", eval=stats)
         elif self.ctx.is_main:  # the EMA weights, to evaluate and fine-tune from
-            save_checkpoint(self.output_dir / "checkpoint_best.pth", st.ema.module, self.recipe,
-                            epoch=st.epoch, step=st.step, eval=stats, ema_weights=True,
-                            environment=self._environment())  # fmt: skip
+            save_checkpoint(
+                self.output_dir / "checkpoint_best.pth",
+                st.ema.module,
+                self.recipe,
+                epoch=st.epoch,
+                step=st.step,
+                eval=stats,
+                ema_weights=True,
+                environment=self._environment(),
+            )
         return True
 
     def _out_of_patience(self) -> bool:
@@ -486,8 +539,10 @@ class Trainer:
     def _epoch_line(self, record: dict[str, Any], best: bool) -> str:
         parts = [f"epoch {record['epoch'] + 1}/{self.cfg['epochs']}", short_losses(record)]
         if "AP" in record:
-            parts.append(f"val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
-                         + ("  (best)" if best else ""))  # fmt: skip
+            parts.append(
+                f"val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+                + ("  (best)" if best else "")
+            )
         parts.append(duration(self.reporter.epoch_seconds()))
         return "  ".join(p for p in parts if p)
 
@@ -499,8 +554,15 @@ class Trainer:
         if not self.ctx.is_main:
             return
         self.state.seconds = self._elapsed()
-        save_checkpoint(self.output_dir / name, self.bare, self.recipe, **self.state.state_dict(),
-                        rng=rngs, environment=self._environment(), **extra)  # fmt: skip
+        save_checkpoint(
+            self.output_dir / name,
+            self.bare,
+            self.recipe,
+            **self.state.state_dict(),
+            rng=rngs,
+            environment=self._environment(),
+            **extra,
+        )
 
     def _environment(self) -> dict[str, Any]:
         """``runtime.numerics`` and the attention backend in use: what a run's figures depend

@@ -158,8 +158,11 @@ def attention_pictures(
     # The picture is alone in its batch, so normalised coordinates cover it exactly.
     base = to_pil(image.cpu())
     pixels = np.asarray(base)
-    result = AttentionPictures(decoder_layer=decoder_number, encoder_layer=encoder_number,
-                               decoder_layers=len(model.transformer.decoder.layers))  # fmt: skip
+    result = AttentionPictures(
+        decoder_layer=decoder_number,
+        encoder_layer=encoder_number,
+        decoder_layers=len(model.transformer.decoder.layers),
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     boxes = outputs["pred_boxes"][:1].float().cpu()
     scale = torch.tensor([width, height, width, height], dtype=boxes.dtype)
@@ -179,9 +182,15 @@ def attention_pictures(
         path = out_dir / f"{name}_attention_{rank + 1}_query{query}.png"
         picture.convert("RGB").save(path)
         result.paths.append(path)
-        result.detections.append({"query": query, "label": label, "score": score,
-                                  "name": label_text(label, None, class_names),
-                                  "picture": str(path)})  # fmt: skip
+        result.detections.append(
+            {
+                "query": query,
+                "label": label,
+                "score": score,
+                "name": label_text(label, None, class_names),
+                "picture": str(path),
+            }
+        )
     if pixel is not None:
         h0, w0 = (int(v) for v in encoded["spatial_shapes"][0])
         query = int(pixel[1] * h0 / height) * w0 + int(pixel[0] * w0 / width)
