@@ -34,6 +34,12 @@ bench_app = group(
     cls=_BenchGroup,
 )
 
+# Options both benchmarks take.
+Threads = Annotated[int | None, typer.Option(help="CPU threads for torch.")]
+TimedBackends = Annotated[
+    str, typer.Option(help="all (each available one, side by side), auto, reference or kernel.")
+]
+
 PARTS_LABELS = {
     "backbone": "backbone",
     "input_projection": "input projection",
@@ -56,6 +62,14 @@ def _ints(values: list[str], option: str) -> list[int]:
         return [int(v) for v in values]
     except ValueError:
         raise UsageError(f"{option}: expected whole numbers, got {','.join(values)}") from None
+
+
+def _write_report(report: dict[str, Any], json_out: Path | None) -> None:
+    """The report as JSON, with the command that repeats it, when --json asks for it."""
+    if json_out is not None:
+        report["command"] = "ddetr " + shlex.join(sys.argv[1:])
+        write_json(report, json_out, indent=2)
+        print_line(f"report: {json_out}")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -190,17 +204,14 @@ def bench(
     compile: Annotated[
         bool, typer.Option("--compile", help="Also time the torch.compile'd model.")
     ] = False,
-    attention_backend: Annotated[
-        str,
-        typer.Option(help="all (each available one, side by side), auto, reference or kernel."),
-    ] = "all",
+    attention_backend: TimedBackends = "all",
     warmup: Annotated[
         int | None, typer.Option(help="Warm-up iterations (default 5 on GPU, 1 on CPU).")
     ] = None,
     iters: Annotated[
         int | None, typer.Option(help="Timed iterations (default 295 on GPU, 10 on CPU).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    threads: Threads = None,
     json_out: JsonOut = None,
 ) -> None:
     """Parameters, FLOPs (counting the deformable sampling) and inference speed.
@@ -239,11 +250,8 @@ def bench(
         stderr.print(Text(message, style="dim"), highlight=False)
 
     report = bench_weights(weights, recipe, overrides or (), options, progress=progress)
-    report["command"] = "ddetr " + shlex.join(sys.argv[1:])  # how to reproduce a saved report
     print_report(report, stdout)
-    if json_out is not None:
-        write_json(report, json_out, indent=2)
-        print_line(f"report: {json_out}")
+    _write_report(report, json_out)
 
 
 @bench_app.command("op")
@@ -259,9 +267,7 @@ def bench_op(
     part: Annotated[
         list[str] | None, typer.Option(help="encoder and/or decoder (default both).")
     ] = None,
-    attention_backend: Annotated[
-        str, typer.Option(help="all (each available one, side by side), reference or kernel.")
-    ] = "all",
+    attention_backend: TimedBackends = "all",
     locations: Annotated[
         str,
         typer.Option(help="local (points near their reference, as trained) or uniform."),
@@ -269,7 +275,7 @@ def bench_op(
     repeats: Annotated[
         int | None, typer.Option(help="Timed repeats per row (default 5 on CPU, 20 on GPU).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    threads: Threads = None,
     json_out: JsonOut = None,
 ) -> None:
     """The deformable attention op alone at the model's shapes (one 800x1333 picture): time per
@@ -304,7 +310,6 @@ def bench_op(
         repeats,
         say=lambda message: stderr.print(Text(message, style="dim"), highlight=False),
     )
-    report["command"] = "ddetr " + shlex.join(sys.argv[1:])
     table = Table(
         title=f"ms_deform_attn on {device} ({report['device'].get('gpu', report['device']['cpu'])}"
         f", {report['threads']} threads; copy bandwidth {report['copy_bandwidth_gb_s']} GB/s)",
@@ -342,6 +347,4 @@ def bench_op(
     wide.print(table)
     note = f"protocol: {report['protocol']}; 'x floor' = time / memory floor"
     stdout.print(note, highlight=False)
-    if json_out is not None:
-        write_json(report, json_out, indent=2)
-        print_line(f"report: {json_out}")
+    _write_report(report, json_out)

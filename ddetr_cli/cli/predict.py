@@ -51,18 +51,9 @@ def predict(
     from ddetr_cli.inference.predict import run_predict
 
     pictures, overrides = split_overrides(images)
+    overrides = with_backend(overrides, attention_backend)
     summary = run_predict(
-        pictures,
-        weights,
-        recipe_path=recipe,
-        overrides=with_backend(overrides, attention_backend),
-        threshold=threshold,
-        out_dir=out,
-        device=device,
-        batch_size=batch_size,
-        min_size=min_size,
-        max_size=max_size,
-        progress=True,
+        pictures, weights, recipe, overrides, threshold, out, device, batch_size, min_size, max_size
     )
 
     table = Table(title="ddetr predict", show_header=False, title_justify="left")

@@ -146,8 +146,7 @@ def visualize_predictions(
       ddetr visualize predictions shapes_coco/val2017 -w runs/shapes -t 0.3
       ddetr visualize predictions photos/ -w checkpoint.pth --recipe refine --min-size 600
     """
-    from ddetr_cli.data.pictures import list_images
-    from ddetr_cli.inference.predict import output_names, run_predict
+    from ddetr_cli.inference.predict import run_predict
     from ddetr_cli.viz.predictions import contact_sheet
 
     if columns < 1:
@@ -165,10 +164,10 @@ def visualize_predictions(
         min_size,
         max_size,
     )
-    drawn = [out / name for name in output_names(list_images(pictures)) if (out / name).is_file()]
-    sheet = contact_sheet(drawn, out / "sheet.png", columns)
+    sheet = contact_sheet(summary.drawn, out / "sheet.png", columns)
     print_line(
-        f"{len(drawn)} pictures with {summary.n_detections} detections in {out}/; sheet: {sheet}"
+        f"{len(summary.drawn)} pictures with {summary.n_detections} detections in {out}/; "
+        f"sheet: {sheet}"
     )
     for _path, reason in summary.failures:
         print_line(f"failed: {reason}", stderr, style="red")

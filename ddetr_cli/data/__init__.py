@@ -1,9 +1,5 @@
 """Detection data: COCO, Roboflow, YOLO and VOC folders, the built-in shapes, augmentation and
-batching.
-
-The names below are imported on first use, so that ``data.formats`` (what recipes check
-against) is read without importing torch.
-"""
+batching; ``data.formats`` (which recipes read) needs no torch, the rest loads on first use."""
 
 from ddetr_cli.lazy import lazy_getattr
 

@@ -37,6 +37,7 @@ class PredictSummary:
     seconds_per_image: float = 0.0  # wall time per processed picture, model loading excluded
     out_dir: Path = Path(".")
     predictions_path: Path = Path(PREDICTIONS_FILE)
+    drawn: list[Path] = field(default_factory=list)  # the pictures written, in input order
 
 
 def check_options(
@@ -195,6 +196,7 @@ def run_predict(
     output_files = output_names(paths)
     results: list[dict[str, Any]] = []
     failures: list[tuple[Path, str]] = []
+    drawn: list[Path] = []
     started = time.perf_counter()
     with _progress(progress) as bar, torch.inference_mode():
         task = bar.add_task("predict", total=len(paths))
@@ -212,8 +214,9 @@ def run_predict(
                 labels = det["labels"][keep].cpu()
                 boxes = det["boxes"][keep].float().cpu()
                 results.extend(_coco_results(item.image_id, item.path, boxes, labels, scores))
-                drawn = draw_detections(item.picture, boxes, labels, scores, class_labels)
-                _save_picture(drawn, out_dir / item.output_name)
+                picture = draw_detections(item.picture, boxes, labels, scores, class_labels)
+                _save_picture(picture, out_dir / item.output_name)
+                drawn.append(out_dir / item.output_name)
             bar.advance(task, len(indices))
     n_done = len(paths) - len(failures)
     elapsed = time.perf_counter() - started
@@ -228,4 +231,5 @@ def run_predict(
         seconds_per_image=elapsed / n_done if n_done else 0.0,
         out_dir=out_dir,
         predictions_path=predictions_path,
+        drawn=drawn,
     )
