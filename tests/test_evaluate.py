@@ -379,13 +379,13 @@ def test_training_val_ap_counts_an_unreadable_picture_as_empty(broken_val_folder
     from torch.utils.data import DataLoader
 
     from ddetr_cli.data import CocoDataset, collate
-    from ddetr_cli.evaluation.coco import evaluate_coco
+    from ddetr_cli.evaluation.coco import EvaluationRun, evaluate_coco
 
     folder, annotations = broken_val_folder
     dataset = CocoDataset(folder, annotations, train=False, min_size=48)
     loader = DataLoader(dataset, batch_size=3, collate_fn=collate)
     with caplog.at_level(logging.WARNING):
-        stats = evaluate_coco(_ColourCoded(), loader, num_detections=2)
+        stats = evaluate_coco(_ColourCoded(), loader, EvaluationRun(num_detections=2))
     expected = _expected_with_broken_picture_empty(tmp_path)
     assert list(stats.values()) == pytest.approx([float(v) for v in expected.stats])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

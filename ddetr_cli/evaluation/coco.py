@@ -38,19 +38,28 @@ class Detections:
     unreadable: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EvaluationRun:
+    """How evaluation runs a model: its device, the autocast (a recipe's train.amp) and the
+    detections kept per picture (model.num_detections)."""
+
+    device: torch.device | str = "cpu"
+    amp: str = "off"
+    num_detections: int = 100
+
+    @classmethod
+    def of(cls, recipe: dict[str, Any], device: torch.device | str) -> EvaluationRun:
+        return cls(device, recipe["train"]["amp"], recipe["model"]["num_detections"])
+
+
 @torch.no_grad()
 def predict_coco_results(
-    model: Detector,
-    data_loader: Iterable,
-    device: torch.device | str = "cpu",
-    amp: str = "off",
-    num_detections: int = 100,
+    model: Detector, data_loader: Iterable, run: EvaluationRun = EvaluationRun()
 ) -> Detections:
     """The detections of this process's share of the data. A picture the evaluation dataset
     could not read (see ``DetectionDataset``) is not run: it is listed in ``unreadable``."""
     from ddetr_cli.data.dataset import unreadable
 
-    device = torch.device(device)
     found = Detections()
     was_training = model.training
     model.eval()
@@ -64,27 +73,24 @@ def predict_coco_results(
                 else:
                     found.unreadable[int(target["image_id"])] = why
             if readable:
-                found.results += _detect(model, readable, device, amp, num_detections)
+                found.results += _detect(model, readable, run)
     finally:
         model.train(was_training)
     return found
 
 
 def _detect(
-    model: Detector,
-    samples: list[tuple[torch.Tensor, dict[str, Any]]],
-    device: torch.device,
-    amp: str,
-    num_detections: int,
+    model: Detector, samples: list[tuple[torch.Tensor, dict[str, Any]]], run: EvaluationRun
 ) -> list[dict[str, Any]]:
     """COCO-results entries of one batch of (picture, target) samples."""
+    device = torch.device(run.device)
     images = [image.to(device, non_blocking=True) for image, _ in samples]
-    with amp_autocast(device, amp):
+    with amp_autocast(device, run.amp):
         outputs = model(images)
     outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}
     sizes = torch.stack([t["orig_size"] for _, t in samples]).to(device)
     results = []
-    detections = post_process(outputs, sizes, num_detections)
+    detections = post_process(outputs, sizes, run.num_detections)
     for (_, target), det in zip(samples, detections, strict=True):
         boxes = det["boxes"].cpu()
         boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
@@ -182,11 +188,7 @@ def gather_detections(local: Detections) -> Detections:
 
 
 def evaluate_coco(
-    model: Detector,
-    data_loader: DataLoader,
-    device: torch.device | str = "cpu",
-    amp: str = "off",
-    num_detections: int = 100,
+    model: Detector, data_loader: DataLoader, run: EvaluationRun = EvaluationRun()
 ) -> dict[str, float]:
     """Box AP of ``model`` on the pictures of ``data_loader`` (batches of (images, targets) of
     a ``DetectionDataset``) against that dataset's ground truth. Pictures that could not be read
@@ -195,7 +197,7 @@ def evaluate_coco(
     Returns AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl. In a distributed
     run every process evaluates its share and all get the same numbers.
     """
-    found = gather_detections(predict_coco_results(model, data_loader, device, amp, num_detections))
+    found = gather_detections(predict_coco_results(model, data_loader, run))
     dataset: DetectionDataset = data_loader.dataset
     image_ids = dataset.image_ids()
     if found.unreadable and is_main_process():

@@ -13,6 +13,7 @@ import torch
 from ddetr_cli import runtime
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.evaluation.coco import (
+    EvaluationRun,
     coco_evaluation_curves,
     gather_detections,
     predict_coco_results,
@@ -229,11 +230,7 @@ def _evaluate_model(
         raise no_data
     sampler = DistributedSampler(splits.val, shuffle=False) if ctx.enabled else None
     loader = DataLoader(splits.val, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    found = gather_detections(
-        predict_coco_results(
-            model, loader, device, recipe["train"]["amp"], recipe["model"]["num_detections"]
-        )
-    )
+    found = gather_detections(predict_coco_results(model, loader, EvaluationRun.of(recipe, device)))
     if not ctx.is_main:
         return None
     out = Path(out_dir) / "detections.json"

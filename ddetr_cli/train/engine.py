@@ -32,7 +32,7 @@ from ddetr_cli import runtime
 from ddetr_cli.data import ResumableBatchSampler, Splits, build_datasets, collate
 from ddetr_cli.data.dataset import DetectionDataset
 from ddetr_cli.errors import DdetrError, Terminated
-from ddetr_cli.evaluation.coco import evaluate_coco
+from ddetr_cli.evaluation.coco import EvaluationRun, evaluate_coco
 from ddetr_cli.model import build_model
 from ddetr_cli.recipe import dump_recipe
 from ddetr_cli.runtime import amp_autocast
@@ -505,8 +505,7 @@ class Trainer:
         """Val AP (of the EMA weights when on) into ``record``; saves a new best checkpoint."""
         st = self.state
         model = st.ema.module if st.ema is not None else self.bare
-        amp, kept = self.cfg["amp"], self.recipe["model"]["num_detections"]
-        stats = evaluate_coco(model, self.val_loader, self.device, amp, kept)
+        stats = evaluate_coco(model, self.val_loader, EvaluationRun.of(self.recipe, self.device))
         record.update(stats)
         self.last_eval = stats
         if not st.record_eval(stats["AP"], st.epoch):
