@@ -47,7 +47,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     }
 
 
-def ort_session(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+def ort_session(
+    path: str | Path, device: str | torch.device = "cpu", threads: int | None = None
+) -> Any:  # onnxruntime.InferenceSession; onnxruntime is an optional extra
     """An onnxruntime InferenceSession: CUDA provider for a cuda device when present."""
     ort = require("onnxruntime", "export")
 

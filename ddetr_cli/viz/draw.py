@@ -109,7 +109,9 @@ def contrasting_color(pixels: np.ndarray, box: Rect, line: int) -> tuple[int, in
     return max(VIVID, key=lambda colour: float(np.square(np.subtract(colour, mean)).sum()))
 
 
-def draw_box(draw: ImageDraw.ImageDraw, pixels: np.ndarray, box: Rect, color, line: int) -> None:
+def draw_box(
+    draw: ImageDraw.ImageDraw, pixels: np.ndarray, box: Rect, color: tuple[int, int, int], line: int
+) -> None:
     """A box in `color`, `line` wide (inside the box's edge), edged by a thinner black or white
     line around it, whichever stands out from the picture there; and inside it where the
     picture inside is close to `color` (a red box on a red object)."""
