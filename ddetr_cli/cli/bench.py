@@ -165,6 +165,48 @@ def _print_speed(speed: dict[str, Any], console: Console) -> None:
         console.print(Text(f"failed: {line}", style="red"), soft_wrap=True, highlight=False)
 
 
+def print_op_report(report: dict[str, Any], device: str) -> None:
+    """``ddetr bench op``'s report as a table: one row per part, batch, dtype, pass and
+    backend, against the memory floor."""
+    table = Table(
+        title=f"ms_deform_attn on {device} ({report['device'].get('gpu', report['device']['cpu'])}"
+        f", {report['threads']} threads; copy bandwidth {report['copy_bandwidth_gb_s']} GB/s)",
+        title_justify="left",
+        box=box.SIMPLE_HEAVY,
+    )
+    for column in (
+        "part",
+        "batch",
+        "dtype",
+        "pass",
+        "backend",
+        "ms",
+        "vs reference",
+        "floor ms",
+        "GB/s",
+        "x floor",
+    ):
+        left = column in ("part", "pass", "backend")
+        table.add_column(column, justify="left" if left else "right")
+    for row in report["results"]:
+        table.add_row(
+            row["part"],
+            str(row["batch"]),
+            row["dtype"],
+            row["pass"],
+            row["backend"],
+            f"{row['ms']:.2f}",
+            f"{row['speedup']:.1f}x" if row["speedup"] else "",
+            f"{row['floor_ms']:.3f}",
+            f"{row['gbytes_per_s']:.1f}",
+            f"{row['ms'] / row['floor_ms']:.1f}",
+        )
+    wide = Console(width=max(stdout.width, 110))  # never crop the numbers, e.g. in CI logs
+    wide.print(table)
+    note = f"protocol: {report['protocol']}; 'x floor' = time / memory floor"
+    stdout.print(note, highlight=False)
+
+
 @bench_app.command("model")
 def bench(
     overrides: Overrides = None,
@@ -310,41 +352,5 @@ def bench_op(
         repeats,
         say=lambda message: stderr.print(Text(message, style="dim"), highlight=False),
     )
-    table = Table(
-        title=f"ms_deform_attn on {device} ({report['device'].get('gpu', report['device']['cpu'])}"
-        f", {report['threads']} threads; copy bandwidth {report['copy_bandwidth_gb_s']} GB/s)",
-        title_justify="left",
-        box=box.SIMPLE_HEAVY,
-    )
-    for column in (
-        "part",
-        "batch",
-        "dtype",
-        "pass",
-        "backend",
-        "ms",
-        "vs reference",
-        "floor ms",
-        "GB/s",
-        "x floor",
-    ):
-        left = column in ("part", "pass", "backend")
-        table.add_column(column, justify="left" if left else "right")
-    for row in report["results"]:
-        table.add_row(
-            row["part"],
-            str(row["batch"]),
-            row["dtype"],
-            row["pass"],
-            row["backend"],
-            f"{row['ms']:.2f}",
-            f"{row['speedup']:.1f}x" if row["speedup"] else "",
-            f"{row['floor_ms']:.3f}",
-            f"{row['gbytes_per_s']:.1f}",
-            f"{row['ms'] / row['floor_ms']:.1f}",
-        )
-    wide = Console(width=max(stdout.width, 110))  # never crop the numbers, e.g. in CI logs
-    wide.print(table)
-    note = f"protocol: {report['protocol']}; 'x floor' = time / memory floor"
-    stdout.print(note, highlight=False)
+    print_op_report(report, device)
     _write_report(report, json_out)

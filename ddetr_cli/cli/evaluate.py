@@ -37,49 +37,56 @@ _MEANINGS = [
 ]  # fmt: skip
 
 
+# The options of `ddetr evaluate` alone.
+Images = Annotated[
+    Path | None, typer.Option(help="Pictures folder (instead of the recipe's val split).")
+]
+Annotations = Annotated[
+    Path | None, typer.Option(help="COCO annotations JSON of --images, or of --predictions.")
+]
+Predictions = Annotated[
+    Path | None, typer.Option(help="Score this COCO results file instead of running a model.")
+]
+ScoreThreshold = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        "-t",
+        help="Also precision, recall, F1 and the confusion matrix of the detections scoring "
+        "at least this (0 to 1).",
+        show_default=False,
+    ),
+]
+Iou = Annotated[
+    float,
+    typer.Option(
+        "--iou", help="IoU at which a detection matches a box, for --threshold (0.05 to 1)."
+    ),
+]
+Plots = Annotated[
+    bool,
+    typer.Option(
+        "--plots",
+        help="Write precision-recall curves (with --threshold also the confusion matrix and the "
+        "F1 curve) as PNG pictures in --out.",
+    ),
+]
+
+
 def evaluate(
     overrides: Overrides = None,
     weights: OptionalWeights = None,
     recipe: Recipe = None,
-    images: Annotated[
-        Path | None, typer.Option(help="Pictures folder (instead of the recipe's val split).")
-    ] = None,
-    annotations: Annotated[
-        Path | None, typer.Option(help="COCO annotations JSON of --images, or of --predictions.")
-    ] = None,
-    predictions: Annotated[
-        Path | None,
-        typer.Option(help="Score this COCO results file instead of running a model."),
-    ] = None,
+    images: Images = None,
+    annotations: Annotations = None,
+    predictions: Predictions = None,
     batch_size: BatchSize = 1,
     device: Device = "cpu",
     out: Out = Path("evaluation"),
     json_out: JsonOut = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            "-t",
-            help="Also precision, recall, F1 and the confusion matrix of the detections scoring "
-            "at least this (0 to 1).",
-            show_default=False,
-        ),
-    ] = None,
-    iou: Annotated[
-        float,
-        typer.Option(
-            "--iou",
-            help="IoU at which a detection matches a box, for --threshold (0.05 to 1).",
-        ),
-    ] = 0.5,
-    plots: Annotated[
-        bool,
-        typer.Option(
-            "--plots",
-            help="Write precision-recall curves (with --threshold also the "
-            "confusion matrix and the F1 curve) as PNG pictures in --out.",
-        ),
-    ] = False,
+    threshold: ScoreThreshold = None,
+    iou: Iou = 0.5,
+    plots: Plots = False,
 ) -> None:
     """COCO box AP (pycocotools' COCOeval): the 12 summary numbers and per-class AP.
 
