@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from ports import free_port
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
@@ -192,7 +193,7 @@ def test_torchrun_evaluation_equals_one_process(tmp_path):
     single = evaluate_checkpoint(weights, out_dir=tmp_path / "one")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29547", "-m", "ddetr_cli", "evaluate", "-w", str(weights),
+           "--master-port", str(free_port()), "-m", "ddetr_cli", "evaluate", "-w", str(weights),
            "-o", str(tmp_path / "two"), "--json", str(tmp_path / "two.json")]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
