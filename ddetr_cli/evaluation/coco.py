@@ -83,13 +83,17 @@ def _detect(
     results = []
     detections = post_process(outputs, sizes, num_detections)
     for (_, target), det in zip(samples, detections, strict=True):
-        boxes = det["boxes"].cpu()
-        boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-        for box, score, label in zip(boxes.tolist(), det["scores"].tolist(),
-                                     det["labels"].tolist(), strict=True):  # fmt: skip
-            results.append({"image_id": int(target["image_id"]), "category_id": label,
-                            "bbox": box, "score": score})  # fmt: skip
+        results += coco_results(int(target["image_id"]), det)
     return results
+
+
+def coco_results(image_id: int, detections: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """COCO-results entries (xywh boxes) of one picture's post-processed detections."""
+    boxes = detections["boxes"].cpu().clone()
+    boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+    return [{"image_id": image_id, "category_id": label, "bbox": box, "score": score}
+            for box, score, label in zip(boxes.tolist(), detections["scores"].tolist(),
+                                         detections["labels"].tolist(), strict=True)]  # fmt: skip
 
 
 def unreadable_note(unreadable: dict[int, str], total: int, shown: int = 3) -> str:

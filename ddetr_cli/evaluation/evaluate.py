@@ -18,6 +18,7 @@ from ddetr_cli.evaluation.coco import (
     gather_detections,
     predict_coco_results,
 )
+from ddetr_cli.evaluation.max_detections import EveryDetection, every_detection
 from ddetr_cli.files import read_json
 from ddetr_cli.weights import resolve_model
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
     from ddetr_cli.evaluation.thresholds import ThresholdMetrics
+    from ddetr_cli.inference.slicing import SliceOptions
 
 
 def _match_by_file_name(
@@ -112,6 +114,9 @@ class EvaluationReport:
     at_threshold: ThresholdMetrics | None = None
     # Pictures that could not be read (image id -> why): scored as pictures with no detections.
     unreadable: dict[int, str] = field(default_factory=dict)
+    # The numbers counting every detection, when a picture has more than COCOeval's 100.
+    every_detection: EveryDetection | None = None
+    slicing: dict[str, Any] | None = None  # SlicedDetector.summary() under --slice
 
     def add_threshold_metrics(
         self, score_threshold: float, iou_threshold: float = 0.5
@@ -138,6 +143,8 @@ class EvaluationReport:
             "num_detections": self.num_detections,
             "detections": str(self.detections_path) if self.detections_path else None,
             "unreadable": [{"image_id": i, "reason": why} for i, why in self.unreadable.items()],
+            "every_detection": self.every_detection and self.every_detection.to_json(),
+            "slicing": self.slicing,
             **(self.at_threshold.to_json() if self.at_threshold is not None else {}),
         }
 
@@ -157,7 +164,8 @@ def score_predictions(predictions: str | Path, annotations: str | Path) -> Evalu
     stats, per_class, precision = coco_evaluation_curves(coco_gt, results)
     return EvaluationReport(stats, per_class, _category_names(coco_gt), len(coco_gt.getImgIds()),
                             len(results), Path(predictions), notes=[note], precision=precision,
-                            coco_gt=coco_gt, results=results)  # fmt: skip
+                            coco_gt=coco_gt, results=results,
+                            every_detection=every_detection(coco_gt, results))  # fmt: skip
 
 
 def evaluate_checkpoint(
@@ -169,9 +177,11 @@ def evaluate_checkpoint(
     batch_size: int = 1,
     device: str = "cpu",
     out_dir: str | Path = "evaluation",
+    slicing: SliceOptions | None = None,
 ) -> EvaluationReport | None:
     """Evaluate weights on the recipe's val split (or ``images`` + ``annotations``) at the
-    evaluation transform; writes the detections as COCO results to ``out_dir/detections.json``.
+    evaluation transform (with ``slicing``: each picture cut into tiles, ``batch_size`` tiles
+    at a time); writes the detections as COCO results to ``out_dir/detections.json``.
 
     Under torchrun every process evaluates its share of the pictures and process 0 gathers the
     detections, writes them and returns the report; the other processes return None. Pictures
@@ -191,7 +201,7 @@ def evaluate_checkpoint(
     try:
         dev = ctx.device if ctx.enabled else dev
         model, recipe = resolve_model(weights, recipe_path, overrides, dev)
-        return _evaluate_model(model, recipe, batch_size, dev, out_dir, ctx)
+        return _evaluate_model(model, recipe, batch_size, dev, out_dir, ctx, slicing)
     finally:
         runtime.cleanup_distributed()
 
@@ -203,6 +213,7 @@ def _evaluate_model(
     device: torch.device,
     out_dir: str | Path,
     ctx: Any,
+    slicing: SliceOptions | None = None,
 ) -> EvaluationReport | None:
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -221,10 +232,17 @@ def _evaluate_model(
     if splits.val is None:
         raise no_data
     sampler = DistributedSampler(splits.val, shuffle=False) if ctx.enabled else None
-    loader = DataLoader(splits.val, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    found = gather_detections(predict_coco_results(
-        model, loader, device, recipe["train"]["amp"], recipe["model"]["num_detections"]
-    ))  # fmt: skip
+    sliced = None
+    if slicing is None:
+        loader = DataLoader(splits.val, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+        local = predict_coco_results(model, loader, device, recipe["train"]["amp"],
+                                     recipe["model"]["num_detections"])  # fmt: skip
+    else:
+        from ddetr_cli.evaluation.sliced import sliced_detections
+
+        local, sliced = sliced_detections(model, recipe, splits.val, slicing, batch_size, device,
+                                          sampler)  # fmt: skip
+    found = gather_detections(local)
     if not ctx.is_main:
         return None
     out = Path(out_dir) / "detections.json"
@@ -234,4 +252,7 @@ def _evaluate_model(
     return EvaluationReport(stats, per_class, _category_names(splits.val_coco),
                             len(image_ids), len(found.results), out, precision=precision,
                             coco_gt=splits.val_coco, results=found.results,
-                            image_ids=image_ids, unreadable=found.unreadable)  # fmt: skip
+                            image_ids=image_ids, unreadable=found.unreadable,
+                            every_detection=every_detection(splits.val_coco, found.results,
+                                                            image_ids),
+                            slicing=sliced)  # fmt: skip

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -22,6 +23,9 @@ from ddetr_cli.runtime import resolve_device
 from ddetr_cli.viz.draw import draw_detections, to_pil
 from ddetr_cli.weights import resolve_model
 
+if TYPE_CHECKING:
+    from ddetr_cli.inference.slicing import SliceOptions
+
 PREDICTIONS_FILE = "predictions.json"
 
 
@@ -36,6 +40,7 @@ class PredictSummary:
     seconds_per_image: float = 0.0  # wall time per processed picture, model loading excluded
     out_dir: Path = Path(".")
     predictions_path: Path = Path(PREDICTIONS_FILE)
+    slicing: dict[str, Any] | None = None  # SlicedDetector.summary() under --slice
 
 
 def check_options(
@@ -145,15 +150,37 @@ def _read_batch(
 
 def _detect(
     model: torch.nn.Module,
-    batch: list[_Loaded],
+    pictures: list[torch.Tensor],
     sizes: tuple[int, int],
     num_detections: int,
     device: torch.device,
 ) -> list[dict[str, torch.Tensor]]:
-    tensors = [eval_transform(item.picture, *sizes).to(device) for item in batch]
+    tensors = [eval_transform(picture, *sizes).to(device) for picture in pictures]
     # Boxes are scaled to the ORIGINAL picture size, so they land in its pixels.
-    original = torch.tensor([item.picture.shape[-2:] for item in batch], device=device)
+    original = torch.tensor([picture.shape[-2:] for picture in pictures], device=device)
     return post_process(model(tensors), original, num_detections=num_detections)
+
+
+def _detector(
+    model: torch.nn.Module,
+    recipe: dict[str, Any],
+    sizes: tuple[int, int],
+    device: torch.device,
+    batch_size: int,
+    threshold: float,
+    slicing: SliceOptions | None,
+) -> tuple[Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]], int]:
+    """(detections of a list of uint8 pictures, pictures per call): whole pictures,
+    ``batch_size`` at a time, or sliced pictures one at a time, ``batch_size`` tiles at a time."""
+    num_detections = recipe["model"]["num_detections"]
+    if slicing is None:
+        detect = partial(_detect, model, sizes=sizes, num_detections=num_detections, device=device)
+        return detect, batch_size
+    from ddetr_cli.inference.slicing import SlicedDetector
+
+    sliced = SlicedDetector(model, slicing, sizes, num_detections, device, batch_size,
+                            min_score=threshold)  # fmt: skip
+    return sliced, 1
 
 
 def run_predict(
@@ -168,6 +195,7 @@ def run_predict(
     min_size: int | None = None,
     max_size: int | None = None,
     progress: bool = True,
+    slicing: SliceOptions | None = None,
 ) -> PredictSummary:
     """Detect objects in pictures (files and folders) and write the results under ``out_dir``.
 
@@ -176,7 +204,8 @@ def run_predict(
     ``<stem>_pred.jpg|png`` per picture with the boxes drawn. Pictures that cannot be read are
     listed in the summary's failures; the others are still processed. Detections with score >=
     ``threshold`` are kept (0 keeps all ``model.num_detections`` per picture). The model comes
-    from ``resolve_model`` (weights, optional recipe, overrides).
+    from ``resolve_model`` (weights, optional recipe, overrides). With ``slicing`` each picture
+    is cut into tiles (``inference.slicing``), ``batch_size`` tiles per forward pass.
     """
     check_options(threshold, batch_size, min_size, max_size)
     out_dir = Path(out_dir)
@@ -189,6 +218,7 @@ def run_predict(
         max_size or recipe["data"]["eval_max_size"],
     )
     class_labels = class_names(recipe)
+    detect, batch_size = _detector(model, recipe, sizes, dev, batch_size, threshold, slicing)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     output_files = output_names(paths)
@@ -200,11 +230,7 @@ def run_predict(
         for start in range(0, len(paths), batch_size):
             indices = range(start, min(start + batch_size, len(paths)))
             batch = _read_batch(paths, output_files, indices, failures)
-            detections = (
-                _detect(model, batch, sizes, recipe["model"]["num_detections"], dev)
-                if batch
-                else []
-            )
+            detections = detect([item.picture for item in batch]) if batch else []
             for item, det in zip(batch, detections, strict=True):
                 keep = det["scores"] >= threshold
                 scores = det["scores"][keep].float().cpu()
@@ -227,4 +253,5 @@ def run_predict(
         seconds_per_image=elapsed / n_done if n_done else 0.0,
         out_dir=out_dir,
         predictions_path=predictions_path,
+        slicing=None if slicing is None else detect.summary(),
     )
