@@ -325,3 +325,40 @@ def test_sliced_predict_runs_an_onnx_export(tmp_path):
     for a, b in zip(found["pth"][:20], found["onnx"][:20], strict=True):
         assert a["category_id"] == b["category_id"]
         np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
+
+
+def test_visualize_predictions_and_bench_slice(tmp_path):
+    weights = _tiny_shapes_checkpoint(tmp_path)
+    picture = tmp_path / "big.png"
+    Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(picture)
+    runner = CliRunner()
+    shown = runner.invoke(
+        app,
+        [
+            "visualize",
+            "predictions",
+            str(picture),
+            "-w",
+            str(weights),
+            "--slice",
+            "128",
+            "128",
+            "-t",
+            "0",
+            "-o",
+            str(tmp_path / "v"),
+        ],
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "tiles per picture: 6 (128x128, overlap 0.2;" in shown.output
+    assert (tmp_path / "v" / "big_pred.png").is_file() and (tmp_path / "v" / "sheet.png").is_file()
+    report = tmp_path / "bench.json"
+    timed = runner.invoke(app, ["bench", "-w", str(weights), "--slice", "128", "128",
+                                "--image-size", "200", "300", "-b", "1,4", "--warmup", "0",
+                                "--iters", "1", "--json", str(report)])  # fmt: skip
+    assert timed.exit_code == 0, timed.output
+    sliced = json.loads(report.read_text())["slice"]
+    assert sliced["tiles_per_picture"] == 6 and sliced["picture_size"] == [200, 300]
+    assert [r["batch_size"] for r in sliced["results"]] == [1, 4]
+    assert sliced["results"][0]["gain_vs_batch_1"] == 1.0
+    assert json.loads(report.read_text())["gflops"] is None  # --slice times; --flops counts

@@ -93,8 +93,8 @@ def evaluate(
     be read is named and scored as a picture with no detections (its boxes still count), and the
     exit status is 1. With --slice (and --weights), each picture is cut into overlapping tiles
     seen at their own resolution, and the merged boxes are scored on the original pictures.
-    When a picture has more than COCOeval's 100 detections, the numbers counting every
-    detection follow the standard ones.
+    When a picture has more than COCOeval's 100 detections of a class, the numbers counting
+    every detection follow the standard ones.
 
     Examples:
       ddetr evaluate -w runs/shapes/checkpoint_best.pth
@@ -157,7 +157,8 @@ def _fail_on_unreadable(report: Any) -> None:
 
 def _print_report(report: Any) -> None:
     """The 12 COCOeval numbers and the AP of each class, as tables; then, when a picture has
-    more than 100 detections, the numbers counting all, and how pictures were sliced."""
+    more than 100 detections of a class, the numbers counting all, and how pictures were
+    sliced."""
     summary = Table(title=f"COCO box AP ({report.num_images} pictures, "
                     f"{report.num_detections} detections)", title_justify="left")  # fmt: skip
     for column in ("", "value", "what (pycocotools)"):
@@ -185,7 +186,7 @@ def _print_every_detection(report: Any) -> None:
     every = report.every_detection
     print_line(
         f"note: {every.pictures_over_limit} of {report.num_images} pictures have more than "
-        "COCOeval's 100 detections; the numbers above count the best 100 of each"
+        "100 detections of a class; COCOeval, above, counts the best 100 of each"
     )
     table = Table(title="COCO box AP counting every detection", title_justify="left")
     for column in ("", "maxDets 100", f"maxDets {every.max_dets}"):

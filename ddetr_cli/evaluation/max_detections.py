@@ -1,11 +1,11 @@
-"""When COCOeval's 100 detections per picture cut some off: the same numbers counting every
-detection.
+"""When COCOeval's 100 detections cut some off: the same numbers counting every detection.
 
-COCOeval scores the best 100 detections of each picture (its ``maxDets`` 1, 10, 100); a large
-picture, sliced (``--slice``), may hold more objects than that and is given up to
-``--max-detections`` (500) of them. The standard 12 numbers stay as pycocotools gives them; when
-a picture has more than 100 detections, ``every_detection`` adds the 12 numbers again with
-``maxDets`` 1, 10 and the most detections any picture has.
+COCOeval scores the best 100 detections of each class in each picture (its ``maxDets`` 1, 10,
+100 are per picture and class); a large picture, sliced (``--slice``), may hold more objects
+than that and is given up to ``--max-detections`` (500) of them. The standard 12 numbers stay
+as pycocotools gives them; when a picture has more than 100 detections of a class,
+``every_detection`` adds the 12 numbers again with ``maxDets`` 1, 10 and the most detections
+of one class in one picture.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import numpy as np
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
-COCO_MAX_DETS = 100  # COCOeval's default detections per picture
+COCO_MAX_DETS = 100  # COCOeval's default detections per picture and class
 
 
 @dataclass
 class EveryDetection:
-    """The 12 COCOeval numbers with ``max_dets`` per picture (AR100 is then AR at max_dets),
-    and how many pictures have more detections than COCOeval's 100."""
+    """The 12 COCOeval numbers with ``max_dets`` per picture and class (AR100 is then AR at
+    max_dets), and how many pictures have more than COCOeval's 100 detections of a class."""
 
     max_dets: int
     pictures_over_limit: int
@@ -79,9 +79,10 @@ def coco_stats_at(
 def every_detection(
     coco_gt: COCO, results: list[dict[str, Any]], image_ids: list[int] | None = None
 ) -> EveryDetection | None:
-    """The numbers counting every detection, or None when no picture has more than 100."""
-    counts = Counter(r["image_id"] for r in results)
-    over = sum(n > COCO_MAX_DETS for n in counts.values())
+    """The numbers counting every detection, or None when no picture has more than 100
+    detections of a class."""
+    counts = Counter((r["image_id"], r["category_id"]) for r in results)
+    over = len({image for (image, _), n in counts.items() if n > COCO_MAX_DETS})
     if not over:
         return None
     most = max(counts.values())
