@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fake_datasets
 import numpy as np
 import pytest
 from PIL import Image
@@ -144,6 +145,21 @@ def test_slicing_nothing_readable_writes_no_folder(tmp_path):
         slice_dataset(source, tmp_path / "out", (64, 64))
     assert str(error.value) == f"wrote no tile: {src / 'val2017' / 'a.png'}: no such file"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["ultralytics_yolo", "roboflow_coco", "roboflow_voc",
+                                    "cvat_yolo"])  # fmt: skip
+def test_any_layout_is_sliced(tmp_path, layout):
+    """Tiles of the pictures' own size: every split, every box, as the reader read them."""
+    root = getattr(fake_datasets, layout)(tmp_path / "src")
+    source = load_source(recipe_for(root, [])["data"], None, ("train", "val", "test"),
+                         require_train=False)  # fmt: skip
+    written = slice_dataset(source, tmp_path / "out", (128, 128), empty_ratio=1.0)
+    for name, split in written.items():
+        assert (split.pictures, split.tiles) == (fake_datasets.COUNTS[name],) * 2, name
+        assert split.boxes == split.boxes_read == fake_datasets.box_count(name), name
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
 
 
 # --------------------------------------------------------------------------- the small task
