@@ -83,6 +83,7 @@ def test_bad_tiling_is_refused_in_one_line(tile, overlap, message):
         (["--overlap", "0.3"], "error: --overlap goes with --slice H W"),
         (["--slice", "64", "64", "--merge", "wbf"], "error: --merge must be one of nms, nmm"),
         (["--slice", "64", "64", "--max-detections", "0"], "error: --max-detections must be"),
+        (["--slice", "64", "64", "--match-threshold", "1.5"], "error: --match-threshold must be"),
     ],
 )
 @pytest.mark.parametrize("command", [["predict", "x.png"], ["evaluate"]])
@@ -91,6 +92,13 @@ def test_bad_slice_options_exit_2_with_one_line(command, args, message):
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+def test_slice_scores_no_predictions_file():
+    result = CliRunner().invoke(app, ["evaluate", "--predictions", "p.json", "--annotations",
+                                      "a.json", "--slice", "64", "64"])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --slice runs a model: give --weights, not --predictions"
 
 
 def test_tiles_enlarged_by_the_evaluation_resize_but_never_shrunk():

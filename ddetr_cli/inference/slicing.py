@@ -129,7 +129,7 @@ class SlicedDetector:
             chunk = tiles[start : start + self.batch_size]
             crops = torch.stack([picture[:, t.y0 : t.y1, t.x0 : t.x1] for t in chunk])
             batch = eval_transform(crops, min_size, max_size)
-            detections = self._run(batch, [(t.height, t.width) for t in chunk])
+            detections = self._run(batch, [(t.height, t.width) for t in chunk])  # on the CPU
             for tile, det in zip(chunk, detections, strict=True):
                 boxes = shift_boxes(det["boxes"], tile)
                 found.append({**det, "boxes": boxes, "cut": cut_sides(boxes, tile, size)})
@@ -150,6 +150,7 @@ class SlicedDetector:
     def detect(self, picture: Tensor) -> dict[str, Tensor]:
         """The merged detections of one (3, H, W) uint8 picture."""
         started = time.perf_counter()
+        picture = picture.to(self.device)  # once: the tiles are cut and resized there
         height, width = picture.shape[-2:]
         tiles = tile_grid(height, width, self.options.tile, self.options.overlap)
         found = self._tile_passes(picture, tiles)
