@@ -178,7 +178,7 @@ def data_slice(
     Exit status 1 when a picture could not be read; nothing is written when no tile is.
 
     Examples:
-      ddetr data slice shapes_small shapes_small_tiles --size 256 256
+      ddetr data slice shapes_small shapes_small_tiles --size 128 128 --overlap 0.25
       ddetr data slice /data/aerial /data/aerial_tiles --size 640 640 --overlap 0.25
     """
     from rich.progress import Progress
