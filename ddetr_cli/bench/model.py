@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,8 @@ from ddetr_cli.model.protocol import Detector
 from ddetr_cli.model.variants import describe_model
 from ddetr_cli.runtime import amp_autocast
 
+if TYPE_CHECKING:
+    from ddetr_cli.inference.slicing import SliceOptions
 # COCO val2017's first picture; after the 800/1333 evaluation resize it is 800x1199, as the
 # official benchmark feeds it.
 COCO_FIRST_PICTURE = (427, 640)
@@ -59,6 +61,7 @@ class BenchOptions:
     warmup: int | None = None
     iters: int | None = None
     threads: int | None = None
+    slicing: SliceOptions | None = None  # time sliced pictures (bench.sliced) too
 
 
 @dataclass
@@ -243,7 +246,7 @@ def _fixed_runtime_options(options: BenchOptions) -> BenchOptions:
             "an ONNX file runs as exported: fp32 and no --compile (bench its source weights "
             "for other dtypes and torch.compile)"
         )
-    return dataclasses.replace(options, flops=False, fps=True)
+    return dataclasses.replace(options, flops=False, fps=options.fps or options.slicing is None)
 
 
 def bench_weights(
@@ -331,7 +334,41 @@ def _measure(
     if options.fps:
         backends = [fixed] if fixed else backends_to_time(device, options.attention_backend)
         report["speed"] = _run_speed(model, picture, device, options, backends, say)
+    if options.slicing is not None:
+        report["slice"] = _run_sliced(model, recipe, device, options, say)
     return report
+
+
+def _run_sliced(
+    model: nn.Module,
+    recipe: dict[str, Any],
+    device: torch.device,
+    options: BenchOptions,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """bench.sliced on the first picture of --images as it is, or a random picture of
+    --image-size (default: bench.sliced.DEFAULT_PICTURE)."""
+    from ddetr_cli.bench.sliced import DEFAULT_PICTURE, random_picture, sliced_speed
+    from ddetr_cli.data.pictures import list_images, load_image
+
+    if options.images is not None:
+        picture = load_image(list_images([options.images])[0])
+    else:
+        picture = random_picture(options.image_size or DEFAULT_PICTURE)
+    warmup, iters = resolve_protocol(options, device)
+    model = model.to(device).eval().optimize_for_inference()
+    say(f"timing sliced pictures, batches of {', '.join(map(str, options.batch_sizes))} tiles")
+    return sliced_speed(
+        model,
+        recipe,
+        picture,
+        options.slicing,
+        device,
+        options.batch_sizes,
+        warmup,
+        iters,
+        options.dtypes[0],
+    )
 
 
 def _run_speed(

@@ -14,7 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ddetr_cli.cli.console import ErrorReportingGroup, group, print_line, stderr, stdout
-from ddetr_cli.cli.options import Device, JsonOut, OptionalWeights, Overrides, Recipe
+from ddetr_cli.cli.options import (
+    Device,
+    JsonOut,
+    OptionalWeights,
+    Overrides,
+    Recipe,
+    describe_slicing,
+    with_slicing,
+)
 from ddetr_cli.errors import UsageError
 from ddetr_cli.files import write_json
 
@@ -122,6 +130,37 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     speed = report.get("speed")
     if speed:
         _print_speed(speed, console)
+    if report.get("slice"):
+        _print_sliced(report["slice"], console)
+
+
+def _print_sliced(sliced: dict[str, Any], console: Console) -> None:
+    """The sliced timing: pictures and tiles per second at each batch of tiles."""
+    h, w = sliced["picture_size"]
+    protocol = sliced["protocol"]
+    tiles = describe_slicing(
+        {**sliced["options"], "tiles_per_picture": sliced["tiles_per_picture"]}
+    )
+    table = Table(
+        title=f"sliced {h}x{w} picture, tiles: {tiles}",
+        caption=f"{protocol['device']}, {sliced['dtype']}: {protocol['warmup_pictures']} warm-up "
+        f"+ {protocol['timed_pictures']} timed pictures; timed: {protocol['timed']}; gain = "
+        "pictures/s over batch 1 (tiles one by one)",
+        title_justify="left",
+        caption_justify="left",
+    )
+    for name in ("tiles per batch", "pictures/s", "tiles/s", "s/picture p50", "gain"):
+        table.add_column(name, justify="right")
+    for r in sliced["results"]:
+        gain = "-" if r["gain_vs_batch_1"] is None else f"{r['gain_vs_batch_1']:.2f}x"
+        table.add_row(
+            str(r["batch_size"]),
+            f"{r['pictures_per_s']:.3f}",
+            f"{r['tiles_per_s']:.1f}",
+            f"{r['seconds_per_picture_p50']:.3f}",
+            gain,
+        )
+    console.print(table)
 
 
 def _print_speed(speed: dict[str, Any], console: Console) -> None:
@@ -208,6 +247,7 @@ def print_op_report(report: dict[str, Any], device: str) -> None:
 
 
 @bench_app.command("model")
+@with_slicing
 def bench(
     overrides: Overrides = None,
     weights: OptionalWeights = None,
@@ -255,6 +295,7 @@ def bench(
     ] = None,
     threads: Threads = None,
     json_out: JsonOut = None,
+    slicing: Any = None,  # SliceOptions | None, from --slice and its companions (with_slicing)
 ) -> None:
     """Parameters, FLOPs (counting the deformable sampling) and inference speed.
 
@@ -262,19 +303,22 @@ def bench(
     Speed: one picture replicated, warm-up, then synchronised timed iterations (GPU default: the
     official 5 + 295); each available attention backend side by side.
     Without --weights the model has random weights (they change neither FLOPs nor speed).
-    The attention op alone: `ddetr bench op` (see `ddetr bench op --help`).
+    With --slice: pictures per second of sliced inference of one --image-size picture (default
+    2048x2048) or the first of --images, at each --batch-size (tiles per forward pass), and the
+    tiles per picture. The attention op alone: `ddetr bench op` (see `ddetr bench op --help`).
 
     Examples:
       ddetr bench
       ddetr bench --recipe recipes/two_stage.yaml --flops --images coco/val2017
       ddetr bench --fps --device cuda --dtype fp32,bf16 -b 1,4 --compile --json out.json
       ddetr bench --fps --weights r50_deformable_detr.pth --iters 20 model.num_queries=100
+      ddetr bench -w runs/shapes_small --slice 128 128 --image-size 1280 1280 -b 1,16
     """
     from ddetr_cli.bench.model import BenchOptions, bench_weights
 
     options = BenchOptions(
         device=device,
-        flops=flops or not fps,
+        flops=flops or not (fps or slicing),
         fps=fps,
         dtypes=_split_list(dtype, "--dtype") or ["fp32"],
         batch_sizes=_ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1],
@@ -286,6 +330,7 @@ def bench(
         warmup=warmup,
         iters=iters,
         threads=threads,
+        slicing=slicing,
     )
 
     def progress(message: str) -> None:

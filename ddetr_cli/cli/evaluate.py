@@ -17,6 +17,8 @@ from ddetr_cli.cli.options import (
     Out,
     Overrides,
     Recipe,
+    describe_slicing,
+    with_slicing,
 )
 from ddetr_cli.errors import DdetrError, UsageError
 
@@ -73,6 +75,7 @@ Plots = Annotated[
 ]
 
 
+@with_slicing
 def evaluate(
     overrides: Overrides = None,
     weights: OptionalWeights = None,
@@ -87,6 +90,7 @@ def evaluate(
     threshold: ScoreThreshold = None,
     iou: Iou = 0.5,
     plots: Plots = False,
+    slicing: Any = None,  # SliceOptions | None, from --slice and its companions (with_slicing)
 ) -> None:
     """COCO box AP (pycocotools' COCOeval): the 12 summary numbers and per-class AP.
 
@@ -94,13 +98,18 @@ def evaluate(
     at the evaluation transform and saves its detections; with --predictions, scores an existing
     COCO results file against --annotations, exactly as pycocotools does. A picture that cannot
     be read is named and scored as a picture with no detections (its boxes still count), and the
-    exit status is 1.
+    exit status is 1. With --slice (and --weights), each picture is cut into overlapping tiles
+    seen at their own resolution, and the merged boxes are scored on the original pictures.
+    When a picture has more than COCOeval's 100 detections of a class, the numbers counting
+    every detection follow the standard ones.
 
     Examples:
       ddetr evaluate -w runs/shapes/checkpoint_best.pth
       ddetr evaluate -w r50_deformable_detr.pth data.root=/data/coco --batch-size 2
       ddetr evaluate --predictions results.json --annotations instances_val2017.json
       ddetr evaluate -w runs/shapes/checkpoint_best.pth -t 0.5 --plots -o eval/
+      ddetr evaluate -w runs/shapes_small --images shapes_small/val2017 \\
+        --annotations shapes_small/annotations/instances_val2017.json --slice 128 128 -b 16
     """
     from ddetr_cli.evaluation.evaluate import evaluate_checkpoint, score_predictions
     from ddetr_cli.files import write_json
@@ -112,12 +121,14 @@ def evaluate(
     if predictions is not None:
         if weights is not None or annotations is None:
             raise UsageError("--predictions needs --annotations, and no --weights")
+        if slicing is not None:
+            raise UsageError("--slice runs a model: give --weights, not --predictions")
         report = score_predictions(predictions, annotations)
     elif weights is None:
         raise UsageError("give --weights CHECKPOINT (or --predictions with --annotations)")
     else:
         report = evaluate_checkpoint(
-            weights, recipe, overrides or [], images, annotations, batch_size, device, out
+            weights, recipe, overrides or [], images, annotations, batch_size, device, out, slicing
         )
         if report is None:  # a torchrun process other than 0: process 0 reports
             return
@@ -153,7 +164,9 @@ def _fail_on_unreadable(report: Any) -> None:
 
 
 def _print_report(report: Any) -> None:
-    """The 12 COCOeval numbers and the AP of each class, as tables."""
+    """The 12 COCOeval numbers and the AP of each class, as tables; then, when a picture has
+    more than 100 detections of a class, the numbers counting all, and how pictures were
+    sliced."""
     summary = Table(
         title=f"COCO box AP ({report.num_images} pictures, {report.num_detections} detections)",
         title_justify="left",
@@ -171,6 +184,28 @@ def _print_report(report: Any) -> None:
         name = report.class_names.get(category, str(category))
         per_class.add_row(str(category), name, "-" if ap is None else f"{ap:.3f}")
     stdout.print(per_class)
+    if report.every_detection is not None:
+        _print_every_detection(report)
+    if report.slicing is not None:
+        s = report.slicing
+        print_line(f"sliced: {describe_slicing(s)}; {s['seconds_per_picture']:.3f} s per picture")
+
+
+def _print_every_detection(report: Any) -> None:
+    """The numbers again, counting every detection, beside the standard ones."""
+    every = report.every_detection
+    print_line(
+        f"note: {every.pictures_over_limit} of {report.num_images} pictures have more than "
+        "100 detections of a class; COCOeval, above, counts the best 100 of each"
+    )
+    table = Table(title="COCO box AP counting every detection", title_justify="left")
+    for column in ("", "maxDets 100", f"maxDets {every.max_dets}"):
+        table.add_column(column, justify="right" if column else "left")
+    for name, value in every.stats.items():
+        label = f"AR100 / AR{every.max_dets}" if name == "AR100" else name
+        standard = report.stats[name]
+        table.add_row(label, *("n/a" if v < 0 else f"{v:.3f}" for v in (standard, value)))
+    stdout.print(table)
 
 
 def _print_threshold_metrics(at: Any) -> None:

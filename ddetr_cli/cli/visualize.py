@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,7 +21,9 @@ from ddetr_cli.cli.options import (
     RecipeArgument,
     Threshold,
     Weights,
+    describe_slicing,
     split_overrides,
+    with_slicing,
 )
 from ddetr_cli.errors import UsageError
 
@@ -127,6 +129,7 @@ def visualize_curves(
 
 
 @visualize_app.command("predictions")
+@with_slicing
 def visualize_predictions(
     images: PicturesAndOverrides,
     weights: Weights,
@@ -138,13 +141,15 @@ def visualize_predictions(
     batch_size: BatchSize = 1,
     min_size: MinSize = None,
     max_size: MaxSize = None,
+    slicing: Any = None,  # SliceOptions | None, from --slice and its companions (with_slicing)
 ) -> None:
     """Pictures with their predicted boxes, labels and scores (as `ddetr predict` draws them),
-    and one sheet with all of them as thumbnails.
+    and one sheet with all of them as thumbnails. --slice as in `ddetr predict`.
 
     Examples:
       ddetr visualize predictions shapes_coco/val2017 -w runs/shapes -t 0.3
       ddetr visualize predictions photos/ -w checkpoint.pth --recipe refine --min-size 600
+      ddetr visualize predictions shapes_small/val2017 -w runs/shapes_small --slice 128 128
     """
     from ddetr_cli.inference.predict import run_predict
     from ddetr_cli.viz.predictions import contact_sheet
@@ -163,12 +168,15 @@ def visualize_predictions(
         batch_size,
         min_size,
         max_size,
+        slicing=slicing,
     )
     sheet = contact_sheet(summary.drawn, out / "sheet.png", columns)
     print_line(
         f"{len(summary.drawn)} pictures with {summary.n_detections} detections in {out}/; "
         f"sheet: {sheet}"
     )
+    if summary.slicing is not None:
+        print_line(f"tiles per picture: {describe_slicing(summary.slicing)}")
     for _path, reason in summary.failures:
         print_line(f"failed: {reason}", stderr, style="red")
     if summary.n_failed:

@@ -25,9 +25,10 @@ def write_shapes_coco(
     on_picture: Callable[[], None] | None = None,
     task: str = "shapes3",
 ) -> dict[str, Path]:
-    """out_dir/{train2017,val2017}/NNNNNN.png and out_dir/annotations/instances_*2017.json:
-    train pictures 0..train-1 of the split with ``seed``, val pictures 0..val-1 of the fixed
-    val split, so ``data.root=out_dir`` trains on exactly the built-in data."""
+    """out_dir/{train2017,val2017}/NNNNNN.png (.jpg for the small task) and
+    out_dir/annotations/instances_*2017.json: train pictures 0..train-1 of the split with
+    ``seed``, val pictures 0..val-1 of the fixed val split, so ``data.root=out_dir`` trains on
+    exactly the built-in data."""
     out_dir = Path(out_dir)
     written = {}
     for split, count, split_seed in (("train", train, seed), ("val", val, shapes.VAL_SEED)):
@@ -35,12 +36,19 @@ def write_shapes_coco(
             continue
         folder, path = coco_split_paths(out_dir, split)
         folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
         for i in range(count):
-            picture = shapes.make_picture(split_seed, i, task)
-            Image.fromarray(picture.image).save(folder / f"{i:06d}.png")
+            picture = shapes.task_picture(split_seed, i, task)
+            name = f"{i:06d}{shapes.picture_suffix(task)}"
+            options = {"quality": 92} if name.endswith(".jpg") else {}
+            Image.fromarray(picture.image).save(folder / name, **options)
+            image, boxes = shapes.coco_entries(picture, i + 1, name, len(annotations) + 1)
+            images.append(image)
+            annotations += boxes
             if on_picture:
                 on_picture()
-        write_json(shapes.coco_dict(split_seed, count, task=task), path)
+        coco = {"images": images, "annotations": annotations}
+        write_json(coco | {"categories": shapes.coco_categories(task)}, path)
         written[split] = path
     return written
 

@@ -92,20 +92,20 @@ def _detect(
     results = []
     detections = post_process(outputs, sizes, run.num_detections)
     for (_, target), det in zip(samples, detections, strict=True):
-        boxes = det["boxes"].cpu()
-        boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-        for box, score, label in zip(
-            boxes.tolist(), det["scores"].tolist(), det["labels"].tolist(), strict=True
-        ):
-            results.append(
-                {
-                    "image_id": int(target["image_id"]),
-                    "category_id": label,
-                    "bbox": box,
-                    "score": score,
-                }
-            )
+        results += coco_results(int(target["image_id"]), det)
     return results
+
+
+def coco_results(image_id: int, detections: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """COCO-results entries (xywh boxes) of one picture's post-processed detections."""
+    boxes = detections["boxes"].float().cpu().clone()
+    boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+    scores = detections["scores"].float().tolist()
+    labels = detections["labels"].tolist()
+    return [
+        {"image_id": image_id, "category_id": int(label), "bbox": box, "score": score}
+        for box, score, label in zip(boxes.tolist(), scores, labels, strict=True)
+    ]
 
 
 def unreadable_note(unreadable: dict[int, str], total: int, shown: int = 3) -> str:
