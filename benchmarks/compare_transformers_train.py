@@ -53,10 +53,17 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="key=value overrides of the ddetr recipe")
     p.add_argument("--config", choices=sorted(CONFIGS), default="shapes")
-    p.add_argument("--size", type=int, nargs=2, default=(800, 1067), metavar=("H", "W"),
-                   help="refine: picture size (default 800 1067)")  # fmt: skip
-    p.add_argument("-b", "--batch-size", type=int, help="pictures per step (default: shapes 4, "
-                   "refine 1)")  # fmt: skip
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(800, 1067),
+        metavar=("H", "W"),
+        help="refine: picture size (default 800 1067)",
+    )
+    p.add_argument(
+        "-b", "--batch-size", type=int, help="pictures per step (default: shapes 4, refine 1)"
+    )
     p.add_argument("--steps", type=int, default=20, help="timed steps of each (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -76,8 +83,9 @@ def ddetr_run(args: argparse.Namespace):
 
     name, overrides = CONFIGS[args.config]
     batch = args.batch_size or (4 if args.config == "shapes" else 1)
-    recipe = load_recipe(name, [*overrides, f"train.batch_size={batch}", "data.num_workers=0",
-                                *args.overrides])  # fmt: skip
+    recipe = load_recipe(
+        name, [*overrides, f"train.batch_size={batch}", "data.num_workers=0", *args.overrides]
+    )
     torch.manual_seed(recipe["train"]["seed"])
     model = build_model(recipe)
     state = TrainState.create(model, recipe["train"], torch.device("cpu"))
@@ -87,8 +95,9 @@ def ddetr_run(args: argparse.Namespace):
     for _ in range(args.warmup + args.steps):
         images, targets = next(loaded)
         if args.config == "refine":
-            images = [F.interpolate(i[None], size=tuple(args.size), mode="bilinear")[0]
-                      for i in images]  # fmt: skip
+            images = [
+                F.interpolate(i[None], size=tuple(args.size), mode="bilinear")[0] for i in images
+            ]
         batches.append((images, targets))
     return recipe, model, build_criterion(recipe), state, batches
 
@@ -102,21 +111,35 @@ def hf_model(recipe: dict[str, Any], ddetr_model: torch.nn.Module) -> torch.nn.M
     # A ResNet config whose stage widths match the backbone's, so the input projections fit.
     widths = [32, 64, 128, 128] if convnet else [256, 512, 1024, 2048]
     backbone = ResNetConfig(
-        depths=[1, 1, 1, 1] if convnet else [3, 4, 6, 3], hidden_sizes=widths,
+        depths=[1, 1, 1, 1] if convnet else [3, 4, 6, 3],
+        hidden_sizes=widths,
         layer_type="basic" if convnet else "bottleneck",
         out_features=["stage2", "stage3", "stage4"],
-    )  # fmt: skip
+    )
     config = DeformableDetrConfig(
-        backbone_config=backbone, num_labels=m["num_classes"], num_queries=m["num_queries"],
-        d_model=m["hidden_dim"], encoder_layers=m["enc_layers"], decoder_layers=m["dec_layers"],
-        encoder_attention_heads=m["nheads"], decoder_attention_heads=m["nheads"],
-        encoder_ffn_dim=m["dim_feedforward"], decoder_ffn_dim=m["dim_feedforward"],
-        dropout=m["dropout"], num_feature_levels=m["num_feature_levels"],
-        encoder_n_points=m["enc_n_points"], decoder_n_points=m["dec_n_points"],
-        with_box_refine=m["with_box_refine"], two_stage=m["two_stage"],
-        two_stage_num_proposals=m["num_queries"], auxiliary_loss=m["aux_loss"], class_cost=2,
-        bbox_cost=5, giou_cost=2, focal_alpha=recipe["loss"]["focal_alpha"],
-    )  # fmt: skip
+        backbone_config=backbone,
+        num_labels=m["num_classes"],
+        num_queries=m["num_queries"],
+        d_model=m["hidden_dim"],
+        encoder_layers=m["enc_layers"],
+        decoder_layers=m["dec_layers"],
+        encoder_attention_heads=m["nheads"],
+        decoder_attention_heads=m["nheads"],
+        encoder_ffn_dim=m["dim_feedforward"],
+        decoder_ffn_dim=m["dim_feedforward"],
+        dropout=m["dropout"],
+        num_feature_levels=m["num_feature_levels"],
+        encoder_n_points=m["enc_n_points"],
+        decoder_n_points=m["dec_n_points"],
+        with_box_refine=m["with_box_refine"],
+        two_stage=m["two_stage"],
+        two_stage_num_proposals=m["num_queries"],
+        auxiliary_loss=m["aux_loss"],
+        class_cost=2,
+        bbox_cost=5,
+        giou_cost=2,
+        focal_alpha=recipe["loss"]["focal_alpha"],
+    )
     model = DeformableDetrForObjectDetection(config)
     if convnet:
         model.model.backbone.model = _Features(ddetr_model.backbone[0])
@@ -150,8 +173,11 @@ def hf_optimizer(model: torch.nn.Module, train: dict[str, Any]) -> torch.optim.O
             groups["linear_proj"].append(param)
         else:
             groups["rest"].append(param)
-    lrs = {"rest": train["lr"], "backbone": train["lr_backbone"],
-           "linear_proj": train["lr"] * train["lr_linear_proj_mult"]}  # fmt: skip
+    lrs = {
+        "rest": train["lr"],
+        "backbone": train["lr_backbone"],
+        "linear_proj": train["lr"] * train["lr_linear_proj_mult"],
+    }
     chosen = [{"params": p, "lr": lrs[k]} for k, p in groups.items() if p]
     return torch.optim.AdamW(chosen, lr=train["lr"], weight_decay=train["weight_decay"], fused=True)
 
@@ -196,8 +222,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             timer = timers[name]
             if name == "ddetr":
                 with timer("step"):
-                    train_step(model, criterion, state, [batch], recipe["train"],
-                               torch.device("cpu"), timer=timer)  # fmt: skip
+                    train_step(
+                        model,
+                        criterion,
+                        state,
+                        [batch],
+                        recipe["train"],
+                        torch.device("cpu"),
+                        timer=timer,
+                    )
             else:
                 hf_step(hf, optimizer, batch, timer, recipe["train"]["clip_max_norm"])
             timer.next_step()
@@ -208,14 +241,19 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def _report(args, recipe, model, hf, timers) -> dict[str, Any]:
     from ddetr_cli.bench.machine import machine_info
-    from ddetr_cli.bench.model import describe_model
+    from ddetr_cli.model.variants import describe_model
     from ddetr_cli.ops import resolve_backend
 
     medians = {name: t.median_ms(skip=args.warmup) for name, t in timers.items()}
-    rows = [{"part": part, "ddetr_ms": medians["ddetr"][part],
-             "transformers_ms": medians["transformers"][part],
-             "speedup": medians["transformers"][part] / medians["ddetr"][part]}
-            for part in PARTS]  # fmt: skip
+    rows = [
+        {
+            "part": part,
+            "ddetr_ms": medians["ddetr"][part],
+            "transformers_ms": medians["transformers"][part],
+            "speedup": medians["transformers"][part] / medians["ddetr"][part],
+        }
+        for part in PARTS
+    ]
     import transformers
 
     batch = recipe["train"]["batch_size"]
@@ -239,13 +277,18 @@ def _report(args, recipe, model, hf, timers) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"{report['benchmark']}; {report['threads']} threads; medians of "
-             f"{report['timed_steps']} steps after {report['warmup_steps']}:", "",
-             "| part | ddetr ms | transformers ms | transformers / ddetr |",
-             "|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"{report['benchmark']}; {report['threads']} threads; medians of "
+        f"{report['timed_steps']} steps after {report['warmup_steps']}:",
+        "",
+        "| part | ddetr ms | transformers ms | transformers / ddetr |",
+        "|---|---:|---:|---:|",
+    ]
     for r in report["parts"]:
-        lines.append(f"| {r['part']} | {r['ddetr_ms']:.1f} | {r['transformers_ms']:.1f} | "
-                     f"{r['speedup']:.2f}x |")  # fmt: skip
+        lines.append(
+            f"| {r['part']} | {r['ddetr_ms']:.1f} | {r['transformers_ms']:.1f} | "
+            f"{r['speedup']:.2f}x |"
+        )
     return "\n".join(lines)
 
 

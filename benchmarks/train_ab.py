@@ -50,13 +50,17 @@ def parse_args() -> argparse.Namespace:
 
 def load_base(revision: str, folder: Path):
     """The revision's ddetr_cli as the package ``ddetr_base``."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "ddetr_cli"],
-                             check=True, capture_output=True).stdout  # fmt: skip
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "ddetr_cli"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     package = folder / "ddetr_base"
     (folder / "ddetr_cli").rename(package)
-    renames = [("ddetr_cli", "ddetr_base"), ("ddetr::", "ddetr_base::"),
-               ("torch.ops.ddetr.", "torch.ops.ddetr_base.")]  # fmt: skip
+    renames = [
+        ("ddetr_cli", "ddetr_base"),
+        ("ddetr::", "ddetr_base::"),
+        ("torch.ops.ddetr.", "torch.ops.ddetr_base."),
+    ]
     for path in package.rglob("*.py"):
         text = path.read_text()
         for old, new in renames:
@@ -105,8 +109,9 @@ class Version:
             batch = next(self.batches)
         data_s = time.perf_counter() - start
         start, cpu = time.perf_counter(), time.process_time()
-        out = self.train_step(self.model, self.criterion, self.state, [batch], self.cfg,
-                              self.device)  # fmt: skip
+        out = self.train_step(
+            self.model, self.criterion, self.state, [batch], self.cfg, self.device
+        )
         step_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
         self.losses.append(out["loss"])
         if timed:
@@ -120,8 +125,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="ddetr-ab-") as folder:
         load_base(args.base, Path(folder))
-        versions = {"base": Version("ddetr_base", args.recipe, args.overrides),
-                    "this": Version("ddetr_cli", args.recipe, args.overrides)}  # fmt: skip
+        versions = {
+            "base": Version("ddetr_base", args.recipe, args.overrides),
+            "this": Version("ddetr_cli", args.recipe, args.overrides),
+        }
         for i in range(args.warmup + args.steps):
             order = ("base", "this") if i % 2 == 0 else ("this", "base")
             for name in order:

@@ -13,11 +13,18 @@ from ddetr_cli.recipe import load_recipe
 
 # Three batches of 2 pictures: 1 warm-up step and 2 timed ones.
 TINY = [
-    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
-    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
-    "data.shapes.train_images=6", "data.shapes.val_images=3", "train.batch_size=2",
+    "model.hidden_dim=32",
+    "model.nheads=4",
+    "model.enc_layers=1",
+    "model.dec_layers=2",
+    "model.dim_feedforward=64",
+    "model.num_queries=6",
+    "model.num_feature_levels=2",
+    "data.shapes.train_images=6",
+    "data.shapes.val_images=3",
+    "train.batch_size=2",
     "model.attention_backend=reference",
-]  # fmt: skip
+]
 runner = CliRunner()
 
 
@@ -64,8 +71,22 @@ def test_what_runs_between_steps_is_spread_over_the_epoch(report):
 
 def test_cli_bench_train_prints_the_parts_and_writes_json(tmp_path):
     out = tmp_path / "train.json"
-    result = runner.invoke(app, ["bench", "--train", *TINY, "--iters", "2", "--warmup", "1",
-                                 "--eval-pictures", "0", "--json", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--train",
+            *TINY,
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--eval-pictures",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     for word in ("- matcher", "- loss_labels", "backward", "optimizer", "checkpoint"):
         assert word in result.output

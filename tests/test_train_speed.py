@@ -23,11 +23,20 @@ from ddetr_cli.train.timing import PartTimer, StepClock, step_times_line
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
-    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
-    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
-    "data.shapes.train_images=6", "data.shapes.val_images=2", "train.batch_size=2",
-    "train.epochs=2", "train.log_every=1", "model.attention_backend=reference",
-]  # fmt: skip
+    "model.hidden_dim=32",
+    "model.nheads=4",
+    "model.enc_layers=1",
+    "model.dec_layers=2",
+    "model.dim_feedforward=64",
+    "model.num_queries=6",
+    "model.num_feature_levels=2",
+    "data.shapes.train_images=6",
+    "data.shapes.val_images=2",
+    "train.batch_size=2",
+    "train.epochs=2",
+    "train.log_every=1",
+    "model.attention_backend=reference",
+]
 
 
 def _recipe(*extra: str) -> dict:
@@ -54,17 +63,20 @@ def test_the_ffn_backward_copies_nothing():
     src = torch.randn(2, 9, 32, generator=g, requires_grad=True)
     mask = torch.zeros(2, 9, dtype=torch.bool)
     encoder = EncoderLayer(32, 64, 0.0, 1, 4, 2)
-    out = encoder(src, torch.zeros_like(src), torch.rand(2, 9, 1, 2, generator=g), shapes,
-                  starts, mask)  # fmt: skip
+    out = encoder(
+        src, torch.zeros_like(src), torch.rand(2, 9, 1, 2, generator=g), shapes, starts, mask
+    )
     decoder = DecoderLayer(32, 64, 0.0, 1, 4, 2)
     tgt = torch.randn(2, 5, 32, generator=g, requires_grad=True)
-    dec = decoder(tgt, torch.zeros_like(tgt), torch.rand(2, 5, 1, 2, generator=g), src, shapes,
-                  starts, mask)  # fmt: skip
+    dec = decoder(
+        tgt, torch.zeros_like(tgt), torch.rand(2, 5, 1, 2, generator=g), src, shapes, starts, mask
+    )
     assert "ReluBackward0" in _node_names(out) and "CopySlices" not in _node_names(out)
     assert "ReluBackward0" in _node_names(dec) and "CopySlices" not in _node_names(dec)
     with torch.no_grad():
-        again = encoder(src, torch.zeros_like(src), torch.rand(2, 9, 1, 2, generator=g), shapes,
-                        starts, mask)  # fmt: skip
+        again = encoder(
+            src, torch.zeros_like(src), torch.rand(2, 9, 1, 2, generator=g), shapes, starts, mask
+        )
     assert again.grad_fn is None
 
 
@@ -114,13 +126,17 @@ def test_matching_levels_in_one_go_gives_each_images_own_assignment():
 
     g = torch.Generator().manual_seed(0)
     matcher = HungarianMatcher()
-    levels = [(torch.randn(3, 7, 4, generator=g), torch.rand(3, 7, 4, generator=g) * 0.5 + 0.2)
-              for _ in range(4)]  # fmt: skip
+    levels = [
+        (torch.randn(3, 7, 4, generator=g), torch.rand(3, 7, 4, generator=g) * 0.5 + 0.2)
+        for _ in range(4)
+    ]
     targets = [
-        {"labels": torch.randint(0, 4, (n,), generator=g),
-         "boxes": torch.rand(n, 4, generator=g) * 0.5 + 0.2}
+        {
+            "labels": torch.randint(0, 4, (n,), generator=g),
+            "boxes": torch.rand(n, 4, generator=g) * 0.5 + 0.2,
+        }
         for n in (3, 0, 5)
-    ]  # fmt: skip
+    ]
     matches = matcher.match_levels(levels, targets)
     assert len(matches) == 4 and all(len(level) == 3 for level in matches)
     for (logits, boxes), level in zip(levels, matches, strict=True):
@@ -141,8 +157,9 @@ def test_adamw_is_fused_and_makes_the_for_loop_update():
     fused = build_optimizer(model, recipe["train"])
     assert all(group["fused"] for group in fused.param_groups)
     cfg = recipe["train"]
-    loop = torch.optim.AdamW(param_groups(twin, cfg), lr=cfg["lr"],
-                             weight_decay=cfg["weight_decay"], foreach=False)  # fmt: skip
+    loop = torch.optim.AdamW(
+        param_groups(twin, cfg), lr=cfg["lr"], weight_decay=cfg["weight_decay"], foreach=False
+    )
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         for a, b in zip(model.parameters(), twin.parameters(), strict=True):
@@ -305,8 +322,9 @@ def test_step_clock_medians_leave_out_the_warm_up():
 
 def test_every_epoch_says_its_step_and_data_time(tmp_path):
     result = train(_recipe(f"train.output_dir={tmp_path / 'run'}"), progress=False)
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
-             .splitlines()]  # fmt: skip
+    lines = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     epochs = [line for line in lines if line["type"] == "epoch"]
     assert len(epochs) == 2
     for record in epochs:

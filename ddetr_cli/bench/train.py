@@ -65,8 +65,9 @@ class TrainBenchOptions:
 def check_train_options(options: TrainBenchOptions) -> None:
     """UsageError for values that make no sense."""
     if options.steps < 1 or options.warmup < 0:
-        raise UsageError(f"need --iters >= 1 and --warmup >= 0, got {options.steps}, "
-                         f"{options.warmup}")  # fmt: skip
+        raise UsageError(
+            f"need --iters >= 1 and --warmup >= 0, got {options.steps}, {options.warmup}"
+        )
     if options.batch_size is not None and options.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.image_size is not None and min(options.image_size) < 32:
@@ -105,8 +106,9 @@ class _Run:
         from ddetr_cli.train.engine import train_step
 
         with timer("step"):
-            train_step(self.model, self.criterion, self.state, [batch], self.cfg, self.device,
-                       timer=timer)  # fmt: skip
+            train_step(
+                self.model, self.criterion, self.state, [batch], self.cfg, self.device, timer=timer
+            )
             if self.state.ema is not None:
                 with timer("ema"):
                     self.state.ema.update(self.model)
@@ -117,8 +119,9 @@ def _resized(batch, size: tuple[int, int] | None):
     if size is None:
         return batch
     images, targets = batch
-    images = [F.interpolate(img[None], size=size, mode="bilinear", antialias=True)[0]
-              for img in images]  # fmt: skip
+    images = [
+        F.interpolate(img[None], size=size, mode="bilinear", antialias=True)[0] for img in images
+    ]
     return images, targets
 
 
@@ -139,8 +142,11 @@ def _time_data(run: _Run, count: int) -> tuple[list[Any], list[float]]:
 
 def _hook_forward_parts(model: torch.nn.Module, timer: PartTimer) -> list[Any]:
     """Forward hooks that time the backbone, the encoder and the decoder."""
-    modules = {"backbone": model.backbone[0], "encoder": model.transformer.encoder,
-               "decoder": model.transformer.decoder}  # fmt: skip
+    modules = {
+        "backbone": model.backbone[0],
+        "encoder": model.transformer.encoder,
+        "decoder": model.transformer.decoder,
+    }
     handles = []
     for name, module in modules.items():
         handles.append(module.register_forward_pre_hook(lambda *_, n=name: timer.start(n)))
@@ -175,7 +181,7 @@ def _time_evaluation(run: _Run, pictures: int) -> dict[str, Any] | None:
     """Seconds of one evaluation of the val split (the model's detections and pycocotools),
     measured on its first ``pictures`` and scaled to the whole split."""
     from ddetr_cli.data import collate
-    from ddetr_cli.evaluation.coco import coco_stats, predict_coco_results
+    from ddetr_cli.evaluation.coco import EvaluationRun, coco_stats, predict_coco_results
 
     val = run.splits.val
     if val is None or pictures == 0:
@@ -184,16 +190,20 @@ def _time_evaluation(run: _Run, pictures: int) -> dict[str, Any] | None:
     subset = Subset(val, range(count))
     loader = DataLoader(subset, batch_size=run.cfg["batch_size"], collate_fn=collate)
     start = time.perf_counter()
-    found = predict_coco_results(run.model, loader, run.device, run.cfg["amp"],
-                                 run.recipe["model"]["num_detections"])  # fmt: skip
+    found = predict_coco_results(run.model, loader, EvaluationRun.of(run.recipe, run.device))
     model_s = time.perf_counter() - start
     image_ids = [val.image_id(i) for i in range(count)]
     start = time.perf_counter()
-    coco_stats(run.splits.val_coco, found.results, image_ids)
+    coco_stats(val.coco_ground_truth(), found.results, image_ids)
     coco_s = time.perf_counter() - start
     scale = len(val) / count
-    return {"pictures_timed": count, "pictures": len(val), "model_s": model_s * scale,
-            "pycocotools_s": coco_s * scale, "seconds": (model_s + coco_s) * scale}  # fmt: skip
+    return {
+        "pictures_timed": count,
+        "pictures": len(val),
+        "model_s": model_s * scale,
+        "pycocotools_s": coco_s * scale,
+        "seconds": (model_s + coco_s) * scale,
+    }
 
 
 def _time_writes(run: _Run) -> dict[str, float]:
@@ -204,12 +214,23 @@ def _time_writes(run: _Run) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory(prefix="ddetr-bench-") as folder:
         start = time.perf_counter()
-        save_checkpoint(Path(folder) / "checkpoint_last.pth", run.model, run.recipe,
-                        **run.state.state_dict(), rng=[rng_state()])  # fmt: skip
+        save_checkpoint(
+            Path(folder) / "checkpoint_last.pth",
+            run.model,
+            run.recipe,
+            **run.state.state_dict(),
+            rng=[rng_state()],
+        )
         checkpoint_s = time.perf_counter() - start
         reporter = Reporter(Path(folder), True, progress=False, tensorboard=False)
-        record = {"type": "step", "epoch": 0, "step": 1, "lr": 1e-4, "time": 1.0,
-                  **dict.fromkeys(run.criterion.weight_dict, 1.0)}  # fmt: skip
+        record = {
+            "type": "step",
+            "epoch": 0,
+            "step": 1,
+            "lr": 1e-4,
+            "time": 1.0,
+            **dict.fromkeys(run.criterion.weight_dict, 1.0),
+        }
         start = time.perf_counter()
         for _ in range(10):
             reporter.write(record)
@@ -218,8 +239,9 @@ def _time_writes(run: _Run) -> dict[str, float]:
     return {"checkpoint_s": checkpoint_s, "metrics_line_s": line_s}
 
 
-def _between_steps(run: _Run, evaluation: dict[str, Any] | None, writes: dict[str, float]
-                   ) -> dict[str, Any]:  # fmt: skip
+def _between_steps(
+    run: _Run, evaluation: dict[str, Any] | None, writes: dict[str, float]
+) -> dict[str, Any]:
     """What a run does between steps, in seconds each time and spread over an epoch's steps
     (ms per step) as the recipe schedules it."""
     cfg = run.cfg
@@ -244,7 +266,7 @@ def run_train_bench(
 ) -> dict[str, Any]:
     """Time a training step of ``recipe`` part by part; returns the JSON-ready report."""
     from ddetr_cli import __version__
-    from ddetr_cli.bench.model import describe_model
+    from ddetr_cli.model.variants import describe_model
 
     check_train_options(options)
     device = resolve_device(options.device)
@@ -263,9 +285,16 @@ def run_train_bench(
     evaluation = _time_evaluation(run, options.eval_pictures)
     between = _between_steps(run, evaluation, _time_writes(run))
     step = medians["step"]
-    parts = [{"part": name, "what": what, "median_ms": medians[name],
-              "share_of_step": medians[name] / step if name != "data" else None}
-             for name, what in PARTS if name in medians]  # fmt: skip
+    parts = [
+        {
+            "part": name,
+            "what": what,
+            "median_ms": medians[name],
+            "share_of_step": medians[name] / step if name != "data" else None,
+        }
+        for name, what in PARTS
+        if name in medians
+    ]
     return {
         "ddetr_version": __version__,
         "model": describe_model(recipe),

@@ -32,6 +32,7 @@ class ShapesDataset(DetectionDataset):
         self.split_seed = split_seed
         self.count = count
         self.task = task
+        self._coco: COCO | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -43,8 +44,16 @@ class ShapesDataset(DetectionDataset):
         # Copies: nothing downstream may change the kept picture.
         return tuple(t.clone() for t in _picture(self.split_seed, index, self.task))
 
-    def coco(self) -> COCO:
-        return coco_from_dict(shapes.coco_dict(self.split_seed, self.count, task=self.task))
+    def coco_ground_truth(self) -> COCO:
+        if self._coco is None:  # drawn once: it draws every picture
+            self._coco = coco_from_dict(
+                shapes.coco_dict(self.split_seed, self.count, task=self.task)
+            )
+        return self._coco
+
+    def box_count(self) -> int | None:
+        # A training split is drawn as it is read: counting its boxes would draw it all.
+        return None if self.train else len(self.coco_ground_truth().getAnnIds())
 
 
 # Pictures kept once made (by each loader process): making one takes 1-3 ms, a tenth of the

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -16,11 +17,16 @@ from ddetr_cli.data.class_names import class_names
 from ddetr_cli.data.pictures import list_images, load_image
 from ddetr_cli.data.transforms import eval_transform
 from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.evaluation.coco import coco_results
 from ddetr_cli.files import write_json
 from ddetr_cli.model import post_process
+from ddetr_cli.model.protocol import Detector
 from ddetr_cli.runtime import resolve_device
 from ddetr_cli.viz.draw import draw_detections, to_pil
 from ddetr_cli.weights import resolve_model
+
+if TYPE_CHECKING:
+    from ddetr_cli.inference.slicing import SliceOptions
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -36,6 +42,8 @@ class PredictSummary:
     seconds_per_image: float = 0.0  # wall time per processed picture, model loading excluded
     out_dir: Path = Path(".")
     predictions_path: Path = Path(PREDICTIONS_FILE)
+    drawn: list[Path] = field(default_factory=list)  # the pictures written, in input order
+    slicing: dict[str, Any] | None = None  # SlicedDetector.summary() under --slice
 
 
 def check_options(
@@ -68,24 +76,18 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def _coco_results(
-    image_id: int, path: Path, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor
-) -> list[dict[str, Any]]:
-    """COCO-results entries for one picture: xyxy boxes become [x, y, w, h]."""
-    results = []
-    for (x0, y0, x1, y1), label, score in zip(
-        boxes.tolist(), labels.tolist(), scores.tolist(), strict=True
-    ):
-        results.append(
-            {
-                "image_id": image_id,
-                "file_name": str(path),
-                "category_id": int(label),
-                "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)],
-                "score": round(score, 5),
-            }
-        )
-    return results
+def _picture_results(image_id: int, path: Path, detections: dict[str, torch.Tensor]) -> list:
+    """COCO-results entries of one picture, with its file name, rounded for a compact file."""
+    return [
+        {
+            "image_id": image_id,
+            "file_name": str(path),
+            "category_id": entry["category_id"],
+            "bbox": [round(v, 2) for v in entry["bbox"]],
+            "score": round(entry["score"], 5),
+        }
+        for entry in coco_results(image_id, detections)
+    ]
 
 
 def _save_picture(image: torch.Tensor, path: Path) -> None:
@@ -144,16 +146,39 @@ def _read_batch(
 
 
 def _detect(
-    model: torch.nn.Module,
-    batch: list[_Loaded],
+    model: Detector,
+    pictures: list[torch.Tensor],
     sizes: tuple[int, int],
     num_detections: int,
     device: torch.device,
 ) -> list[dict[str, torch.Tensor]]:
-    tensors = [eval_transform(item.picture, *sizes).to(device) for item in batch]
+    tensors = [eval_transform(picture, *sizes).to(device) for picture in pictures]
     # Boxes are scaled to the ORIGINAL picture size, so they land in its pixels.
-    original = torch.tensor([item.picture.shape[-2:] for item in batch], device=device)
+    original = torch.tensor([picture.shape[-2:] for picture in pictures], device=device)
     return post_process(model(tensors), original, num_detections=num_detections)
+
+
+def _detector(
+    model: Detector,
+    recipe: dict[str, Any],
+    sizes: tuple[int, int],
+    device: torch.device,
+    batch_size: int,
+    threshold: float,
+    slicing: SliceOptions | None,
+) -> tuple[Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]], int]:
+    """(detections of a list of uint8 pictures, pictures per call): whole pictures,
+    ``batch_size`` at a time, or sliced pictures one at a time, ``batch_size`` tiles at a time."""
+    num_detections = recipe["model"]["num_detections"]
+    if slicing is None:
+        detect = partial(_detect, model, sizes=sizes, num_detections=num_detections, device=device)
+        return detect, batch_size
+    from ddetr_cli.inference.slicing import SlicedDetector
+
+    sliced = SlicedDetector(
+        model, slicing, sizes, num_detections, device, batch_size, min_score=threshold
+    )
+    return sliced, 1
 
 
 def run_predict(
@@ -168,6 +193,7 @@ def run_predict(
     min_size: int | None = None,
     max_size: int | None = None,
     progress: bool = True,
+    slicing: SliceOptions | None = None,
 ) -> PredictSummary:
     """Detect objects in pictures (files and folders) and write the results under ``out_dir``.
 
@@ -176,7 +202,8 @@ def run_predict(
     ``<stem>_pred.jpg|png`` per picture with the boxes drawn. Pictures that cannot be read are
     listed in the summary's failures; the others are still processed. Detections with score >=
     ``threshold`` are kept (0 keeps all ``model.num_detections`` per picture). The model comes
-    from ``resolve_model`` (weights, optional recipe, overrides).
+    from ``resolve_model`` (weights, optional recipe, overrides). With ``slicing`` each picture
+    is cut into tiles (``inference.slicing``), ``batch_size`` tiles per forward pass.
     """
     check_options(threshold, batch_size, min_size, max_size)
     out_dir = Path(out_dir)
@@ -189,30 +216,30 @@ def run_predict(
         max_size or recipe["data"]["eval_max_size"],
     )
     class_labels = class_names(recipe)
+    detect, batch_size = _detector(model, recipe, sizes, dev, batch_size, threshold, slicing)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     output_files = output_names(paths)
     results: list[dict[str, Any]] = []
     failures: list[tuple[Path, str]] = []
+    drawn: list[Path] = []
     started = time.perf_counter()
     with _progress(progress) as bar, torch.inference_mode():
         task = bar.add_task("predict", total=len(paths))
         for start in range(0, len(paths), batch_size):
             indices = range(start, min(start + batch_size, len(paths)))
             batch = _read_batch(paths, output_files, indices, failures)
-            detections = (
-                _detect(model, batch, sizes, recipe["model"]["num_detections"], dev)
-                if batch
-                else []
-            )
+            detections = detect([item.picture for item in batch]) if batch else []
             for item, det in zip(batch, detections, strict=True):
                 keep = det["scores"] >= threshold
                 scores = det["scores"][keep].float().cpu()
                 labels = det["labels"][keep].cpu()
                 boxes = det["boxes"][keep].float().cpu()
-                results.extend(_coco_results(item.image_id, item.path, boxes, labels, scores))
-                drawn = draw_detections(item.picture, boxes, labels, scores, class_labels)
-                _save_picture(drawn, out_dir / item.output_name)
+                kept = {"boxes": boxes, "labels": labels, "scores": scores}
+                results.extend(_picture_results(item.image_id, item.path, kept))
+                picture = draw_detections(item.picture, boxes, labels, scores, class_labels)
+                _save_picture(picture, out_dir / item.output_name)
+                drawn.append(out_dir / item.output_name)
             bar.advance(task, len(indices))
     n_done = len(paths) - len(failures)
     elapsed = time.perf_counter() - started
@@ -227,4 +254,6 @@ def run_predict(
         seconds_per_image=elapsed / n_done if n_done else 0.0,
         out_dir=out_dir,
         predictions_path=predictions_path,
+        drawn=drawn,
+        slicing=None if slicing is None else detect.summary(),
     )

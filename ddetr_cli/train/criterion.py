@@ -131,8 +131,11 @@ class SetCriterion(nn.Module):
         losses: dict[str, Tensor] = {}
         for i, (level, level_matches) in enumerate(zip(levels, matches, strict=True)):
             suffix = f"_{i - 1}" if i else ""
-            losses.update(self._one_level(level, targets, num_boxes, suffix, log=i == 0,
-                                          matches=level_matches))  # fmt: skip
+            losses.update(
+                self._one_level(
+                    level, targets, num_boxes, suffix, log=i == 0, matches=level_matches
+                )
+            )
         if "enc_outputs" in outputs:
             # Two-stage proposals are class-agnostic: every target is class 0
             # (docs/design.md#losses).

@@ -88,10 +88,12 @@ class HungarianMatcher(nn.Module):
         costs = self.cost_matrix(logits, boxes, labels, tgt).cpu().numpy()  # (L, B, Q, T)
         ends = np.cumsum(sizes)
         return [
-            [self._solve(level[i, :, end - size : end]) for i, (size, end) in
-             enumerate(zip(sizes, ends, strict=True))]
+            [
+                self._solve(level[i, :, end - size : end])
+                for i, (size, end) in enumerate(zip(sizes, ends, strict=True))
+            ]
             for level in costs
-        ]  # fmt: skip
+        ]
 
     def _solve(self, cost: np.ndarray) -> tuple[Tensor, Tensor]:
         """scipy's assignment of one image's (Q, T) costs, non-finite ones replaced first."""

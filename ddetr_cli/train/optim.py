@@ -43,9 +43,11 @@ def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Opti
     step). The same update, rounded in another order (docs/design.md#optimiser). A checkpoint's
     optimiser state carries its form: runs started without it resume without it."""
     return torch.optim.AdamW(
-        param_groups(model, train), lr=train["lr"], weight_decay=train["weight_decay"],
+        param_groups(model, train),
+        lr=train["lr"],
+        weight_decay=train["weight_decay"],
         fused=True,
-    )  # fmt: skip
+    )
 
 
 def build_scheduler(

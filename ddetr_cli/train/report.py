@@ -30,11 +30,16 @@ def _progress_bar(console):
     )
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
-        TextColumn("{task.fields[losses]}"), console=console, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}"),
+        console=console,
+        transient=True,
         refresh_per_second=2,  # rich's 10 redraws a second take 2% of a CPU core from training
-    )  # fmt: skip
+    )
 
 
 def short_losses(losses: dict[str, float]) -> str:
@@ -77,8 +82,9 @@ class Reporter:
         if self.bar is not None:
             if self._task is not None:
                 self.bar.remove_task(self._task)
-            self._task = self.bar.add_task(f"epoch {epoch + 1}/{epochs}", total=total,
-                                           completed=done, speed="", losses="")  # fmt: skip
+            self._task = self.bar.add_task(
+                f"epoch {epoch + 1}/{epochs}", total=total, completed=done, speed="", losses=""
+            )
 
     def advance(self, batches: int, losses: dict[str, float]) -> None:
         self._count += batches

@@ -74,6 +74,7 @@ class _NoTimer:
 
 
 NO_TIMER = _NoTimer()
+Timer = PartTimer | _NoTimer  # what the training step and the criterion are timed with
 
 
 class StepClock:
