@@ -62,8 +62,12 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def list_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand folders into their pictures (sorted, by extension, not recursive); keep files.
+def list_images(
+    inputs: Iterable[str | Path],
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    what: str = "pictures",
+) -> list[Path]:
+    """Expand folders into their pictures (sorted, by ``extensions``, not recursive); keep files.
 
     Files named explicitly are kept whatever their extension (a bad one fails later, on its own).
     Duplicates are dropped. A missing path, or nothing to process at all, is a ``DdetrError``.
@@ -76,7 +80,7 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
                 sorted(
                     p
                     for p in path.iterdir()
-                    if p.suffix.lower() in IMAGE_EXTENSIONS
+                    if p.suffix.lower() in extensions
                     and not p.name.startswith(".")  # e.g. macOS "._x.jpg" resource forks
                     and p.is_file()
                 )
@@ -88,7 +92,5 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     unique = list(dict.fromkeys(found))
     if not unique:
         names = ", ".join(str(p) for p in inputs) or "(no inputs)"
-        raise DdetrError(
-            f"no pictures found in {names} (extensions: {', '.join(IMAGE_EXTENSIONS)})"
-        )
+        raise DdetrError(f"no {what} found in {names} (extensions: {', '.join(extensions)})")
     return unique
