@@ -407,3 +407,27 @@ def test_data_shapes_video_on_the_command_line(tmp_path):
     result = runner.invoke(app, ["data", "shapes", str(tmp_path / "d"), "--video", str(path)])
     assert result.exit_code == 2
     assert "either OUT_DIR (pictures) or --video OUT.mp4" in result.stderr
+
+
+@pytest.mark.slow  # writing the ONNX file takes torch.onnx half a minute, even this small
+def test_an_onnx_export_gives_a_video_what_pytorch_gives(clip, checkpoint, tmp_path):
+    """-w model.onnx: frames go through onnxruntime as pictures do."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)
+    from ddetr_cli.export.writer import export_onnx
+    from ddetr_cli.weights import load_model
+
+    model, recipe = load_model(checkpoint)
+    exported = tmp_path / "tiny.onnx"
+    # Static at the frames' evaluation size (256 -> 64) and unchecked: quicker to write.
+    export_onnx(model.eval(), recipe, exported, image_size=(64, 64), static=True, check=False)
+    every_fifth = VideoOptions(stride=5)
+    onnx_lines = read_jsonl(predict([clip], exported, tmp_path / "onnx", video=every_fifth)
+                            .videos[0].jsonl_path)  # fmt: skip
+    torch_lines = read_jsonl(predict([clip], checkpoint, tmp_path / "torch", video=every_fifth)
+                             .videos[0].jsonl_path)  # fmt: skip
+    assert [line["frame"] for line in onnx_lines] == [0, 5, 10, 15]
+    for ours, theirs in zip(onnx_lines, torch_lines, strict=True):
+        assert ours["time"] == theirs["time"] and len(ours["detections"]) == 5
+        scores = [d["score"] for d in ours["detections"]]
+        assert scores == pytest.approx([d["score"] for d in theirs["detections"]], abs=2e-4)
