@@ -229,7 +229,8 @@ def run_predict(
         max_size or recipe["data"]["eval_max_size"],
     )
     num_detections = recipe["model"]["num_detections"]
-    # Pictures and video frames alike go through ``detect`` (``inference.detections.Detect``).
+    # Pictures and video frames alike go through ``detect`` (``inference.detections.Detect``):
+    # a detector that slices pictures into tiles (--slice) takes this place for both.
     detect = partial(_detect, model, sizes=sizes, num_detections=num_detections, device=dev)
     settings = Settings(threshold, batch_size, class_names(recipe), draw, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
