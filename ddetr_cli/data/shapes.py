@@ -37,8 +37,7 @@ class ShapesPicture:
     labels: np.ndarray  # (N,) int64, index into CLASS_NAMES
 
 
-def overlap_ok(box: np.ndarray, others: list[np.ndarray]) -> bool:
-    """Whether ``box`` covers at most MAX_OVERLAP of the smaller box with each of ``others``."""
+def _overlap_ok(box: np.ndarray, others: list[np.ndarray]) -> bool:
     for other in others:
         w = min(box[2], other[2]) - max(box[0], other[0])
         h = min(box[3], other[3]) - max(box[1], other[1])
@@ -52,8 +51,7 @@ def overlap_ok(box: np.ndarray, others: list[np.ndarray]) -> bool:
     return True
 
 
-def shape_colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
-    """A random colour far enough from the background to be seen."""
+def _colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
     for _ in range(100):
         colour = rng.integers(0, 256, size=3)
         if np.linalg.norm(colour - background) >= _MIN_CONTRAST:
@@ -72,15 +70,7 @@ def _star(x0: int, y0: int, x1: int, y1: int, rng) -> list[tuple[float, float]]:
     return list(zip(xs.tolist(), ys.tolist(), strict=True))
 
 
-def draw_shape(
-    draw: ImageDraw.ImageDraw,
-    kind: int,
-    box: np.ndarray,
-    fill: tuple[int, int, int],
-    rng: np.random.Generator,
-) -> None:
-    """Shape ``kind`` (an index into ``TASKS["shapes6"]``) filling the box; ``rng`` turns stars
-    and places a triangle's apex (the same generator state gives the same shape)."""
+def _draw(draw: ImageDraw.ImageDraw, kind: int, box: np.ndarray, fill, rng) -> None:
     x0, y0, x1, y1 = (int(v) for v in box)
     # PIL's coordinates are inclusive: the shape covers pixels x0..x1-1, y0..y1-1.
     if kind in (0, 3):  # circle (w == h) or ellipse
@@ -123,9 +113,9 @@ def make_picture(seed: int, index: int, task: str = "shapes3") -> ShapesPicture:
         x0 = int(rng.integers(0, IMAGE_SIZE - w + 1))
         y0 = int(rng.integers(0, IMAGE_SIZE - h + 1))
         box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float32)
-        if not overlap_ok(box, boxes):
+        if not _overlap_ok(box, boxes):
             continue
-        draw_shape(draw, kind, box, shape_colour(rng, background), rng)
+        _draw(draw, kind, box, _colour(rng, background), rng)
         boxes.append(box)
         labels.append(kind)
     pixels = np.asarray(image, dtype=np.float32)
