@@ -146,12 +146,6 @@ def data_shapes(
         frames = write_shapes_video(video, seconds, fps, seed)
         print_line(f"video: {video} ({frames} frames at {fps} frames/s)")
         return
-    _write_shapes_folder(out_dir, train_count, val_count, seed, task, force)
-
-
-def _write_shapes_folder(
-    out_dir: Path, train_count: int, val_count: int, seed: int, task: str, force: bool
-) -> None:
     from rich.progress import Progress
 
     from ddetr_cli.data.convert import prepare_shapes_folder, write_shapes_coco
