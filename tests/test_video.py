@@ -28,7 +28,7 @@ from ddetr_cli.inference.video import VideoOptions, jsonl_name  # noqa: E402
 from ddetr_cli.inference.video_progress import FrameProgress  # noqa: E402
 from ddetr_cli.model import build_model  # noqa: E402
 from ddetr_cli.recipe import load_recipe  # noqa: E402
-from ddetr_cli.video.reader import FrameReader, probe_video  # noqa: E402
+from ddetr_cli.video.reader import FrameReader, VideoInfo, probe_video  # noqa: E402
 from ddetr_cli.video.writer import VideoWriter, choose_codec  # noqa: E402
 from ddetr_cli.weights import save_checkpoint  # noqa: E402
 
@@ -434,3 +434,14 @@ def test_an_onnx_export_gives_a_video_what_pytorch_gives(clip, checkpoint, tmp_p
         assert ours["time"] == theirs["time"] and len(ours["detections"]) == 5
         scores = [d["score"] for d in ours["detections"]]
         assert scores == pytest.approx([d["score"] for d in theirs["detections"]], abs=2e-4)
+
+
+def test_the_progress_total_counts_the_frames_chosen(tmp_path):
+    info = VideoInfo(tmp_path / "v.mp4", 64, 48, Fraction(25), Fraction(1, 25), 250, 10.0, "h264")
+    assert info.frames_between(0.0, None, 1) == 250
+    assert info.frames_between(2.0, 4.0, 3) == 17  # frames 50..99, every third
+    assert info.frames_between(20.0, None, 1) == 0
+    unknown = VideoInfo(tmp_path / "v.mkv", 64, 48, Fraction(25), Fraction(1, 1000), 0, 4.0, "vp9")
+    assert unknown.frames_between(0.0, None, 2) == 50  # from the duration
+    nothing = VideoInfo(tmp_path / "v.mkv", 64, 48, Fraction(25), Fraction(1, 1000), 0, None, "")
+    assert nothing.frames_between(0.0, None, 1) is None
