@@ -40,8 +40,9 @@ def _child(kind: str, inputs: str, weights: str, out: str, batch: int, draw: boo
     """In a fresh process: predict, then one JSON line with the frames per second."""
     from ddetr_cli.inference.predict import run_predict
 
-    summary = run_predict([Path(inputs)], weights, out_dir=Path(out), batch_size=batch,
-                          progress=False, draw=draw)  # fmt: skip
+    summary = run_predict(
+        [Path(inputs)], weights, out_dir=Path(out), batch_size=batch, progress=False, draw=draw
+    )
     if kind == "pictures":
         fps = 1 / summary.seconds_per_image
     else:
@@ -51,8 +52,19 @@ def _child(kind: str, inputs: str, weights: str, out: str, batch: int, draw: boo
 
 def _run(kind: str, inputs: Path, args: argparse.Namespace, out: Path) -> tuple[float, float]:
     """(frames per second, peak resident memory in MiB) of one predict process."""
-    command = [sys.executable, __file__, "--child", kind, str(inputs), "-w", args.weights,
-               "--out", str(out), "-b", str(args.batch_size)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        str(inputs),
+        "-w",
+        args.weights,
+        "--out",
+        str(out),
+        "-b",
+        str(args.batch_size),
+    ]
     command += [] if args.draw else ["--no-draw"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = process.stdout.read()
@@ -99,17 +111,20 @@ def main() -> None:
         long_frames = write_shapes_video(long, args.seconds * args.long)
         pictures = work / "frames"
         _frames_as_pictures(short, pictures)
-        print(f"clips: {frames} and {long_frames} frames (256x256, 25 frames/s); "
-              f"{frames} PNG pictures; weights {args.weights}; batch {args.batch_size}; "
-              f"draw {args.draw}; {args.repeat} runs each, medians")  # fmt: skip
+        print(
+            f"clips: {frames} and {long_frames} frames (256x256, 25 frames/s); "
+            f"{frames} PNG pictures; weights {args.weights}; batch {args.batch_size}; "
+            f"draw {args.draw}; {args.repeat} runs each, medians"
+        )
         # A first, untimed run: it builds the attention kernel if this environment has not yet.
         _run("video", short, args, work / "out_warmup")
         runs: dict[str, list[tuple[float, float]]] = {"pictures": [], "video": [], "long": []}
         for index in range(args.repeat):  # interleaved, so a busier moment hits all kinds
             for kind, inputs in (("pictures", pictures), ("video", short), ("long", long)):
                 out = work / f"out_{kind}_{index}"
-                runs[kind].append(_run("pictures" if kind == "pictures" else "video", inputs,
-                                       args, out))  # fmt: skip
+                runs[kind].append(
+                    _run("pictures" if kind == "pictures" else "video", inputs, args, out)
+                )
         fps = {k: statistics.median(f for f, _ in v) for k, v in runs.items()}
         rss = {k: statistics.median(m for _, m in v) for k, v in runs.items()}
         print(f"pictures:   {fps['pictures']:7.2f} frames/s   peak RSS {rss['pictures']:7.1f} MiB")

@@ -5,7 +5,6 @@ release and warns."""
 from ddetr_cli.lazy import lazy_getattr
 
 MOVED = {
-    "IMAGE_EXTENSIONS": "ddetr_cli.data.pictures",
     "list_images": "ddetr_cli.data.pictures",
     "load_image": "ddetr_cli.data.pictures",
     "IMAGENET_MEAN": "ddetr_cli.data.transforms",

@@ -19,6 +19,7 @@ from ddetr_cli.bench.model import (
 )
 from ddetr_cli.bench.timing import time_forward
 from ddetr_cli.cli import app
+from ddetr_cli.errors import UsageError
 from ddetr_cli.model import build_model
 from ddetr_cli.ops import ms_deform_attn_macs
 from ddetr_cli.recipe import load_recipe
@@ -207,6 +208,32 @@ def test_cli_bench_errors_are_one_line(args, status, message):
     assert result.exit_code == status, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_speedups_compare_each_row_with_the_reference_of_its_setting():
+    from ddetr_cli.bench.backends import speedups
+
+    rows = [("reference", "a", 2.0), ("kernel", "a", 6.0), ("kernel", "b", 5.0),
+            ("reference", "c", None), ("kernel", "c", 1.0)]  # fmt: skip
+    gains = speedups(rows, setting=lambda r: r[1], speed=lambda r: r[2], backend=lambda r: r[0])
+    assert gains == [1.0, 3.0, None, None, None]
+
+
+def test_options_are_checked_once_before_the_model_is_built(monkeypatch):
+    """`ddetr bench` refuses bad options before it builds (or downloads) a model."""
+    import ddetr_cli.bench.model as bench_model
+
+    checked = []
+    real = bench_model.check_options
+    monkeypatch.setattr(bench_model, "check_options", lambda o: (checked.append(o), real(o)))
+    monkeypatch.setattr(bench_model, "build_bench_model", lambda *a: pytest.fail("built"))
+    with pytest.raises(UsageError, match="--batch-size"):
+        bench_model.bench_weights(None, None, (), BenchOptions(batch_sizes=[0]))
+    options = BenchOptions(flops=False, fps=True, image_size=(64, 64), warmup=0, iters=1)
+    monkeypatch.setattr(bench_model, "build_bench_model", lambda *a: (None, {}, "tiny"))
+    monkeypatch.setattr(bench_model, "_measure", lambda *a: {"measured": True})
+    assert bench_model.bench_weights(None, None, (), options) == {"measured": True}
+    assert len(checked) == 2  # once per call
 
 
 @pytest.mark.gpu

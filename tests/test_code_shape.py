@@ -116,6 +116,19 @@ def test_model_and_ops_import_nothing_above_them():
     assert not wrong, "\n".join(sorted(wrong))
 
 
+def test_callers_of_a_detector_never_ask_which_kind_it_is():
+    """Evaluation, prediction and the benchmark run any ``model.protocol.Detector``."""
+    jobs = ("ddetr_cli.bench", "ddetr_cli.evaluation", "ddetr_cli.inference")
+    callers = [path for m, path in MODULES.items() if any(_within(m, job) for job in jobs)]
+    wrong = [
+        f"{path.relative_to(ROOT)}: {needle}"
+        for path in callers
+        for needle in ("isinstance(model", ".session", "OnnxDetector")
+        if needle in path.read_text()
+    ]
+    assert not wrong
+
+
 def test_no_function_over_100_lines():
     long = []
     for module, path in MODULES.items():

@@ -196,6 +196,8 @@ def test_wrong_type_in_a_file(tmp_path):
         ("model.backbone_norm=group", "model.backbone_norm must be one of frozen, batch"),
         ("train.amp=fp8", "train.amp must be one of off, bf16, fp16"),
         ("model.dropout=1.0", "model.dropout must be in [0, 1)"),
+        ("loss.focal_alpha=1.5", "loss.focal_alpha must be in [0, 1], got 1.5"),
+        ("train.ema=1", "train.ema must be in [0, 1), got 1.0"),
         ("train.batch_size=0", "train.batch_size must be >= 1"),
         ("train.lr=-1", "train.lr must be >= 0"),
         ("model.class_names=[a, b]", "model.class_names has 2 names but model.num_classes is 91"),

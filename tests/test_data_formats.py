@@ -148,7 +148,7 @@ def test_yolo_names_mapping_list_file_and_missing_labels(tmp_path):
 def test_voc_difficult_boxes_are_crowd_and_names_sorted(tmp_path):
     root = write_voc(tmp_path / "v")
     splits = build_datasets(_recipe(root))
-    crowd = [a for a in splits.val_coco.dataset["annotations"] if a["iscrowd"]]
+    crowd = [a for a in splits.val.coco_ground_truth().dataset["annotations"] if a["iscrowd"]]
     assert len(crowd) == 1 and crowd[0]["bbox"] == [1.0, 1.0, 10.0, 10.0]
     assert len(_boxes_of(splits.train, 0)) == len(_pictures("train", 1)[0].boxes)  # dropped
     assert splits.class_names == ["circle", "rectangle", "triangle"]  # sorted names
@@ -187,7 +187,7 @@ def test_evaluation_of_converted_ground_truth(tmp_path):
     from ddetr_cli.evaluation.coco import coco_evaluation
 
     splits = build_datasets(_recipe(write_yolo(tmp_path / "y")), train=False)
-    gt = splits.val_coco
+    gt = splits.val.coco_ground_truth()
     boxes = sum(len(p.boxes) for p in _pictures("val", 2))
     rebuilt = coco_object(gt.dataset, "x")
     assert len(rebuilt.getImgIds()) == 2 and len(rebuilt.getAnnIds()) == boxes

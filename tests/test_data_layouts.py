@@ -180,3 +180,22 @@ def test_training_without_val_says_so_in_its_data_line(tmp_path, monkeypatch):
         f"data: train 3 pictures, {box_count('train')} boxes; no val split (no val AP, no "
         "checkpoint_best.pth); 3 classes" in result.output
     )
+
+
+@pytest.mark.parametrize("layout", [*LAYOUTS, "shapes"])
+def test_every_reader_gives_evaluation_one_dataset_interface(tmp_path, layout):
+    """#20: image ids, the ground truth as one method and the box count, whatever the format
+    (COCO, Roboflow, YOLO, darknet, VOC, the built-in shapes)."""
+    if layout == "shapes":
+        recipe = load_recipe(None, ["data.format=shapes", "data.shapes.val_images=4"])
+    else:
+        recipe = load_recipe(None, [f"data.root={LAYOUTS[layout][0](tmp_path / 'ds')}"])
+    val = build_datasets(recipe, train=False).val
+    truth = val.coco_ground_truth()
+    assert val.coco_ground_truth() is truth  # built once
+    assert val.image_ids() == [val.image_id(i) for i in range(len(val))]
+    assert sorted(val.image_ids()) == sorted(truth.getImgIds())
+    boxes = len(truth.getAnnIds())
+    assert val.box_count() == boxes
+    if layout != "shapes":
+        assert boxes == box_count("val")

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from ports import free_port
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
@@ -192,7 +193,7 @@ def test_torchrun_evaluation_equals_one_process(tmp_path):
     single = evaluate_checkpoint(weights, out_dir=tmp_path / "one")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29547", "-m", "ddetr_cli", "evaluate", "-w", str(weights),
+           "--master-port", str(free_port()), "-m", "ddetr_cli", "evaluate", "-w", str(weights),
            "-o", str(tmp_path / "two"), "--json", str(tmp_path / "two.json")]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -379,13 +380,13 @@ def test_training_val_ap_counts_an_unreadable_picture_as_empty(broken_val_folder
     from torch.utils.data import DataLoader
 
     from ddetr_cli.data import CocoDataset, collate
-    from ddetr_cli.evaluation.coco import evaluate_coco
+    from ddetr_cli.evaluation.coco import EvaluationRun, evaluate_coco
 
     folder, annotations = broken_val_folder
     dataset = CocoDataset(folder, annotations, train=False, min_size=48)
     loader = DataLoader(dataset, batch_size=3, collate_fn=collate)
     with caplog.at_level(logging.WARNING):
-        stats = evaluate_coco(_ColourCoded(), loader, dataset.coco, num_detections=2)
+        stats = evaluate_coco(_ColourCoded(), loader, EvaluationRun(num_detections=2))
     expected = _expected_with_broken_picture_empty(tmp_path)
     assert list(stats.values()) == pytest.approx([float(v) for v in expected.stats])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

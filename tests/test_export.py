@@ -14,10 +14,12 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from ddetr_cli.errors import DdetrError  # noqa: E402
-from ddetr_cli.export.check import check_onnx, match_detections, topk_detections  # noqa: E402
+from ddetr_cli.export.check import check_onnx, match_detections  # noqa: E402
 from ddetr_cli.export.runtime import ort_session, read_metadata, require_export_extra  # noqa: E402
 from ddetr_cli.export.writer import export_onnx  # noqa: E402
 from ddetr_cli.model import build_model  # noqa: E402
+from ddetr_cli.model.postprocess import batched_detections  # noqa: E402
+from ddetr_cli.model.protocol import Detector  # noqa: E402
 from ddetr_cli.ops import ms_deform_attn  # noqa: E402
 from ddetr_cli.ops.onnx import translation_table  # noqa: E402
 from ddetr_cli.recipe import load_recipe  # noqa: E402
@@ -95,6 +97,12 @@ def test_onnx_model_runs_like_pytorch(two_stage_export):
     onnx_model, onnx_recipe = load_model(path, overrides=["data.eval_min_size=96"])
     assert onnx_recipe["model"] == recipe["model"] and onnx_recipe["data"]["eval_min_size"] == 96
     assert onnx_model.eval().to("cpu").optimize_for_inference() is onnx_model
+    assert isinstance(onnx_model, Detector) and isinstance(model, Detector)
+    assert onnx_model.fixed_runtime() == (
+        "onnxruntime",
+        "the exported graph (CPUExecutionProvider)",
+    )
+    assert model.fixed_runtime() is None
     g = torch.Generator().manual_seed(3)
     pictures = [torch.randn(3, *s, generator=g) for s in ((96, 128), (80, 112), (96, 128))]
     out = onnx_model(pictures)
@@ -162,7 +170,7 @@ def test_static_refine_with_postprocess(postprocess_export):
     from ddetr_cli.model import post_process
 
     official = post_process(ref, torch.tensor([[64, 80], [64, 80]]), num_detections=100)
-    ref_scores, ref_labels, ref_boxes = topk_detections(
+    ref_scores, ref_labels, ref_boxes = batched_detections(
         ref["pred_logits"], ref["pred_boxes"], 64, 80
     )
     for b in range(2):
@@ -291,7 +299,7 @@ def test_near_equal_scores_may_swap_places_but_not_labels():
     A label or box that belongs to no pair of that score is a mismatch."""
     logits = torch.tensor([[[0.0, 2.0], [2.0, -1.0], [-3.0, -3.0]]])  # queries x classes
     boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.6, 0.6, 0.2, 0.2], [0.5, 0.5, 0.5, 0.5]]])
-    scores, labels, xyxy = topk_detections(logits, boxes, 100, 100, 3)
+    scores, labels, xyxy = batched_detections(logits, boxes, 100, 100, 3)
     swapped = (scores, labels[:, [1, 0, 2]], xyxy[:, [1, 0, 2]])
     assert match_detections(swapped, logits, boxes, (100, 100)) == (0.0, 0)
     assert labels.tolist() == [[1, 0, 0]] and scores[0, 0] == scores[0, 1]

@@ -166,6 +166,19 @@ def test_list_images_expands_folders_sorted_by_extension(tmp_path):
     assert [p.name for p in found] == ["a.png", "b.JPG", "c.webp", "d.TIFF", "explicit.dat"]
 
 
+def test_predict_and_the_data_readers_take_the_same_pictures(tmp_path):
+    """One list of suffixes (#20): a GIF in a folder is a picture for predict as for a data
+    set, and reads as its first frame."""
+    from ddetr_cli.data.pictures import pictures_in
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("P", (5, 4), 3).save(folder / "a.gif")
+    Image.new("RGB", (5, 4)).save(folder / "b.png")
+    assert list_images([folder]) == pictures_in(folder) == [folder / "a.gif", folder / "b.png"]
+    assert load_image(folder / "a.gif").shape == (3, 4, 5)
+
+
 def test_list_images_errors(tmp_path):
     with pytest.raises(DdetrError, match="missing.jpg: no such file"):
         list_images([tmp_path / "missing.jpg"])

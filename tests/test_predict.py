@@ -190,6 +190,13 @@ def test_bad_files_are_reported_and_the_rest_processed(stubs, weights, image_fil
     ids = {Path(p["file_name"]).name: p["image_id"] for p in predictions}
     order = sorted(p.name for p in folder.iterdir())
     assert ids == {name: order.index(name) + 1 for name in processed}
+    # The drawn pictures, in input order: those of the readable pictures only.
+    drawn = [
+        f"{Path(name).stem}_pred{'.jpg' if name.endswith('.jpg') else '.png'}"
+        for name in order
+        if name in processed
+    ]
+    assert [p.name for p in summary.drawn] == drawn and all(p.is_file() for p in summary.drawn)
 
 
 def test_batches_keep_order_and_original_sizes(stubs, weights, image_files, tmp_path):

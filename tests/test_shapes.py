@@ -40,7 +40,7 @@ def test_pictures_follow_the_task_rules():
 def test_val_split_has_its_own_seed():
     val = ShapesDataset(shapes.VAL_SEED, 200, train=False)
     assert len(val) == 200
-    coco = val.coco()
+    coco = val.coco_ground_truth()
     assert len(coco.getImgIds()) == 200 and coco.getCatIds() == [0, 1, 2]
     image, target = val[0]
     assert image.shape == (3, 128, 128)
@@ -89,4 +89,4 @@ def test_shapes6_keeps_shapes3_pictures_and_adds_classes():
         p = shapes.make_picture(1, i, "shapes6")
         assert p.boxes.min() >= 0 and p.boxes.max() <= 128
     val = ShapesDataset(shapes.VAL_SEED, 5, train=False, task="shapes6")
-    assert val.coco().getCatIds() == list(range(6))
+    assert val.coco_ground_truth().getCatIds() == list(range(6))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 from ddetr_cli.model import build_model
 from ddetr_cli.recipe import load_recipe
@@ -95,7 +96,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert single.steps == 1
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29533", "-m", "ddetr_cli", "train", str(ROOT / "recipes/shapes.yaml"),
+           "--master-port", str(free_port()), "-m", "ddetr_cli", "train",
+           str(ROOT / "recipes/shapes.yaml"),
            *TINY, *common, "train.batch_size=1", f"train.output_dir={tmp_path / 'two'}",
            "--no-progress"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

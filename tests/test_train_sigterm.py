@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 from ddetr_cli.weights import read_checkpoint
 
@@ -33,7 +34,7 @@ def _train_command(out: Path, *extra: str, processes: int = 1) -> list[str]:
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                     "--master-port", "29541"]  # fmt: skip
+                     "--master-port", str(free_port())]  # fmt: skip
     return [*launcher, "-m", "ddetr_cli", "train", str(ROOT / "recipes" / "shapes.yaml"), *TINY,
             f"train.output_dir={out}", "--no-progress", *extra]  # fmt: skip
 

@@ -24,6 +24,7 @@ from ddetr_cli.cli import app  # noqa: E402
 from ddetr_cli.data.shapes_video import CLIP_SIZE, shapes_clip, write_shapes_video  # noqa: E402
 from ddetr_cli.errors import DdetrError  # noqa: E402
 from ddetr_cli.inference.predict import output_names, run_predict  # noqa: E402
+from ddetr_cli.inference.slicing import SliceOptions  # noqa: E402
 from ddetr_cli.inference.video import VideoOptions, jsonl_name  # noqa: E402
 from ddetr_cli.inference.video_progress import FrameProgress  # noqa: E402
 from ddetr_cli.model import build_model  # noqa: E402
@@ -124,6 +125,39 @@ def test_a_frame_gives_what_predict_gives_on_it_as_a_picture(clip, checkpoint, t
         assert len(stripped) == 5
 
 
+def test_slice_cuts_a_frame_as_it_cuts_the_same_picture(clip, checkpoint, tmp_path):
+    """--slice on a video: every frame goes through the same sliced detector as a picture
+    (9 tiles of 128 in a 256 x 256 frame), and gives the picture's merged detections."""
+    slicing = SliceOptions((128, 128))
+    summary = predict(
+        [clip],
+        checkpoint,
+        tmp_path / "video",
+        batch_size=4,
+        slicing=slicing,
+        video=VideoOptions(stride=10),
+    )
+    assert summary.slicing["pictures"] == 2 and summary.slicing["tiles_per_picture"] == 9
+    lines = read_jsonl(summary.videos[0].jsonl_path)
+    assert [line["frame"] for line in lines] == [0, 10]
+    picture = tmp_path / "frame10.png"
+    Image.fromarray(decode(clip)[10][1].permute(1, 2, 0).numpy()).save(picture)
+    pictures = predict([picture], checkpoint, tmp_path / "picture", batch_size=4, slicing=slicing)
+    found = json.loads(pictures.predictions_path.read_text())
+    stripped = [{k: d[k] for k in ("category_id", "bbox", "score")} for d in found]
+    assert stripped == lines[1]["detections"]
+    assert len(stripped) > 5  # merged from 9 tiles of 5 each, more than one pass gives
+
+
+def test_slice_on_a_video_on_the_command_line(clip, checkpoint, tmp_path):
+    out = tmp_path / "o"
+    args = ["predict", str(clip), "-w", str(checkpoint), "-o", str(out), "-t", "0"]
+    result = runner.invoke(app, [*args, "--slice", "128", "128", "--stride", "10", "-b", "4"])
+    assert result.exit_code == 0, result.output
+    assert "tiles per picture" in result.output and "9 (128x128, overlap 0.2;" in result.output
+    assert len(read_jsonl(out / "clip.jsonl")) == 2 and (out / "clip_pred.mp4").is_file()
+
+
 def test_the_drawn_video_has_the_clips_frames_size_rate_and_drawing(clip, checkpoint, tmp_path):
     out = tmp_path / "o"
     summary = predict([clip], checkpoint, out)
@@ -186,8 +220,9 @@ def test_ctrl_c_on_the_cli_exits_130_with_the_files_named(clip, checkpoint, tmp_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(predict_module, "_detect", interrupted)
-    result = runner.invoke(app, ["predict", str(clip), "-w", str(checkpoint), "-o",
-                                 str(tmp_path / "o")])  # fmt: skip
+    result = runner.invoke(
+        app, ["predict", str(clip), "-w", str(checkpoint), "-o", str(tmp_path / "o")]
+    )
     assert result.exit_code == 130
     assert (tmp_path / "o" / "clip.jsonl").read_text() == ""
     assert "Traceback" not in result.output
@@ -196,8 +231,9 @@ def test_ctrl_c_on_the_cli_exits_130_with_the_files_named(clip, checkpoint, tmp_
 def _audio_only(path: Path) -> Path:
     container = av.open(str(path), "w")
     stream = container.add_stream("aac", rate=8000)
-    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                       layout="mono")  # fmt: skip
+    frame = av.AudioFrame.from_ndarray(
+        np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+    )
     frame.sample_rate = 8000
     for packet in [*stream.encode(frame), *stream.encode(None)]:
         container.mux(packet)
@@ -268,9 +304,13 @@ def test_folders_hold_videos_and_predict_skips_its_own(clip, checkpoint, tmp_pat
         summary = predict([folder], checkpoint, folder)
         assert summary.n_images == 1 and [v.path for v in summary.videos] == [folder / "clip.mp4"]
     assert sorted(p.name for p in folder.iterdir()) == [
-        "clip.jsonl", "clip.mp4", "clip_pred.mp4", "predictions.json", "still.png",
+        "clip.jsonl",
+        "clip.mp4",
+        "clip_pred.mp4",
+        "predictions.json",
+        "still.png",
         "still_pred.png",
-    ]  # fmt: skip
+    ]
 
 
 def test_no_draw_writes_the_json_only(clip, checkpoint, tmp_path):
@@ -340,8 +380,10 @@ def test_codecs_h264_odd_sides_and_without_h264(tmp_path, monkeypatch):
 
     monkeypatch.setattr(writer_module, "_has_encoder", lambda av, name: False)
     assert choose_codec(av, 64, 48) == (
-        "mpeg4", "yuv420p", "no H.264 encoder in this FFmpeg build: writing MPEG-4 Part 2"
-    )  # fmt: skip
+        "mpeg4",
+        "yuv420p",
+        "no H.264 encoder in this FFmpeg build: writing MPEG-4 Part 2",
+    )
     path = _write(tmp_path / "mpeg4.mp4", [_halves(64, 48)] * 3, [0, 0.1, 0.2])
     assert probe_video(path).codec == "mpeg4" and len(decode(path)) == 3
 
@@ -377,8 +419,9 @@ def test_progress_prints_a_line_per_tenth_in_a_log():
         for _ in range(25):
             progress.advance(10)
     assert [line.split(" (")[0] for line in log.getvalue().splitlines()] == [
-        "long.mkv: 100 frames", "long.mkv: 200 frames"
-    ]  # fmt: skip
+        "long.mkv: 100 frames",
+        "long.mkv: 200 frames",
+    ]
     log = io.StringIO()
     with FrameProgress("quiet.mp4", 20, enabled=False, stream=log) as progress:
         progress.advance(20)
@@ -425,10 +468,12 @@ def test_an_onnx_export_gives_a_video_what_pytorch_gives(clip, checkpoint, tmp_p
     # Static at the frames' evaluation size (256 -> 64) and unchecked: quicker to write.
     export_onnx(model.eval(), recipe, exported, image_size=(64, 64), static=True, check=False)
     every_fifth = VideoOptions(stride=5)
-    onnx_lines = read_jsonl(predict([clip], exported, tmp_path / "onnx", video=every_fifth)
-                            .videos[0].jsonl_path)  # fmt: skip
-    torch_lines = read_jsonl(predict([clip], checkpoint, tmp_path / "torch", video=every_fifth)
-                             .videos[0].jsonl_path)  # fmt: skip
+    onnx_lines = read_jsonl(
+        predict([clip], exported, tmp_path / "onnx", video=every_fifth).videos[0].jsonl_path
+    )
+    torch_lines = read_jsonl(
+        predict([clip], checkpoint, tmp_path / "torch", video=every_fifth).videos[0].jsonl_path
+    )
     assert [line["frame"] for line in onnx_lines] == [0, 5, 10, 15]
     for ours, theirs in zip(onnx_lines, torch_lines, strict=True):
         assert ours["time"] == theirs["time"] and len(ours["detections"]) == 5

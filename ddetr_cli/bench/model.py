@@ -12,20 +12,29 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ddetr_cli.bench.backends import (
+    backends_to_time,
+    check_backend_choice,
+    check_dtype_names,
+    check_dtypes_on,
+    speedups,
+)
 from ddetr_cli.bench.flops import count_flops
 from ddetr_cli.bench.machine import machine_info
 from ddetr_cli.bench.timing import percentile, time_forward
 from ddetr_cli.errors import DdetrError, UsageError
-from ddetr_cli.ops.choices import ATTENTION_BACKENDS
-from ddetr_cli.runtime import DTYPES, amp_autocast
+from ddetr_cli.model.protocol import Detector
+from ddetr_cli.model.variants import describe_model
+from ddetr_cli.runtime import amp_autocast
 
-BACKEND_CHOICES = ("all", *ATTENTION_BACKENDS)
+if TYPE_CHECKING:
+    from ddetr_cli.inference.slicing import SliceOptions
 # COCO val2017's first picture; after the 800/1333 evaluation resize it is 800x1199, as the
 # official benchmark feeds it.
 COCO_FIRST_PICTURE = (427, 640)
@@ -52,6 +61,7 @@ class BenchOptions:
     warmup: int | None = None
     iters: int | None = None
     threads: int | None = None
+    slicing: SliceOptions | None = None  # time sliced pictures (bench.sliced) too
 
 
 @dataclass
@@ -75,7 +85,7 @@ class SpeedResult:
 
 def build_bench_model(
     weights: str | Path | None, recipe_path: Path | None, overrides: Sequence[str]
-) -> tuple[nn.Module, dict[str, Any], str]:
+) -> tuple[Detector, dict[str, Any], str]:
     """(model in eval mode on the CPU, resolved recipe, where it came from).
 
     Without weights the model is built from the recipe (default: the built-in defaults, which are
@@ -101,19 +111,6 @@ def default_size(recipe: dict[str, Any]) -> tuple[int, int]:
     data = recipe["data"]
     h, w = (IMAGE_SIZE, IMAGE_SIZE) if data["format"] == "shapes" else COCO_FIRST_PICTURE
     return eval_size(h, w, data["eval_min_size"], data["eval_max_size"])
-
-
-def describe_model(recipe: dict[str, Any]) -> str:
-    """A short name such as 'resnet50, 4 levels, box refine + two-stage'."""
-    m = recipe["model"]
-    kind = "plain"
-    if m["two_stage"]:
-        kind = "box refine + two-stage"
-    elif m["with_box_refine"]:
-        kind = "box refine"
-    dc5 = " DC5" if m["dilation"] else ""
-    levels = m["num_feature_levels"]
-    return f"{m['backbone']}{dc5}, {levels} level{'s' if levels > 1 else ''}, {kind}"
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -146,47 +143,18 @@ def folder_inputs(
 # --------------------------------------------------------------------------- backends and timing
 
 
-def resolve_backends(device: torch.device, requested: str) -> list[tuple[str, str]]:
-    """Concrete attention backends to time on ``device``: [(name, reason)]."""
-    from ddetr_cli.ops import resolve_backend
-
-    if requested not in BACKEND_CHOICES:
-        raise DdetrError(
-            f"--attention-backend {requested!r}: choose one of {', '.join(BACKEND_CHOICES)}"
-        )
-    if requested == "all":
-        found = [("reference", "pure PyTorch")]
-        try:
-            found.append(("kernel", resolve_backend(device, "kernel")[1]))
-        except RuntimeError:
-            pass  # the kernel is unavailable here: only the reference can be timed
-        return found
-    try:
-        return [resolve_backend(device, requested)]
-    except RuntimeError as exc:
-        raise DdetrError(f"--attention-backend {requested}: {exc}") from None
-
-
 def resolve_protocol(options: BenchOptions, device: torch.device) -> tuple[int, int]:
     """(warm-up, timed) iterations: the official 5/295 on GPU, fewer on CPU unless asked."""
-    cpu = device.type == "cpu"
-    warmup = options.warmup if options.warmup is not None else (CPU_WARMUP if cpu else 5)
-    iters = options.iters if options.iters is not None else (CPU_ITERS if cpu else 295)
-    if warmup < 0 or iters < 1:
-        raise DdetrError(f"need --warmup >= 0 and --iters >= 1, got {warmup} and {iters}")
+    default_warmup, default_iters = (
+        (CPU_WARMUP, CPU_ITERS) if device.type == "cpu" else (OFFICIAL_WARMUP, OFFICIAL_ITERS)
+    )
+    warmup = default_warmup if options.warmup is None else options.warmup
+    iters = default_iters if options.iters is None else options.iters
     return warmup, iters
 
 
-def _check_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name not in DTYPES:
-        raise DdetrError(f"--dtype {name!r}: choose from {', '.join(DTYPES)}")
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DdetrError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
-    return DTYPES[name]
-
-
 def measure_speed(
-    model: nn.Module,
+    model: Detector,
     picture: torch.Tensor,
     device: torch.device,
     dtype: str,
@@ -198,11 +166,12 @@ def measure_speed(
     """Time the model on ``picture`` (3, H, W) replicated ``batch_size`` times.
 
     fp32 runs the model as is; bf16/fp16 run it under torch.autocast (as mixed-precision
-    inference is usually deployed: matmuls and convs in half precision, norms in fp32).
+    inference is usually deployed: matmuls and convs in half precision, norms in fp32); the
+    name is checked beforehand (``bench.backends.check_dtypes``).
     """
-    _check_dtype(dtype, device)
-    result = SpeedResult(backend="", dtype=dtype, mode="compile" if compiled else "eager",
-                         batch_size=batch_size)  # fmt: skip
+    result = SpeedResult(
+        backend="", dtype=dtype, mode="compile" if compiled else "eager", batch_size=batch_size
+    )
     batch = picture.to(device)[None].expand(batch_size, -1, -1, -1).contiguous()
     runner: Callable[..., Any] = model
     if compiled:
@@ -242,18 +211,6 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
-def _add_speedups(results: list[SpeedResult]) -> None:
-    reference = {
-        (r.dtype, r.mode, r.batch_size): r.fps
-        for r in results
-        if r.backend == "reference" and r.fps
-    }
-    for r in results:
-        base = reference.get((r.dtype, r.mode, r.batch_size))
-        if r.fps and base:
-            r.speedup_vs_reference = r.fps / base
-
-
 # --------------------------------------------------------------------------- the whole report
 
 
@@ -265,14 +222,8 @@ def check_options(options: BenchOptions) -> None:
         raise UsageError(f"--image-size must be at least 32 32, got {options.image_size}")
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise UsageError(f"--batch-size values must be at least 1, got {options.batch_sizes}")
-    unknown = [d for d in options.dtypes if d not in DTYPES]
-    if unknown or not options.dtypes:
-        raise UsageError(f"--dtype {','.join(unknown)}: choose from {', '.join(DTYPES)}")
-    if options.attention_backend not in BACKEND_CHOICES:
-        raise UsageError(
-            f"--attention-backend {options.attention_backend!r}: choose one of "
-            f"{', '.join(BACKEND_CHOICES)}"
-        )
+    check_dtype_names(options.dtypes)
+    check_backend_choice(options.attention_backend)
     if options.max_images < 1:
         raise UsageError(f"--max-images must be at least 1, got {options.max_images}")
     if options.compile and options.warmup == 0:
@@ -287,39 +238,47 @@ def check_options(options: BenchOptions) -> None:
         )
 
 
-def _onnx_options(options: BenchOptions) -> BenchOptions:
-    """What can be measured of an ONNX file: its speed as exported (fp32, no torch.compile);
-    FLOPs and parameters belong to the weights it was exported from."""
+def _fixed_runtime_options(options: BenchOptions) -> BenchOptions:
+    """What can be measured of a detector that runs as it is (an ONNX file): its speed as
+    exported (fp32, no torch.compile); FLOPs and parameters belong to its source weights."""
     if options.compile or set(options.dtypes) != {"fp32"}:
         raise UsageError(
             "an ONNX file runs as exported: fp32 and no --compile (bench its source weights "
             "for other dtypes and torch.compile)"
         )
-    return dataclasses.replace(options, flops=False, fps=True)
+    return dataclasses.replace(options, flops=False, fps=options.fps or options.slicing is None)
+
+
+def bench_weights(
+    weights: str | Path | None,
+    recipe_path: Path | None,
+    overrides: Sequence[str],
+    options: BenchOptions,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``ddetr bench``: the options checked before the model is built (see
+    ``build_bench_model``), then measured; returns the JSON-ready report."""
+    check_options(options)
+    model, recipe, source = build_bench_model(weights, recipe_path, overrides)
+    return _measure(model, recipe, source, options, progress)
 
 
 def run_bench(
-    model: nn.Module,
+    model: Detector,
     recipe: dict[str, Any],
     source: str,
     options: BenchOptions,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure what ``options`` asks for; returns the JSON-ready report."""
-    from ddetr_cli import __version__
-    from ddetr_cli.runtime import resolve_device
-
-    say = progress or (lambda _msg: None)
+    """Measure what ``options`` asks for of ``model``; returns the JSON-ready report."""
     check_options(options)
-    onnx = not isinstance(model, nn.Module)  # an exported file, run by onnxruntime
-    if onnx:
-        options = _onnx_options(options)
-    device = resolve_device(options.device)
-    if options.threads is not None:
-        torch.set_num_threads(options.threads)
-    for name in options.dtypes:
-        _check_dtype(name, device)
+    return _measure(model, recipe, source, options, progress)
 
+
+def _bench_inputs(
+    recipe: dict[str, Any], options: BenchOptions
+) -> tuple[list[tuple[int, int]], torch.Tensor, dict[str, Any]]:
+    """(picture sizes to count FLOPs at, the picture to time, what the report says of them)."""
     if options.images is not None:
         data = recipe["data"]
         sizes, picture = folder_inputs(
@@ -333,8 +292,29 @@ def run_bench(
         picture = torch.randn(3, *size, generator=torch.Generator().manual_seed(0))
         inputs = {"image_size": list(size)}
     inputs["speed_picture_size"] = list(picture.shape[-2:])
+    return sizes, picture, inputs
 
-    total, trainable = count_params(model) if not onnx else (None, None)
+
+def _measure(
+    model: Detector,
+    recipe: dict[str, Any],
+    source: str,
+    options: BenchOptions,
+    progress: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    from ddetr_cli import __version__
+    from ddetr_cli.runtime import resolve_device
+
+    say = progress or (lambda _msg: None)
+    fixed = model.fixed_runtime()
+    if fixed is not None:
+        options = _fixed_runtime_options(options)
+    device = resolve_device(options.device)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    check_dtypes_on(options.dtypes, device)
+    sizes, picture, inputs = _bench_inputs(recipe, options)
+    total, trainable = count_params(model) if fixed is None else (None, None)
     report: dict[str, Any] = {
         "ddetr_version": __version__,
         "model": {"source": source, "description": describe_model(recipe)},
@@ -352,22 +332,54 @@ def run_bench(
         report["gflops"] = round(flops.gflops, 3)
         report["flops"] = flops.to_dict()
     if options.fps:
-        report["speed"] = _run_speed(model, picture, device, options, say)
+        backends = [fixed] if fixed else backends_to_time(device, options.attention_backend)
+        report["speed"] = _run_speed(model, picture, device, options, backends, say)
+    if options.slicing is not None:
+        report["slice"] = _run_sliced(model, recipe, device, options, say)
     return report
 
 
-def _run_speed(
+def _run_sliced(
     model: nn.Module,
-    picture: torch.Tensor,
+    recipe: dict[str, Any],
     device: torch.device,
     options: BenchOptions,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
+    """bench.sliced on the first picture of --images as it is, or a random picture of
+    --image-size (default: bench.sliced.DEFAULT_PICTURE)."""
+    from ddetr_cli.bench.sliced import DEFAULT_PICTURE, random_picture, sliced_speed
+    from ddetr_cli.data.pictures import list_images, load_image
+
+    if options.images is not None:
+        picture = load_image(list_images([options.images])[0])
+    else:
+        picture = random_picture(options.image_size or DEFAULT_PICTURE)
     warmup, iters = resolve_protocol(options, device)
-    backends = resolve_backends(device, options.attention_backend)
-    if not isinstance(model, nn.Module):
-        providers = ", ".join(model.session.get_providers())
-        backends = [("onnxruntime", f"the exported graph ({providers})")]
+    model = model.to(device).eval().optimize_for_inference()
+    say(f"timing sliced pictures, batches of {', '.join(map(str, options.batch_sizes))} tiles")
+    return sliced_speed(
+        model,
+        recipe,
+        picture,
+        options.slicing,
+        device,
+        options.batch_sizes,
+        warmup,
+        iters,
+        options.dtypes[0],
+    )
+
+
+def _run_speed(
+    model: Detector,
+    picture: torch.Tensor,
+    device: torch.device,
+    options: BenchOptions,
+    backends: list[tuple[str, str]],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    warmup, iters = resolve_protocol(options, device)
     modes = [False, True] if options.compile else [False]
     # Our own copy: switching backends must not change the caller's model.
     model = copy.deepcopy(model).to(device).eval().optimize_for_inference()
@@ -384,7 +396,14 @@ def _run_speed(
                     )
                     result.backend = backend
                     results.append(result)
-    _add_speedups(results)
+    gains = speedups(
+        results,
+        setting=lambda r: (r.dtype, r.mode, r.batch_size),
+        speed=lambda r: r.fps,
+        backend=lambda r: r.backend,
+    )
+    for result, gain in zip(results, gains, strict=True):
+        result.speedup_vs_reference = gain
     return {
         "protocol": {
             "warmup_iterations": warmup,

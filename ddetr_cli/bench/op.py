@@ -9,15 +9,22 @@ op must read and write at least over a measured copy bandwidth, the fastest it c
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from ddetr_cli.bench.backends import (
+    backends_to_time,
+    check_backend_choice,
+    check_dtype_names,
+    check_dtypes_on,
+    speedups,
+)
 from ddetr_cli.bench.machine import machine_info
 from ddetr_cli.bench.timing import median_ms
-from ddetr_cli.errors import DdetrError
 from ddetr_cli.runtime import DTYPES
 
 LEVELS_800x1333 = ((100, 167), (50, 84), (25, 42), (13, 21))
@@ -154,20 +161,6 @@ def _runner(inputs: Sequence[torch.Tensor], backend: str, backward: bool) -> Cal
     return forward_backward
 
 
-def available_backends(device: torch.device, requested: str = "all") -> list[str]:
-    from ddetr_cli.ops import resolve_backend
-
-    if requested != "all":
-        try:
-            return [resolve_backend(device, requested)[0]]
-        except (RuntimeError, ValueError) as exc:
-            raise DdetrError(str(exc)) from None
-    backends = ["reference"]
-    if resolve_backend(device, "auto")[0] == "kernel":
-        backends.append("kernel")
-    return backends
-
-
 def run_bench_op(
     device: str = "cpu",
     batches: Sequence[int] = (1, 2, 8),
@@ -181,42 +174,33 @@ def run_bench_op(
     """Time the op for every (part, batch, dtype, pass, backend); returns a JSON-ready report."""
     from ddetr_cli.runtime import resolve_device
 
+    check_dtype_names(dtypes)
+    check_backend_choice(backend)
     dev = resolve_device(device)
-    for name in dtypes:
-        if name not in DTYPES:
-            raise DdetrError(f"--dtype {name}: expected one of {', '.join(DTYPES)}")
-    backends = available_backends(dev, backend)
+    check_dtypes_on(dtypes, dev)
+    backends = [name for name, _why in backends_to_time(dev, backend)]
     repeats = repeats or (20 if dev.type == "cuda" else 5)
     bandwidth = copy_bandwidth(dev)
     results: list[OpResult] = []
-    for part in parts:
-        for batch in batches:
-            for dtype_name in dtypes:
-                inputs = make_inputs(part, batch, DTYPES[dtype_name], dev, locations)
-                for backward in (False, True):
-                    floor = floor_bytes(inputs, backward)
-                    label = "fwd+bwd" if backward else "fwd"
-                    for name in backends:
-                        say(f"{part} batch {batch} {dtype_name} {label} {name}")
-                        ms = median_ms(_runner(inputs, name, backward), dev, repeats, warmup=1)
-                        results.append(
-                            OpResult(
-                                part,
-                                batch,
-                                dtype_name,
-                                label,
-                                name,
-                                round(ms, 3),
-                                round(floor / bandwidth * 1e3, 3),
-                                round(floor / ms / 1e6, 2),
-                            )  # fmt: skip
-                        )
-    reference = {
-        (r.part, r.batch, r.dtype, r.pass_): r.ms for r in results if r.backend == "reference"
-    }
-    for r in results:
-        ref_ms = reference.get((r.part, r.batch, r.dtype, r.pass_))
-        r.speedup = round(ref_ms / r.ms, 2) if ref_ms else None
+    for part, batch, dtype_name in itertools.product(parts, batches, dtypes):
+        inputs = make_inputs(part, batch, DTYPES[dtype_name], dev, locations)
+        for backward, name in itertools.product((False, True), backends):
+            label = "fwd+bwd" if backward else "fwd"
+            say(f"{part} batch {batch} {dtype_name} {label} {name}")
+            ms = median_ms(_runner(inputs, name, backward), dev, repeats, warmup=1)
+            floor = floor_bytes(inputs, backward)
+            floor_ms, rate = round(floor / bandwidth * 1e3, 3), round(floor / ms / 1e6, 2)
+            results.append(
+                OpResult(part, batch, dtype_name, label, name, round(ms, 3), floor_ms, rate)
+            )
+    gains = speedups(
+        results,
+        setting=lambda r: (r.part, r.batch, r.dtype, r.pass_),
+        speed=lambda r: 1 / r.ms if r.ms else None,
+        backend=lambda r: r.backend,
+    )
+    for result, gain in zip(results, gains, strict=True):
+        result.speedup = round(gain, 2) if gain else None
     return {
         "device": machine_info(dev),
         "threads": torch.get_num_threads(),

@@ -14,7 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ddetr_cli.cli.console import ErrorReportingGroup, group, print_line, stderr, stdout
-from ddetr_cli.cli.options import Device, JsonOut, OptionalWeights, Overrides, Recipe
+from ddetr_cli.cli.options import (
+    Device,
+    JsonOut,
+    OptionalWeights,
+    Overrides,
+    Recipe,
+    describe_slicing,
+    with_slicing,
+)
 from ddetr_cli.errors import UsageError
 from ddetr_cli.files import write_json
 
@@ -33,6 +41,12 @@ bench_app = group(
     "Benchmarks: the model (`ddetr bench \\[model] ...`) and the attention op (`ddetr bench op`).",
     cls=_BenchGroup,
 )
+
+# Options both benchmarks take.
+Threads = Annotated[int | None, typer.Option(help="CPU threads for torch.")]
+TimedBackends = Annotated[
+    str, typer.Option(help="all (each available one, side by side), auto, reference or kernel.")
+]
 
 PARTS_LABELS = {
     "backbone": "backbone",
@@ -56,6 +70,14 @@ def _ints(values: list[str], option: str) -> list[int]:
         return [int(v) for v in values]
     except ValueError:
         raise UsageError(f"{option}: expected whole numbers, got {','.join(values)}") from None
+
+
+def _write_report(report: dict[str, Any], json_out: Path | None) -> None:
+    """The report as JSON, with the command that repeats it, when --json asks for it."""
+    if json_out is not None:
+        report["command"] = "ddetr " + shlex.join(sys.argv[1:])
+        write_json(report, json_out, indent=2)
+        print_line(f"report: {json_out}")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -108,6 +130,37 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     speed = report.get("speed")
     if speed:
         _print_speed(speed, console)
+    if report.get("slice"):
+        _print_sliced(report["slice"], console)
+
+
+def _print_sliced(sliced: dict[str, Any], console: Console) -> None:
+    """The sliced timing: pictures and tiles per second at each batch of tiles."""
+    h, w = sliced["picture_size"]
+    protocol = sliced["protocol"]
+    tiles = describe_slicing(
+        {**sliced["options"], "tiles_per_picture": sliced["tiles_per_picture"]}
+    )
+    table = Table(
+        title=f"sliced {h}x{w} picture, tiles: {tiles}",
+        caption=f"{protocol['device']}, {sliced['dtype']}: {protocol['warmup_pictures']} warm-up "
+        f"+ {protocol['timed_pictures']} timed pictures; timed: {protocol['timed']}; gain = "
+        "pictures/s over batch 1 (tiles one by one)",
+        title_justify="left",
+        caption_justify="left",
+    )
+    for name in ("tiles per batch", "pictures/s", "tiles/s", "s/picture p50", "gain"):
+        table.add_column(name, justify="right")
+    for r in sliced["results"]:
+        gain = "-" if r["gain_vs_batch_1"] is None else f"{r['gain_vs_batch_1']:.2f}x"
+        table.add_row(
+            str(r["batch_size"]),
+            f"{r['pictures_per_s']:.3f}",
+            f"{r['tiles_per_s']:.1f}",
+            f"{r['seconds_per_picture_p50']:.3f}",
+            gain,
+        )
+    console.print(table)
 
 
 def _print_speed(speed: dict[str, Any], console: Console) -> None:
@@ -151,7 +204,50 @@ def _print_speed(speed: dict[str, Any], console: Console) -> None:
         console.print(Text(f"failed: {line}", style="red"), soft_wrap=True, highlight=False)
 
 
+def print_op_report(report: dict[str, Any], device: str) -> None:
+    """``ddetr bench op``'s report as a table: one row per part, batch, dtype, pass and
+    backend, against the memory floor."""
+    table = Table(
+        title=f"ms_deform_attn on {device} ({report['device'].get('gpu', report['device']['cpu'])}"
+        f", {report['threads']} threads; copy bandwidth {report['copy_bandwidth_gb_s']} GB/s)",
+        title_justify="left",
+        box=box.SIMPLE_HEAVY,
+    )
+    for column in (
+        "part",
+        "batch",
+        "dtype",
+        "pass",
+        "backend",
+        "ms",
+        "vs reference",
+        "floor ms",
+        "GB/s",
+        "x floor",
+    ):
+        left = column in ("part", "pass", "backend")
+        table.add_column(column, justify="left" if left else "right")
+    for row in report["results"]:
+        table.add_row(
+            row["part"],
+            str(row["batch"]),
+            row["dtype"],
+            row["pass"],
+            row["backend"],
+            f"{row['ms']:.2f}",
+            f"{row['speedup']:.1f}x" if row["speedup"] else "",
+            f"{row['floor_ms']:.3f}",
+            f"{row['gbytes_per_s']:.1f}",
+            f"{row['ms'] / row['floor_ms']:.1f}",
+        )
+    wide = Console(width=max(stdout.width, 110))  # never crop the numbers, e.g. in CI logs
+    wide.print(table)
+    note = f"protocol: {report['protocol']}; 'x floor' = time / memory floor"
+    stdout.print(note, highlight=False)
+
+
 @bench_app.command("model")
+@with_slicing
 def bench(
     overrides: Overrides = None,
     weights: OptionalWeights = None,
@@ -190,18 +286,16 @@ def bench(
     compile: Annotated[
         bool, typer.Option("--compile", help="Also time the torch.compile'd model.")
     ] = False,
-    attention_backend: Annotated[
-        str,
-        typer.Option(help="all (each available one, side by side), auto, reference or kernel."),
-    ] = "all",
+    attention_backend: TimedBackends = "all",
     warmup: Annotated[
         int | None, typer.Option(help="Warm-up iterations (default 5 on GPU, 1 on CPU).")
     ] = None,
     iters: Annotated[
         int | None, typer.Option(help="Timed iterations (default 295 on GPU, 10 on CPU).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    threads: Threads = None,
     json_out: JsonOut = None,
+    slicing: Any = None,  # SliceOptions | None, from --slice and its companions (with_slicing)
 ) -> None:
     """Parameters, FLOPs (counting the deformable sampling) and inference speed.
 
@@ -209,19 +303,22 @@ def bench(
     Speed: one picture replicated, warm-up, then synchronised timed iterations (GPU default: the
     official 5 + 295); each available attention backend side by side.
     Without --weights the model has random weights (they change neither FLOPs nor speed).
-    The attention op alone: `ddetr bench op` (see `ddetr bench op --help`).
+    With --slice: pictures per second of sliced inference of one --image-size picture (default
+    2048x2048) or the first of --images, at each --batch-size (tiles per forward pass), and the
+    tiles per picture. The attention op alone: `ddetr bench op` (see `ddetr bench op --help`).
 
     Examples:
       ddetr bench
       ddetr bench --recipe recipes/two_stage.yaml --flops --images coco/val2017
       ddetr bench --fps --device cuda --dtype fp32,bf16 -b 1,4 --compile --json out.json
       ddetr bench --fps --weights r50_deformable_detr.pth --iters 20 model.num_queries=100
+      ddetr bench -w runs/shapes_small --slice 128 128 --image-size 1280 1280 -b 1,16
     """
-    from ddetr_cli.bench.model import BenchOptions, build_bench_model, check_options, run_bench
+    from ddetr_cli.bench.model import BenchOptions, bench_weights
 
     options = BenchOptions(
         device=device,
-        flops=flops or not fps,
+        flops=flops or not (fps or slicing),
         fps=fps,
         dtypes=_split_list(dtype, "--dtype") or ["fp32"],
         batch_sizes=_ints(_split_list(batch_size, "--batch-size"), "--batch-size") or [1],
@@ -233,19 +330,15 @@ def bench(
         warmup=warmup,
         iters=iters,
         threads=threads,
+        slicing=slicing,
     )
-    check_options(options)
-    model, resolved, source = build_bench_model(weights, recipe, overrides or ())
 
     def progress(message: str) -> None:
         stderr.print(Text(message, style="dim"), highlight=False)
 
-    report = run_bench(model, resolved, source, options, progress=progress)
-    report["command"] = "ddetr " + shlex.join(sys.argv[1:])  # how to reproduce a saved report
+    report = bench_weights(weights, recipe, overrides or (), options, progress=progress)
     print_report(report, stdout)
-    if json_out is not None:
-        write_json(report, json_out, indent=2)
-        print_line(f"report: {json_out}")
+    _write_report(report, json_out)
 
 
 @bench_app.command("op")
@@ -261,9 +354,7 @@ def bench_op(
     part: Annotated[
         list[str] | None, typer.Option(help="encoder and/or decoder (default both).")
     ] = None,
-    attention_backend: Annotated[
-        str, typer.Option(help="all (each available one, side by side), reference or kernel.")
-    ] = "all",
+    attention_backend: TimedBackends = "all",
     locations: Annotated[
         str,
         typer.Option(help="local (points near their reference, as trained) or uniform."),
@@ -271,7 +362,7 @@ def bench_op(
     repeats: Annotated[
         int | None, typer.Option(help="Timed repeats per row (default 5 on CPU, 20 on GPU).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    threads: Threads = None,
     json_out: JsonOut = None,
 ) -> None:
     """The deformable attention op alone at the model's shapes (one 800x1333 picture): time per
@@ -306,28 +397,5 @@ def bench_op(
         repeats,
         say=lambda message: stderr.print(Text(message, style="dim"), highlight=False),
     )
-    report["command"] = "ddetr " + shlex.join(sys.argv[1:])
-    table = Table(
-        title=f"ms_deform_attn on {device} ({report['device'].get('gpu', report['device']['cpu'])}"
-        f", {report['threads']} threads; copy bandwidth {report['copy_bandwidth_gb_s']} GB/s)",
-        title_justify="left",
-        box=box.SIMPLE_HEAVY,
-    )
-    for column in ("part", "batch", "dtype", "pass", "backend", "ms", "vs reference", "floor ms",
-                   "GB/s", "x floor"):  # fmt: skip
-        left = column in ("part", "pass", "backend")
-        table.add_column(column, justify="left" if left else "right")
-    for row in report["results"]:
-        table.add_row(
-            row["part"], str(row["batch"]), row["dtype"], row["pass"], row["backend"],
-            f"{row['ms']:.2f}", f"{row['speedup']:.1f}x" if row["speedup"] else "",
-            f"{row['floor_ms']:.3f}", f"{row['gbytes_per_s']:.1f}",
-            f"{row['ms'] / row['floor_ms']:.1f}",
-        )  # fmt: skip
-    wide = Console(width=max(stdout.width, 110))  # never crop the numbers, e.g. in CI logs
-    wide.print(table)
-    note = f"protocol: {report['protocol']}; 'x floor' = time / memory floor"
-    stdout.print(note, highlight=False)
-    if json_out is not None:
-        write_json(report, json_out, indent=2)
-        print_line(f"report: {json_out}")
+    print_op_report(report, device)
+    _write_report(report, json_out)

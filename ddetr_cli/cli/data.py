@@ -15,8 +15,8 @@ from ddetr_cli.cli.options import JsonOut, Overrides
 from ddetr_cli.errors import DdetrError, UsageError
 
 data_app = group(
-    "Datasets: check your own (COCO, Roboflow, YOLO, Pascal VOC), convert one to COCO, write "
-    "the built-in shapes."
+    "Datasets: check your own (COCO, Roboflow, YOLO, Pascal VOC), convert one to COCO, cut one "
+    "into tiles, write the built-in shapes."
 )
 
 Target = Annotated[
@@ -87,14 +87,20 @@ def data_convert(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DdetrError(f"{out_dir}: exists and is not empty")
     recipe = recipe_for(source, overrides or [])
-    data = load_source(recipe["data"], recipe["model"]["class_names"], ("train", "val", "test"),
-                       require_train=False)  # fmt: skip
+    data = load_source(
+        recipe["data"],
+        recipe["model"]["class_names"],
+        ("train", "val", "test"),
+        require_train=False,
+    )
     written = write_coco(data, out_dir, link=not copy)
     for problem in data.problems:
         print_line(f"skipped: {problem}")
     for split, w in written.items():
-        print_line(f"{split}: {w.pictures} of {w.pictures_read} pictures, {w.boxes} of "
-                   f"{w.boxes_read} boxes -> {w.annotations}")  # fmt: skip
+        print_line(
+            f"{split}: {w.pictures} of {w.pictures_read} pictures, {w.boxes} of "
+            f"{w.boxes_read} boxes -> {w.annotations}"
+        )
     shortfall = conversion_shortfall(data, written)
     if shortfall is not None:
         raise DdetrError(shortfall)
@@ -113,7 +119,11 @@ def data_shapes(
         int, typer.Option(help="Seed of the training pictures (or of the clip).", min=0)
     ] = 0,
     task: Annotated[
-        str, typer.Option(help="shapes3 (3 classes) or shapes6 (adds ellipse, star, cross).")
+        str,
+        typer.Option(
+            help="shapes3 (3 classes), shapes6 (adds ellipse, star, cross) or small (8-32 px "
+            "shapes on cluttered 1024-1536 px pictures, for --slice)."
+        ),
     ] = "shapes3",
     force: Annotated[
         bool, typer.Option("--force", help="Replace an earlier set in OUT_DIR.")
@@ -136,6 +146,7 @@ def data_shapes(
     Examples:
       ddetr data shapes shapes_coco --train 2000 --val 200
       ddetr train recipes/shapes.yaml data.format=coco data.root=shapes_coco
+      ddetr data shapes shapes_small --task small --train 60 --val 20
       ddetr data shapes --video shapes.mp4 --seconds 10
     """
     if (out_dir is None) == (video is None):
@@ -157,8 +168,86 @@ def data_shapes(
     with Progress(transient=True) as bar:
         progress = bar.add_task("writing pictures", total=train_count + val_count)
         written = write_shapes_coco(
-            out_dir, train_count, val_count, seed, on_picture=lambda: bar.advance(progress),
+            out_dir,
+            train_count,
+            val_count,
+            seed,
+            on_picture=lambda: bar.advance(progress),
             task=task,
-        )  # fmt: skip
+        )
     for split, path in written.items():
         print_line(f"{split}: {path}")
+
+
+@data_app.command("slice")
+def data_slice(
+    source: Target,
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write.", show_default=False)],
+    size: Annotated[
+        tuple[int, int],
+        typer.Option(metavar="H W", help="Tile height and width in pixels.", show_default=False),
+    ],
+    overrides: Overrides = None,
+    overlap: Annotated[
+        float, typer.Option(help="Share of a tile's side that neighbouring tiles overlap, [0, 1).")
+    ] = 0.2,
+    min_visible: Annotated[
+        float,
+        typer.Option(help="Keep a box in a tile when at least this share of it is inside."),
+    ] = 0.5,
+    empty_ratio: Annotated[
+        float, typer.Option(help="Empty tiles kept per tile with boxes (0: none), at random.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the choice of empty tiles.")] = 0,
+) -> None:
+    """Cut any dataset ddetr reads into overlapping tiles, written as a COCO folder.
+
+    Every split is cut with the grid that --slice uses in predict and evaluate; boxes are
+    clipped to each tile, a box is left out of a tile when less than --min-visible of it is
+    inside, and at most --empty-ratio empty tiles per tile with boxes are kept. OUT_DIR gets
+    {split}2017/ and annotations/instances_{split}2017.json (`ddetr data check` reads it).
+    Exit status 1 when a picture could not be read; nothing is written when no tile is.
+
+    Examples:
+      ddetr data slice shapes_small shapes_small_tiles --size 128 128 --overlap 0.25
+      ddetr data slice /data/aerial /data/aerial_tiles --size 640 640 --overlap 0.25
+    """
+    from rich.progress import Progress
+
+    from ddetr_cli.data.check import recipe_for
+    from ddetr_cli.data.slice import check_slice_options, slice_dataset
+    from ddetr_cli.data.sources import load_source
+
+    check_slice_options(size, overlap, min_visible, empty_ratio)
+    recipe = recipe_for(source, overrides or [])
+    data = load_source(
+        recipe["data"],
+        recipe["model"]["class_names"],
+        ("train", "val", "test"),
+        require_train=False,
+    )
+    total = sum(len(split.coco["images"]) for split in data.splits.values())
+    with Progress(transient=True) as bar:
+        task = bar.add_task("cutting pictures", total=total)
+        written = slice_dataset(
+            data,
+            out_dir,
+            size,
+            overlap,
+            min_visible,
+            empty_ratio,
+            seed,
+            on_picture=lambda: bar.advance(task),
+        )
+    for split, w in written.items():
+        print_line(
+            f"{split}: {w.pictures} of {w.pictures_read} pictures -> {w.tiles} tiles "
+            f"({w.tiles_with_boxes} with boxes, {w.empty_dropped} empty left out); "
+            f"{w.boxes} boxes from {w.boxes_read} ({w.boxes_in_no_tile} in no tile) "
+            f"-> {w.annotations}"
+        )
+    problems = [p for w in written.values() for p in w.problems]
+    for problem in problems:
+        print_line(f"skipped: {problem}")
+    if problems:
+        raise DdetrError(f"{len(problems)} pictures could not be read")

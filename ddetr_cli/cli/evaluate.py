@@ -17,6 +17,8 @@ from ddetr_cli.cli.options import (
     Out,
     Overrides,
     Recipe,
+    describe_slicing,
+    with_slicing,
 )
 from ddetr_cli.errors import DdetrError, UsageError
 
@@ -37,49 +39,58 @@ _MEANINGS = [
 ]  # fmt: skip
 
 
+# The options of `ddetr evaluate` alone.
+Images = Annotated[
+    Path | None, typer.Option(help="Pictures folder (instead of the recipe's val split).")
+]
+Annotations = Annotated[
+    Path | None, typer.Option(help="COCO annotations JSON of --images, or of --predictions.")
+]
+Predictions = Annotated[
+    Path | None, typer.Option(help="Score this COCO results file instead of running a model.")
+]
+ScoreThreshold = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        "-t",
+        help="Also precision, recall, F1 and the confusion matrix of the detections scoring "
+        "at least this (0 to 1).",
+        show_default=False,
+    ),
+]
+Iou = Annotated[
+    float,
+    typer.Option(
+        "--iou", help="IoU at which a detection matches a box, for --threshold (0.05 to 1)."
+    ),
+]
+Plots = Annotated[
+    bool,
+    typer.Option(
+        "--plots",
+        help="Write precision-recall curves (with --threshold also the confusion matrix and the "
+        "F1 curve) as PNG pictures in --out.",
+    ),
+]
+
+
+@with_slicing
 def evaluate(
     overrides: Overrides = None,
     weights: OptionalWeights = None,
     recipe: Recipe = None,
-    images: Annotated[
-        Path | None, typer.Option(help="Pictures folder (instead of the recipe's val split).")
-    ] = None,
-    annotations: Annotated[
-        Path | None, typer.Option(help="COCO annotations JSON of --images, or of --predictions.")
-    ] = None,
-    predictions: Annotated[
-        Path | None,
-        typer.Option(help="Score this COCO results file instead of running a model."),
-    ] = None,
+    images: Images = None,
+    annotations: Annotations = None,
+    predictions: Predictions = None,
     batch_size: BatchSize = 1,
     device: Device = "cpu",
     out: Out = Path("evaluation"),
     json_out: JsonOut = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            "-t",
-            help="Also precision, recall, F1 and the confusion matrix of the detections scoring "
-            "at least this (0 to 1).",
-            show_default=False,
-        ),
-    ] = None,
-    iou: Annotated[
-        float,
-        typer.Option(
-            "--iou",
-            help="IoU at which a detection matches a box, for --threshold (0.05 to 1).",
-        ),
-    ] = 0.5,
-    plots: Annotated[
-        bool,
-        typer.Option(
-            "--plots",
-            help="Write precision-recall curves (with --threshold also the "
-            "confusion matrix and the F1 curve) as PNG pictures in --out.",
-        ),
-    ] = False,
+    threshold: ScoreThreshold = None,
+    iou: Iou = 0.5,
+    plots: Plots = False,
+    slicing: Any = None,  # SliceOptions | None, from --slice and its companions (with_slicing)
 ) -> None:
     """COCO box AP (pycocotools' COCOeval): the 12 summary numbers and per-class AP.
 
@@ -87,13 +98,18 @@ def evaluate(
     at the evaluation transform and saves its detections; with --predictions, scores an existing
     COCO results file against --annotations, exactly as pycocotools does. A picture that cannot
     be read is named and scored as a picture with no detections (its boxes still count), and the
-    exit status is 1.
+    exit status is 1. With --slice (and --weights), each picture is cut into overlapping tiles
+    seen at their own resolution, and the merged boxes are scored on the original pictures.
+    When a picture has more than COCOeval's 100 detections of a class, the numbers counting
+    every detection follow the standard ones.
 
     Examples:
       ddetr evaluate -w runs/shapes/checkpoint_best.pth
       ddetr evaluate -w r50_deformable_detr.pth data.root=/data/coco --batch-size 2
       ddetr evaluate --predictions results.json --annotations instances_val2017.json
       ddetr evaluate -w runs/shapes/checkpoint_best.pth -t 0.5 --plots -o eval/
+      ddetr evaluate -w runs/shapes_small --images shapes_small/val2017 \\
+        --annotations shapes_small/annotations/instances_val2017.json --slice 128 128 -b 16
     """
     from ddetr_cli.evaluation.evaluate import evaluate_checkpoint, score_predictions
     from ddetr_cli.files import write_json
@@ -105,12 +121,15 @@ def evaluate(
     if predictions is not None:
         if weights is not None or annotations is None:
             raise UsageError("--predictions needs --annotations, and no --weights")
+        if slicing is not None:
+            raise UsageError("--slice runs a model: give --weights, not --predictions")
         report = score_predictions(predictions, annotations)
     elif weights is None:
         raise UsageError("give --weights CHECKPOINT (or --predictions with --annotations)")
     else:
-        report = evaluate_checkpoint(weights, recipe, overrides or [], images, annotations,
-                                     batch_size, device, out)  # fmt: skip
+        report = evaluate_checkpoint(
+            weights, recipe, overrides or [], images, annotations, batch_size, device, out, slicing
+        )
         if report is None:  # a torchrun process other than 0: process 0 reports
             return
     _print_report(report)
@@ -145,9 +164,13 @@ def _fail_on_unreadable(report: Any) -> None:
 
 
 def _print_report(report: Any) -> None:
-    """The 12 COCOeval numbers and the AP of each class, as tables."""
-    summary = Table(title=f"COCO box AP ({report.num_images} pictures, "
-                    f"{report.num_detections} detections)", title_justify="left")  # fmt: skip
+    """The 12 COCOeval numbers and the AP of each class, as tables; then, when a picture has
+    more than 100 detections of a class, the numbers counting all, and how pictures were
+    sliced."""
+    summary = Table(
+        title=f"COCO box AP ({report.num_images} pictures, {report.num_detections} detections)",
+        title_justify="left",
+    )
     for column in ("", "value", "what (pycocotools)"):
         summary.add_column(column, justify="right" if column == "value" else "left")
     for (name, value), what in zip(report.stats.items(), _MEANINGS, strict=True):
@@ -161,20 +184,48 @@ def _print_report(report: Any) -> None:
         name = report.class_names.get(category, str(category))
         per_class.add_row(str(category), name, "-" if ap is None else f"{ap:.3f}")
     stdout.print(per_class)
+    if report.every_detection is not None:
+        _print_every_detection(report)
+    if report.slicing is not None:
+        s = report.slicing
+        print_line(f"sliced: {describe_slicing(s)}; {s['seconds_per_picture']:.3f} s per picture")
+
+
+def _print_every_detection(report: Any) -> None:
+    """The numbers again, counting every detection, beside the standard ones."""
+    every = report.every_detection
+    print_line(
+        f"note: {every.pictures_over_limit} of {report.num_images} pictures have more than "
+        "100 detections of a class; COCOeval, above, counts the best 100 of each"
+    )
+    table = Table(title="COCO box AP counting every detection", title_justify="left")
+    for column in ("", "maxDets 100", f"maxDets {every.max_dets}"):
+        table.add_column(column, justify="right" if column else "left")
+    for name, value in every.stats.items():
+        label = f"AR100 / AR{every.max_dets}" if name == "AR100" else name
+        standard = report.stats[name]
+        table.add_row(label, *("n/a" if v < 0 else f"{v:.3f}" for v in (standard, value)))
+    stdout.print(table)
 
 
 def _print_threshold_metrics(at: Any) -> None:
     """The precision / recall / F1 table and the confusion matrix of ``ddetr evaluate -t``."""
-    title = (f"Detections scoring >= {at.score_threshold:g}, matched at IoU >= "
-             f"{at.iou_threshold:g}")  # fmt: skip
+    title = f"Detections scoring >= {at.score_threshold:g}, matched at IoU >= {at.iou_threshold:g}"
     table = Table(title=title, title_justify="left")
     for column in ("class", "TP", "FP", "FN", "precision", "recall", "F1"):
         table.add_column(column, justify="left" if column == "class" else "right")
 
     def row(name: str, counts: Any, **style: Any) -> None:
-        table.add_row(name, str(counts.tp), str(counts.fp), str(counts.fn),
-                      f"{counts.precision:.3f}", f"{counts.recall:.3f}", f"{counts.f1:.3f}",
-                      **style)  # fmt: skip
+        table.add_row(
+            name,
+            str(counts.tp),
+            str(counts.fp),
+            str(counts.fn),
+            f"{counts.precision:.3f}",
+            f"{counts.recall:.3f}",
+            f"{counts.f1:.3f}",
+            **style,
+        )
 
     for category, counts in at.per_class.items():
         row(at.class_names.get(category, str(category)), counts)
@@ -182,8 +233,10 @@ def _print_threshold_metrics(at: Any) -> None:
     stdout.print(table)
     best = at.best_f1
     if best is not None:
-        print_line(f"best F1 {best['f1']:.3f} at score >= {best['score_threshold']:g} "
-                   f"(precision {best['precision']:.3f}, recall {best['recall']:.3f})")  # fmt: skip
+        print_line(
+            f"best F1 {best['f1']:.3f} at score >= {best['score_threshold']:g} "
+            f"(precision {best['precision']:.3f}, recall {best['recall']:.3f})"
+        )
     labels, matrix = at.confusion.labels, at.confusion.matrix
     if len(labels) > _CONFUSION_PRINT_MAX:
         print_line(f"confusion matrix: {len(labels)} x {len(labels)}, in --json and --plots")

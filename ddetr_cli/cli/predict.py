@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,14 +20,17 @@ from ddetr_cli.cli.options import (
     Recipe,
     Threshold,
     Weights,
+    describe_slicing,
     split_overrides,
     with_backend,
+    with_slicing,
 )
 
 if TYPE_CHECKING:
     from ddetr_cli.inference.predict import PredictSummary
 
 
+@with_slicing
 def predict(
     images: InputsAndOverrides,
     weights: Weights,
@@ -49,6 +52,7 @@ def predict(
         bool,
         typer.Option(help="Write drawn pictures and videos (--no-draw: the JSON only)."),
     ] = True,
+    slicing: Any = None,  # SliceOptions | None, from --slice and its companions (with_slicing)
 ) -> None:
     """Detect objects in pictures and videos; write COCO-results JSON, JSON lines per video
     frame, and pictures and videos with boxes drawn.
@@ -59,7 +63,8 @@ def predict(
     <stem>.jsonl, a line per processed frame (frame index, time in seconds, detections), and
     <stem>_pred.mp4. Folders are searched for pictures and videos. Unreadable pictures and
     videos are reported and skipped (exit status 1); Ctrl-C leaves a video's files complete up
-    to the last frame done.
+    to the last frame done. With --slice, each picture (and video frame) is cut into
+    overlapping tiles seen at their own resolution and their boxes merged.
 
     Examples:
       ddetr predict photo.jpg --weights checkpoint.pth
@@ -67,16 +72,18 @@ def predict(
       ddetr predict photos/ -w runs/shapes model.num_detections=20
       ddetr predict photos/ -w checkpoint.pth --device cuda --batch-size 4
       ddetr predict clip.mp4 -w runs/shapes --stride 2 --start 10 --end 20 -b 4
+      ddetr predict aerial/ -w runs/shapes_small --slice 128 128 --overlap 0.25 -b 16
     """
     from ddetr_cli.inference.predict import run_predict
     from ddetr_cli.inference.video import VideoOptions
 
     pictures, overrides = split_overrides(images)
+    overrides = with_backend(overrides, attention_backend)
     summary = run_predict(
         pictures,
         weights,
         recipe_path=recipe,
-        overrides=with_backend(overrides, attention_backend),
+        overrides=overrides,
         threshold=threshold,
         out_dir=out,
         device=device,
@@ -84,6 +91,7 @@ def predict(
         min_size=min_size,
         max_size=max_size,
         progress=True,
+        slicing=slicing,
         video=VideoOptions(stride, start, end),
         draw=draw,
     )
@@ -113,6 +121,8 @@ def _summary_table(summary: PredictSummary, threshold: float, device: str, draw:
         )
         outputs = [video.jsonl_path, video.video_path] if video.video_path else [video.jsonl_path]
         table.add_row("  written", ", ".join(map(str, outputs)))
+    if summary.slicing is not None:  # video frames are sliced as pictures are
+        table.add_row("tiles per picture", describe_slicing(summary.slicing))
     table.add_row("failed", str(summary.n_failed), style="red" if summary.n_failed else None)
     if draw:
         table.add_row("drawn", f"{summary.out_dir}/")

@@ -79,11 +79,22 @@ def train(
     from ddetr_cli.train.engine import train as run_training
     from ddetr_cli.train.plan import plan_training
 
-    plan = plan_training(recipe, overrides or [], weights=weights, resume=resume,
-                         resume_from=resume_from, device=device)  # fmt: skip
-    result = run_training(plan.recipe, weights=plan.weights, resume=plan.resume,
-                          progress=progress, next_free_folder=plan.next_free_folder,
-                          notes=plan.notes)  # fmt: skip
+    plan = plan_training(
+        recipe,
+        overrides or [],
+        weights=weights,
+        resume=resume,
+        resume_from=resume_from,
+        device=device,
+    )
+    result = run_training(
+        plan.recipe,
+        weights=plan.weights,
+        resume=plan.resume,
+        progress=progress,
+        next_free_folder=plan.next_free_folder,
+        notes=plan.notes,
+    )
     if result is None:  # not the main process of a distributed run
         return
     if result.nothing_to_train:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,7 +21,9 @@ from ddetr_cli.cli.options import (
     RecipeArgument,
     Threshold,
     Weights,
+    describe_slicing,
     split_overrides,
+    with_slicing,
 )
 from ddetr_cli.errors import UsageError
 
@@ -74,10 +76,18 @@ def visualize_attention(
     picture = load_image(image)
     model, resolved = resolve_model(weights, recipe, overrides or [], device)
     result = attention_pictures(
-        model, picture, image.stem, out, resolved["model"]["class_names"],
-        resolved["data"]["eval_min_size"], resolved["data"]["eval_max_size"], decoder_layer, top,
-        pixel, encoder_layer,
-    )  # fmt: skip
+        model,
+        picture,
+        image.stem,
+        out,
+        resolved["model"]["class_names"],
+        resolved["data"]["eval_min_size"],
+        resolved["data"]["eval_max_size"],
+        decoder_layer,
+        top,
+        pixel,
+        encoder_layer,
+    )
     print_line(
         f"decoder layer {result.decoder_layer} of {result.decoder_layers}, the top "
         f"{len(result.detections)} detections:"
@@ -119,6 +129,7 @@ def visualize_curves(
 
 
 @visualize_app.command("predictions")
+@with_slicing
 def visualize_predictions(
     images: PicturesAndOverrides,
     weights: Weights,
@@ -130,30 +141,42 @@ def visualize_predictions(
     batch_size: BatchSize = 1,
     min_size: MinSize = None,
     max_size: MaxSize = None,
+    slicing: Any = None,  # SliceOptions | None, from --slice and its companions (with_slicing)
 ) -> None:
     """Pictures with their predicted boxes, labels and scores (as `ddetr predict` draws them),
-    and one sheet with all of them as thumbnails.
+    and one sheet with all of them as thumbnails. --slice as in `ddetr predict`.
 
     Examples:
       ddetr visualize predictions shapes_coco/val2017 -w runs/shapes -t 0.3
       ddetr visualize predictions photos/ -w checkpoint.pth --recipe refine --min-size 600
+      ddetr visualize predictions shapes_small/val2017 -w runs/shapes_small --slice 128 128
     """
-    from ddetr_cli.data.pictures import list_images
-    from ddetr_cli.inference.predict import output_names, run_predict
+    from ddetr_cli.inference.predict import run_predict
     from ddetr_cli.viz.predictions import contact_sheet
 
     if columns < 1:
         raise UsageError(f"--columns must be at least 1, got {columns}")
     pictures, overrides = split_overrides(images)
     summary = run_predict(
-        pictures, weights, recipe, overrides, threshold, out, device, batch_size, min_size,
+        pictures,
+        weights,
+        recipe,
+        overrides,
+        threshold,
+        out,
+        device,
+        batch_size,
+        min_size,
         max_size,
-    )  # fmt: skip
-    drawn = [out / name for name in output_names(list_images(pictures)) if (out / name).is_file()]
-    sheet = contact_sheet(drawn, out / "sheet.png", columns)
-    print_line(
-        f"{len(drawn)} pictures with {summary.n_detections} detections in {out}/; sheet: {sheet}"
+        slicing=slicing,
     )
+    sheet = contact_sheet(summary.drawn, out / "sheet.png", columns)
+    print_line(
+        f"{len(summary.drawn)} pictures with {summary.n_detections} detections in {out}/; "
+        f"sheet: {sheet}"
+    )
+    if summary.slicing is not None:
+        print_line(f"tiles per picture: {describe_slicing(summary.slicing)}")
     for _path, reason in summary.failures:
         print_line(f"failed: {reason}", stderr, style="red")
     if summary.n_failed:

@@ -1,16 +1,18 @@
 """Detection data: COCO, Roboflow, YOLO and VOC folders, the built-in shapes, augmentation and
-batching."""
+batching; ``data.formats`` (which recipes read) needs no torch, the rest loads on first use."""
 
-from ddetr_cli.data.build import Splits, build_datasets
-from ddetr_cli.data.coco import CocoDataset, read_coco
-from ddetr_cli.data.dataset import DetectionDataset
-from ddetr_cli.data.formats import DataSource, detect_format
-from ddetr_cli.data.loader import ResumableBatchSampler, collate
-from ddetr_cli.data.shapes_dataset import ShapesDataset
-from ddetr_cli.data.sources import data_classes, load_source
+from ddetr_cli.lazy import lazy_getattr
 
-__all__ = [
-    "CocoDataset", "DataSource", "DetectionDataset", "ResumableBatchSampler", "ShapesDataset",
-    "Splits", "build_datasets", "collate", "data_classes", "detect_format",
-    "load_source", "read_coco",
-]  # fmt: skip
+_EXPORTS = {
+    **dict.fromkeys(("Splits", "build_datasets"), "ddetr_cli.data.build"),
+    **dict.fromkeys(("CocoDataset", "read_coco"), "ddetr_cli.data.coco"),
+    "DetectionDataset": "ddetr_cli.data.dataset",
+    **dict.fromkeys(("DataSource", "detect_format"), "ddetr_cli.data.formats"),
+    **dict.fromkeys(("ResumableBatchSampler", "collate"), "ddetr_cli.data.loader"),
+    "ShapesDataset": "ddetr_cli.data.shapes_dataset",
+    **dict.fromkeys(("data_classes", "load_source"), "ddetr_cli.data.sources"),
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

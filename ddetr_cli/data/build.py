@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ddetr_cli.data import shapes
 from ddetr_cli.data.coco import CocoDataset
@@ -13,9 +13,6 @@ from ddetr_cli.data.formats import warn_problems
 from ddetr_cli.data.shapes_dataset import ShapesDataset
 from ddetr_cli.data.sources import data_classes, load_source, refuse_unread_paths
 
-if TYPE_CHECKING:
-    from pycocotools.coco import COCO
-
 log = logging.getLogger(__name__)
 __all__ = ["Splits", "build_datasets", "data_classes"]
 
@@ -23,8 +20,7 @@ __all__ = ["Splits", "build_datasets", "data_classes"]
 @dataclass
 class Splits:
     train: DetectionDataset | None
-    val: DetectionDataset | None
-    val_coco: COCO | None
+    val: DetectionDataset | None  # its coco_ground_truth() is what val AP is scored against
     # The class count the labels need (YOLO's names, COCO's max category id + 1, VOC's names,
     # or model.class_names when the recipe sets it) and one name per class index ("N/A" where
     # no category has that index).
@@ -43,13 +39,13 @@ def build_datasets(recipe: dict[str, Any], train: bool = True) -> Splits:
         train_set = (
             ShapesDataset(
                 cfg["seed"], cfg["train_images"], train=True, augment=data["augment"], task=task
-            )  # fmt: skip
+            )
             if train
             else None
         )
         val_set = ShapesDataset(shapes.VAL_SEED, cfg["val_images"], train=False, task=task)
         names = list(shapes.TASKS[task])
-        return Splits(train_set, val_set, val_set.coco(), len(names), names)
+        return Splits(train_set, val_set, len(names), names)
     classes = recipe["model"]["class_names"]
     source = load_source(data, classes, ("train", "val") if train else ("val",))
     for note in source.notes:
@@ -58,12 +54,22 @@ def build_datasets(recipe: dict[str, Any], train: bool = True) -> Splits:
     train_set = val_set = None
     if train:
         split = source.splits["train"]
-        train_set = CocoDataset(split.image_root, split.coco, train=True,
-                                augment=data["augment"], seed=seed, name=split.source)  # fmt: skip
+        train_set = CocoDataset(
+            split.image_root,
+            split.coco,
+            train=True,
+            augment=data["augment"],
+            seed=seed,
+            name=split.source,
+        )
     split = source.splits.get("val")
     if split is not None:
-        val_set = CocoDataset(split.image_root, split.coco, train=False,
-                              min_size=data["eval_min_size"], max_size=data["eval_max_size"],
-                              name=split.source)  # fmt: skip
-    return Splits(train_set, val_set, val_set.coco if val_set else None, source.num_classes,
-                  list(source.class_names))  # fmt: skip
+        val_set = CocoDataset(
+            split.image_root,
+            split.coco,
+            train=False,
+            min_size=data["eval_min_size"],
+            max_size=data["eval_max_size"],
+            name=split.source,
+        )
+    return Splits(train_set, val_set, source.num_classes, list(source.class_names))

@@ -57,7 +57,7 @@ class CheckReport:
             "splits": [asdict(s) for s in self.splits],
             "problems": [
                 {"file": p.file, "kind": p.kind, "message": p.message} for p in self.problems
-            ],  # fmt: skip
+            ],
             "notes": self.notes,
         }
 
@@ -125,11 +125,13 @@ def check_split(split: SplitData, class_names: list[str], decode: bool = True) -
             h, w = picture.shape[-2:]
             stated = (img.get("width"), img.get("height"))
             if stated != (None, None) and stated != (w, h):
-                split.problems.append(Problem(
-                    where_image[img["id"]],
-                    f"size {stated[0]}x{stated[1]} in the labels but the picture is {w}x{h}",
-                    "size",
-                ))  # fmt: skip
+                split.problems.append(
+                    Problem(
+                        where_image[img["id"]],
+                        f"size {stated[0]}x{stated[1]} in the labels but the picture is {w}x{h}",
+                        "size",
+                    )
+                )
     for path, ids in by_name.items():
         if len(ids) > 1:
             split.problems.append(
@@ -137,7 +139,7 @@ def check_split(split: SplitData, class_names: list[str], decode: bool = True) -
                     path,
                     f"duplicate file name: {len(ids)} images (ids {', '.join(map(str, ids[:5]))})",
                     "duplicate",
-                )  # fmt: skip
+                )
             )
     report.pictures = len(images) - len(bad_images)
     per_class: Counter[int] = Counter()
@@ -145,8 +147,9 @@ def check_split(split: SplitData, class_names: list[str], decode: bool = True) -
         img = images.get(ann.get("image_id"))
         where = ann.get("source") or f"{split.source} (annotation {ann.get('id')})"
         if img is None:
-            split.problems.append(Problem(where, f"unknown image id {ann.get('image_id')}",
-                                          "unparsable"))  # fmt: skip
+            split.problems.append(
+                Problem(where, f"unknown image id {ann.get('image_id')}", "unparsable")
+            )
             continue
         if img["id"] in bad_images:
             continue
@@ -196,15 +199,25 @@ def check_source(source: DataSource, decode: bool = True) -> CheckReport:
     fmt = source.format + (f" ({source.flavour})" if source.flavour else "")
     notes = list(source.notes)
     notes += [note for split, note in _MISSING_SPLIT.items() if split not in source.splits]
-    return CheckReport(fmt, str(source.root) if source.root else None, source.class_names,
-                       reports, source.problems, notes)  # fmt: skip
+    return CheckReport(
+        fmt,
+        str(source.root) if source.root else None,
+        source.class_names,
+        reports,
+        source.problems,
+        notes,
+    )
 
 
 def check_data(recipe: dict[str, Any], decode: bool = True) -> CheckReport:
     """Check every split (train, val, test) the recipe's data has; ``decode`` opens each
     picture."""
-    source = load_source(recipe["data"], recipe["model"]["class_names"], ("train", "val", "test"),
-                         require_train=False)  # fmt: skip
+    source = load_source(
+        recipe["data"],
+        recipe["model"]["class_names"],
+        ("train", "val", "test"),
+        require_train=False,
+    )
     return check_source(source, decode)
 
 

@@ -34,6 +34,7 @@ from ddetr_cli.data.formats import (
     DataSource,
     Problem,
     SplitData,
+    coco_split_paths,
     index_by_name,
     names_by_index,
     split_folders,
@@ -120,19 +121,19 @@ class CocoDataset(DetectionDataset):
             raise DdetrError(f"images folder not found: {self.images_dir}")
         if isinstance(annotations, dict):
             name = name or "annotations"
-            self.coco = coco_object(annotations, name)
+            self._coco = coco_object(annotations, name)
         else:
-            self.coco = read_coco(annotations)
+            self._coco = read_coco(annotations)
             name = name or Path(annotations).name
-        categories = set(self.coco.getCatIds())
+        categories = set(self._coco.getCatIds())
         if any(not isinstance(c, int) or c < 0 for c in categories):
             raise DdetrError(f"{name}: category ids must be integers >= 0")
         self.max_category = max(categories, default=-1)
         problems: Counter[str] = Counter()
         self.targets: dict[int, tuple[Tensor, Tensor]] = {}
-        for image_id in self.coco.getImgIds():
+        for image_id in self._coco.getImgIds():
             boxes, labels = [], []
-            for ann in self.coco.imgToAnns.get(image_id, []):
+            for ann in self._coco.imgToAnns.get(image_id, []):
                 if ann.get("iscrowd", 0):
                     continue  # crowd regions are not trained on (official)
                 problem = _box_problem(ann, categories)
@@ -150,16 +151,20 @@ class CocoDataset(DetectionDataset):
             detail = ", ".join(f"{n} {what}" for what, n in problems.most_common())
             log.warning("%s: skipped %d annotations (%s)", name, problems.total(), detail)
         self.skipped_annotations = problems.total()
-        present = [i for i in sorted(self.targets)
-                   if (self.images_dir / self.coco.imgs[i]["file_name"]).is_file()]  # fmt: skip
+        present = [
+            i
+            for i in sorted(self.targets)
+            if (self.images_dir / self._coco.imgs[i]["file_name"]).is_file()
+        ]
         if not present:
             raise DdetrError(f"{name}: no images found in {self.images_dir}")
         missing = len(self.targets) - len(present)
         # Evaluation keeps them: each is named and scored as a picture with no detections.
         ids = present if train else sorted(self.targets)
         if missing and train:
-            log.warning("%s: skipped %d images whose file is missing in %s", name, missing,
-                        self.images_dir)  # fmt: skip
+            log.warning(
+                "%s: skipped %d images whose file is missing in %s", name, missing, self.images_dir
+            )
         self.missing_images = missing
         self.ids = ids
 
@@ -169,16 +174,27 @@ class CocoDataset(DetectionDataset):
     def image_id(self, index: int) -> int:
         return self.ids[index]
 
+    def coco_ground_truth(self) -> COCO:
+        return self._coco
+
+    def box_count(self) -> int:
+        return len(self._coco.getAnnIds(imgIds=self.ids))
+
     def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
         image_id = self.ids[index]
-        image = load_image(self.images_dir / self.coco.imgs[image_id]["file_name"])
+        image = load_image(self.images_dir / self._coco.imgs[image_id]["file_name"])
         boxes, labels = self.targets[image_id]
         h, w = image.shape[-2:]
         # Clamp to the picture; boxes that become empty are dropped later.
         boxes = torch.stack(
-            [boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
-             boxes[:, 3].clamp(0, h)], dim=1,
-        )  # fmt: skip
+            [
+                boxes[:, 0].clamp(0, w),
+                boxes[:, 1].clamp(0, h),
+                boxes[:, 2].clamp(0, w),
+                boxes[:, 3].clamp(0, h),
+            ],
+            dim=1,
+        )
         return image, boxes, labels
 
 
@@ -203,9 +219,6 @@ def drop_unused_supercategory(data: dict[str, Any]) -> str | None:
     return f"dropped category 0 '{name}': Roboflow's dataset-name supercategory, unused"
 
 
-# data.root's COCO layouts: the standard (train2017/) and mmdetection's (train/ or images/train/).
-_ANNOTATION_FILES = ("instances_{split}2017.json", "instances_{split}.json")
-_IMAGE_FOLDERS = ("{split}2017", "{split}", "images/{split}2017", "images/{split}")
 _SplitFiles = tuple[list[Path], Path]  # (candidate pictures folders, annotations file)
 
 
@@ -221,10 +234,13 @@ def _roboflow_files(root: Path) -> dict[str, _SplitFiles]:
 
 
 def _layout_files(root: Path, split: str) -> _SplitFiles | None:
-    for name in _ANNOTATION_FILES:
-        annotations = root / "annotations" / name.format(split=split)
-        if annotations.is_file():
-            return [root / f.format(split=split) for f in _IMAGE_FOLDERS], annotations
+    """data.root's COCO layouts: the standard one (train2017/) and mmdetection's (train/ or
+    images/train/, annotations/instances_train.json)."""
+    pictures, annotations = coco_split_paths(root, split)
+    folders = [pictures, root / split, root / "images" / pictures.name, root / "images" / split]
+    for candidate in (annotations, root / "annotations" / f"instances_{split}.json"):
+        if candidate.is_file():
+            return folders, candidate
     return None
 
 
@@ -278,16 +294,16 @@ def _remap_by_name(data: dict[str, Any], class_names: list[str], source: str) ->
             "model.class_names"
         )
     for name in missing:
-        problems.append(Problem(source, f"category '{name}' is not in model.class_names",
-                                "class"))  # fmt: skip
+        problems.append(Problem(source, f"category '{name}' is not in model.class_names", "class"))
     old_names = {c["id"]: c.get("name") for c in data["categories"]}
     for ann in data["annotations"]:
         cat = ann.get("category_id")
         if cat not in new_id:
             ann["class_name"] = old_names.get(cat, cat)  # named in data check's message
         ann["category_id"] = new_id.get(cat, -1)
-    data["categories"] = [{**c, "id": new_id[c["id"]]} for c in data["categories"]
-                          if c["id"] in new_id]  # fmt: skip
+    data["categories"] = [
+        {**c, "id": new_id[c["id"]]} for c in data["categories"] if c["id"] in new_id
+    ]
     return problems
 
 

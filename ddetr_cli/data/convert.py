@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from ddetr_cli.data import shapes
-from ddetr_cli.data.formats import DataSource, categories_of
+from ddetr_cli.data.formats import DataSource, categories_of, coco_split_paths
 from ddetr_cli.errors import DdetrError
 from ddetr_cli.files import write_json
 
@@ -25,23 +25,30 @@ def write_shapes_coco(
     on_picture: Callable[[], None] | None = None,
     task: str = "shapes3",
 ) -> dict[str, Path]:
-    """out_dir/{train2017,val2017}/NNNNNN.png and out_dir/annotations/instances_*2017.json:
-    train pictures 0..train-1 of the split with ``seed``, val pictures 0..val-1 of the fixed
-    val split, so ``data.root=out_dir`` trains on exactly the built-in data."""
+    """out_dir/{train2017,val2017}/NNNNNN.png (.jpg for the small task) and
+    out_dir/annotations/instances_*2017.json: train pictures 0..train-1 of the split with
+    ``seed``, val pictures 0..val-1 of the fixed val split, so ``data.root=out_dir`` trains on
+    exactly the built-in data."""
     out_dir = Path(out_dir)
     written = {}
     for split, count, split_seed in (("train", train, seed), ("val", val, shapes.VAL_SEED)):
         if count == 0:
             continue
-        folder = out_dir / f"{split}2017"
+        folder, path = coco_split_paths(out_dir, split)
         folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
         for i in range(count):
-            picture = shapes.make_picture(split_seed, i, task)
-            Image.fromarray(picture.image).save(folder / f"{i:06d}.png")
+            picture = shapes.task_picture(split_seed, i, task)
+            name = f"{i:06d}{shapes.picture_suffix(task)}"
+            options = {"quality": 92} if name.endswith(".jpg") else {}
+            Image.fromarray(picture.image).save(folder / name, **options)
+            image, boxes = shapes.coco_entries(picture, i + 1, name, len(annotations) + 1)
+            images.append(image)
+            annotations += boxes
             if on_picture:
                 on_picture()
-        path = out_dir / "annotations" / f"instances_{split}2017.json"
-        write_json(shapes.coco_dict(split_seed, count, task=task), path)
+        coco = {"images": images, "annotations": annotations}
+        write_json(coco | {"categories": shapes.coco_categories(task)}, path)
         written[split] = path
     return written
 
@@ -92,7 +99,7 @@ def write_coco(
     categories = categories_of(source.class_names)
     known = {c["id"] for c in categories}
     for name, split in source.splits.items():
-        folder = out_dir / f"{name}2017"
+        folder, path = coco_split_paths(out_dir, name)
         folder.mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
         images, kept = [], set()
@@ -116,11 +123,15 @@ def write_coco(
             for ann in split.coco["annotations"]
             if ann.get("image_id") in kept and ann.get("category_id") in known
         ]
-        path = out_dir / "annotations" / f"instances_{name}2017.json"
         write_json({"images": images, "annotations": annotations, "categories": categories}, path)
         unlisted = sum(p.kind in _PICTURE_PROBLEMS for p in split.problems)
-        written[name] = SplitWritten(path, len(split.coco["images"]) + unlisted, len(images),
-                                     len(split.coco["annotations"]), len(annotations))  # fmt: skip
+        written[name] = SplitWritten(
+            path,
+            len(split.coco["images"]) + unlisted,
+            len(images),
+            len(split.coco["annotations"]),
+            len(annotations),
+        )
     return written
 
 

@@ -68,8 +68,10 @@ def _split_lists(root: Path, entries: dict[str, str]) -> tuple[dict[str, Path], 
             continue
         split = _SPLIT_OF.get(key.lower())
         if split is None:
-            notes.append(f"obj.data: '{key} = {value}' is not a split ddetr reads "
-                         "(train, valid, test): left out")  # fmt: skip
+            notes.append(
+                f"obj.data: '{key} = {value}' is not a split ddetr reads "
+                "(train, valid, test): left out"
+            )
             continue
         listing = darknet_path(root, value)
         if not listing.is_file():
@@ -91,8 +93,9 @@ def load_darknet(root: Path, splits: tuple[str, ...]) -> DataSource:
         written = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()]
         pictures = [darknet_path(root, line) for line in written if line]
         folders = sorted({picture.parent for picture in pictures})
-        data = read_labelled_pictures(split, pictures, lambda p: p.with_suffix(".txt"), folders,
-                                      str(listing))  # fmt: skip
+        data = read_labelled_pictures(
+            split, pictures, lambda p: p.with_suffix(".txt"), folders, str(listing)
+        )
         data.coco["categories"] = categories_of(names)
         out[split] = data
     return DataSource("yolo", root, out, names, notes, "CVAT YOLO 1.1")

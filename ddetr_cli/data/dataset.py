@@ -7,7 +7,7 @@ same whatever the worker count, the process count or an interruption and resume.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -15,6 +15,9 @@ from torch.utils.data import Dataset
 
 from ddetr_cli.data.transforms import eval_resize, finish, train_transform, wrap
 from ddetr_cli.errors import DdetrError
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
 _MAX_SUBSTITUTES = 20  # consecutive unreadable pictures before giving up on the dataset
@@ -25,8 +28,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class DetectionDataset(Dataset):
-    """Subclasses provide ``__len__``, ``image_id(i)`` and ``load(i) -> (uint8 (3, H, W),
-    xyxy boxes (N, 4), labels (N,))``, raising ``DdetrError`` for an unreadable picture."""
+    """What training and evaluation read, whatever the data's format. Subclasses provide
+    ``__len__``, ``image_id(i)``, ``load(i) -> (uint8 (3, H, W), xyxy boxes (N, 4), labels
+    (N,))`` (raising ``DdetrError`` for an unreadable picture) and ``coco_ground_truth()``."""
 
     def __init__(
         self, train: bool, augment: str, min_size: int, max_size: int, seed: int = 0
@@ -49,6 +53,19 @@ class DetectionDataset(Dataset):
 
     def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
+
+    def coco_ground_truth(self) -> COCO:
+        """The pictures and boxes as a pycocotools ``COCO`` (category ids = class indices):
+        what evaluation scores detections against."""
+        raise NotImplementedError
+
+    def image_ids(self) -> list[int]:
+        """Every picture's image id, unreadable ones included: the pictures evaluation scores."""
+        return [self.image_id(i) for i in range(len(self))]
+
+    def box_count(self) -> int | None:
+        """How many boxes the pictures have, when that is known without reading them."""
+        return None
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor | None, dict[str, Any]]:
         """``item``: an index, or (epoch, index) from ``ResumableBatchSampler`` so that

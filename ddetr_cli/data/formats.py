@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from ddetr_cli.errors import DdetrError
 
 log = logging.getLogger(__name__)
 
+# The file formats the readers take, and what a recipe's data.format may say: one of them, auto
+# (data.root's layout decides, detect_format) or shapes (generated in memory, shapes.py).
 FORMATS = ("coco", "yolo", "voc")
-# Picture suffixes looked for in folders (lower case; matched case-insensitively).
-PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+DATA_FORMATS = ("auto", *FORMATS, "shapes")
 SPLITS = ("train", "val", "test")
 
 
@@ -75,29 +74,6 @@ class DataSource:
         return [p for split in self.splits.values() for p in split.problems]
 
 
-def is_picture(path: Path) -> bool:
-    return path.suffix.lower() in PICTURE_SUFFIXES
-
-
-def pictures_in(folder: Path) -> list[Path]:
-    """Every picture under ``folder`` (recursively), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_picture(p))
-
-
-def picture_size(path: Path) -> tuple[int, int]:
-    """(width, height) as ``load_image`` will see it (EXIF rotation applied), from the header
-    only; ``DdetrError`` for a missing or unreadable file."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
-    except FileNotFoundError:
-        raise DdetrError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DdetrError(f"{path}: cannot read the picture ({exc})") from None
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
 # The folder of each split in the exports that keep one folder per split (Roboflow's COCO and
 # VOC exports write valid/; others write val/).
 SPLIT_FOLDERS = {"train": ("train",), "val": ("valid", "val"), "test": ("test",)}
@@ -106,6 +82,13 @@ _LAYOUTS = (
     "(Pascal VOC), annotations/ or train2017/ (COCO, mmdet), SPLIT/_annotations.coco.json "
     "(Roboflow COCO), SPLIT/*.xml (Roboflow VOC), SPLIT one of train, valid, val, test"
 )
+
+
+def coco_split_paths(root: Path, split: str) -> tuple[Path, Path]:
+    """(pictures folder, annotations file) of ``split`` in the standard COCO layout, which
+    ``ddetr data convert`` writes and COCO reading tries first: root/{split}2017/ and
+    root/annotations/instances_{split}2017.json."""
+    return root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json"
 
 
 def split_folders(root: Path, split: str) -> list[Path]:
@@ -129,7 +112,7 @@ def detect_format(root: str | Path) -> str:
     if (root / "Annotations").is_dir() and (root / "JPEGImages").is_dir():
         return "voc"
     if (root / "annotations").is_dir() or any(
-        (root / f"{split}2017").is_dir() for split in ("train", "val")
+        coco_split_paths(root, split)[0].is_dir() for split in ("train", "val")
     ):
         return "coco"
     if _has_split_files(root, "_annotations.coco.json"):

@@ -32,9 +32,13 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
         drop_last: bool = True,
     ) -> None:
         self.sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+            dataset,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
             drop_last=drop_last,
-        )  # fmt: skip
+        )
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.start = 0

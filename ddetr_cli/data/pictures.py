@@ -15,7 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ddetr_cli.errors import DdetrError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# The suffixes of pictures looked for in folders, by predict and by every data reader (lower
+# case, matched case-insensitively). A GIF is read as its first frame.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -62,12 +64,36 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def is_picture(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def pictures_in(folder: Path) -> list[Path]:
+    """Every picture under ``folder`` (recursively), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_picture(p))
+
+
+def picture_size(path: Path) -> tuple[int, int]:
+    """(width, height) as ``load_image`` will see it (EXIF rotation applied), from the header
+    only; ``DdetrError`` for a missing or unreadable file."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise DdetrError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DdetrError(f"{path}: cannot read the picture ({exc})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def list_images(
     inputs: Iterable[str | Path],
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
     what: str = "pictures",
 ) -> list[Path]:
-    """Expand folders into their pictures (sorted, by ``extensions``, not recursive); keep files.
+    """Expand folders into their files with ``suffixes`` (pictures unless told; sorted, not
+    recursive); keep files. ``what`` names them in the error when there are none.
 
     Files named explicitly are kept whatever their extension (a bad one fails later, on its own).
     Duplicates are dropped. A missing path, or nothing to process at all, is a ``DdetrError``.
@@ -80,7 +106,7 @@ def list_images(
                 sorted(
                     p
                     for p in path.iterdir()
-                    if p.suffix.lower() in extensions
+                    if p.suffix.lower() in suffixes
                     and not p.name.startswith(".")  # e.g. macOS "._x.jpg" resource forks
                     and p.is_file()
                 )
@@ -92,5 +118,5 @@ def list_images(
     unique = list(dict.fromkeys(found))
     if not unique:
         names = ", ".join(str(p) for p in inputs) or "(no inputs)"
-        raise DdetrError(f"no {what} found in {names} (extensions: {', '.join(extensions)})")
+        raise DdetrError(f"no {what} found in {names} (extensions: {', '.join(suffixes)})")
     return unique

@@ -31,6 +31,7 @@ class ShapesDataset(DetectionDataset):
         self.split_seed = split_seed
         self.count = count
         self.task = task
+        self._coco: COCO | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -43,8 +44,16 @@ class ShapesDataset(DetectionDataset):
         image = torch.from_numpy(picture.image).permute(2, 0, 1).contiguous()
         return image, torch.from_numpy(picture.boxes), torch.from_numpy(picture.labels)
 
-    def coco(self) -> COCO:
-        return coco_from_dict(shapes.coco_dict(self.split_seed, self.count, task=self.task))
+    def coco_ground_truth(self) -> COCO:
+        if self._coco is None:  # drawn once: it draws every picture
+            self._coco = coco_from_dict(
+                shapes.coco_dict(self.split_seed, self.count, task=self.task)
+            )
+        return self._coco
+
+    def box_count(self) -> int | None:
+        # A training split is drawn as it is read: counting its boxes would draw it all.
+        return None if self.train else len(self.coco_ground_truth().getAnnIds())
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:

@@ -17,16 +17,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ddetr_cli.data.formats import FORMATS, DataSource, detect_format
+from ddetr_cli.data.formats import DataSource, detect_format
 from ddetr_cli.errors import DdetrError
 
-_SPLIT_PATHS = tuple(f"{split}.{kind}" for split in ("train", "val")
-                     for kind in ("images", "annotations"))  # fmt: skip
-_PATHS_READ = {"coco": ("root", *_SPLIT_PATHS), "yolo": ("root",), "voc": ("root",),
-               "shapes": ()}  # fmt: skip
-_WHAT = {"shapes": "the built-in pictures are generated: no files",
-         "yolo": "the splits are named in data.root's data.yaml or obj.data",
-         "voc": "the splits are data.root's lists or split folders"}  # fmt: skip
+_SPLIT_PATHS = tuple(
+    f"{split}.{kind}" for split in ("train", "val") for kind in ("images", "annotations")
+)
+_PATHS_READ = {"coco": ("root", *_SPLIT_PATHS), "yolo": ("root",), "voc": ("root",), "shapes": ()}
+_WHAT = {
+    "shapes": "the built-in pictures are generated: no files",
+    "yolo": "the splits are named in data.root's data.yaml or obj.data",
+    "voc": "the splits are data.root's lists or split folders",
+}
 
 
 def _value(data: dict[str, Any], key: str) -> Any:
@@ -37,14 +39,17 @@ def _value(data: dict[str, Any], key: str) -> Any:
 def refuse_unread_paths(data: dict[str, Any], fmt: str, found: bool = False) -> None:
     """``DdetrError`` when the data section sets a path that format ``fmt`` does not read.
     ``found``: ``fmt`` is what ``data.format: auto`` found in data.root."""
-    unread = [k for k in ("root", *_SPLIT_PATHS) if k not in _PATHS_READ[fmt]
-              and _value(data, k) is not None]  # fmt: skip
+    unread = [
+        k
+        for k in ("root", *_SPLIT_PATHS)
+        if k not in _PATHS_READ[fmt] and _value(data, k) is not None
+    ]
     if not unread:
         return
     key = f"data.{unread[0]}"
-    in_force = f"data.root holds {fmt} data (data.format auto)" if found else (
-        f"data.format is {fmt}"
-    )  # fmt: skip
+    in_force = (
+        f"data.root holds {fmt} data (data.format auto)" if found else f"data.format is {fmt}"
+    )
     if fmt == "shapes":
         fix = "set data.format=auto (the layout of data.root decides)"
     else:
@@ -92,10 +97,6 @@ def data_format(data: dict[str, Any], splits: tuple[str, ...] = ("train", "val")
         raise DdetrError(
             "no data: set data.root (a COCO, YOLO or VOC folder), data.train.images and "
             "data.train.annotations, or data.format=shapes"
-        )
-    if fmt not in FORMATS:
-        raise DdetrError(
-            f"data.format must be one of auto, {', '.join(FORMATS)}, shapes; got {fmt}"
         )
     refuse_unread_paths(data, fmt)
     if fmt != "coco" and data["root"] is None:

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ddetr_cli.data.formats import (
-    PICTURE_SUFFIXES,
     DataSource,
     Problem,
     SplitData,
     categories_of,
     index_by_name,
-    picture_size,
     split_folders,
 )
+from ddetr_cli.data.pictures import IMAGE_SUFFIXES, picture_size
 from ddetr_cli.errors import DdetrError
 
 
@@ -64,7 +63,7 @@ def _picture_of(folder: Path, stem: str, filename: str) -> Path:
     """The picture of an annotation: folder/<filename>, else folder/<stem>.<any>."""
     if filename and (folder / filename).is_file():
         return folder / filename
-    for suffix in PICTURE_SUFFIXES:
+    for suffix in IMAGE_SUFFIXES:
         for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
             if candidate.is_file():
                 return candidate
@@ -76,15 +75,17 @@ def _split_ids(root: Path, split: str) -> list[str] | None:
     if not path.is_file():
         return None
     # A line may carry a second column (per-class lists: "ID 1"); the ID comes first.
-    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]  # fmt: skip
+    return [
+        line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _class_names(parsed: dict[Path, Any], class_names: list[str] | None) -> list[str]:
     if class_names:
         return list(class_names)
-    return sorted({o[0] for p in parsed.values() if isinstance(p, dict)
-                   for o in p["objects"] if o[0]})  # fmt: skip
+    return sorted(
+        {o[0] for p in parsed.values() if isinstance(p, dict) for o in p["objects"] if o[0]}
+    )
 
 
 def load_voc(root: Path, class_names: list[str] | None, splits: tuple[str, ...]) -> DataSource:
@@ -104,8 +105,9 @@ def load_voc(root: Path, class_names: list[str] | None, splits: tuple[str, ...])
             continue
         listing = root / "ImageSets" / "Main" / f"{split}.txt"
         xmls, problems = _listed_xmls(root / "Annotations", ids, listing)
-        out[split] = _read_split(split, xmls, parsed, root / "JPEGImages", str(listing),
-                                 index_by_name(names), problems)  # fmt: skip
+        out[split] = _read_split(
+            split, xmls, parsed, root / "JPEGImages", str(listing), index_by_name(names), problems
+        )
         out[split].coco["categories"] = categories_of(names)
     return DataSource("voc", root, out, names, notes)
 
@@ -122,8 +124,7 @@ def _load_flat(root: Path, class_names: list[str] | None, splits: tuple[str, ...
     out = {}
     for split, folder in folders.items():
         xmls = sorted(folder.glob("*.xml"))
-        out[split] = _read_split(split, xmls, parsed, folder, str(folder), index_by_name(names),
-                                 [])  # fmt: skip
+        out[split] = _read_split(split, xmls, parsed, folder, str(folder), index_by_name(names), [])
         out[split].coco["categories"] = categories_of(names)
     return DataSource("voc", root, out, names, [], "Roboflow")
 
@@ -136,8 +137,11 @@ def _listed_xmls(folder: Path, ids: list[str], listing: Path) -> tuple[list[Path
         if stem in seen:
             problems.append(Problem(str(listing), f"'{stem}' is listed twice", "duplicate"))
         elif not xml.is_file():
-            problems.append(Problem(str(listing), f"'{stem}' has no {xml.name} in "
-                                    f"{folder.name}/", "missing label"))  # fmt: skip
+            problems.append(
+                Problem(
+                    str(listing), f"'{stem}' has no {xml.name} in {folder.name}/", "missing label"
+                )
+            )
         else:
             xmls.append(xml)
         seen.add(stem)
@@ -163,30 +167,50 @@ def _read_split(
             continue
         picture = _picture_of(pictures, xml.stem, info["filename"])
         if not picture.is_file():
-            problems.append(Problem(str(xml), f"label file without a picture ({picture.name} "
-                                    f"not in {pictures.name}/)", "orphan label"))  # fmt: skip
+            problems.append(
+                Problem(
+                    str(xml),
+                    f"label file without a picture ({picture.name} not in {pictures.name}/)",
+                    "orphan label",
+                )
+            )
             continue
         width, height = info["width"], info["height"]
         if width <= 0 or height <= 0:  # no <size>: read it from the picture
             try:
                 width, height = picture_size(picture)
             except DdetrError as exc:
-                problems.append(Problem(str(picture), str(exc).removeprefix(f"{picture}: "),
-                                        "undecodable picture"))  # fmt: skip
+                problems.append(
+                    Problem(
+                        str(picture), str(exc).removeprefix(f"{picture}: "), "undecodable picture"
+                    )
+                )
                 continue
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": picture.name, "width": width,
-                       "height": height, "label_file": str(xml)})  # fmt: skip
-        annotations.extend(_boxes(xml, info["objects"], image_id, len(annotations), index,
-                                  problems))  # fmt: skip
+        images.append(
+            {
+                "id": image_id,
+                "file_name": picture.name,
+                "width": width,
+                "height": height,
+                "label_file": str(xml),
+            }
+        )
+        annotations.extend(
+            _boxes(xml, info["objects"], image_id, len(annotations), index, problems)
+        )
     coco = {"images": images, "annotations": annotations, "categories": []}
     return SplitData(split, pictures, coco, source, problems)
 
 
 def _boxes(
-    xml: Path, objects: list, image_id: int, first: int, index: dict[str, int],
+    xml: Path,
+    objects: list,
+    image_id: int,
+    first: int,
+    index: dict[str, int],
     problems: list[Problem],
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """The COCO annotations of one picture's objects (ids after ``first``)."""
     out = []
     for number, (name, difficult, coords) in enumerate(objects, start=1):
@@ -198,10 +222,16 @@ def _boxes(
         # As the common tools do (detectron2, mmdetection), the 0-based box is
         # (xmin - 1, ymin - 1) to (xmax, ymax): same width, shifted by one pixel.
         x0, y0, x1, y1 = coords[0] - 1, coords[1] - 1, coords[2], coords[3]
-        out.append({
-            "id": first + len(out) + 1, "image_id": image_id,
-            "category_id": index.get(name, -1), "bbox": [x0, y0, x1 - x0, y1 - y0],
-            "area": max(0.0, x1 - x0) * max(0.0, y1 - y0), "iscrowd": int(difficult),
-            "source": where, "class_name": name,
-        })  # fmt: skip
+        out.append(
+            {
+                "id": first + len(out) + 1,
+                "image_id": image_id,
+                "category_id": index.get(name, -1),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": max(0.0, x1 - x0) * max(0.0, y1 - y0),
+                "iscrowd": int(difficult),
+                "source": where,
+                "class_name": name,
+            }
+        )
     return out

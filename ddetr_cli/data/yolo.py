@@ -32,9 +32,8 @@ from ddetr_cli.data.formats import (
     Problem,
     SplitData,
     categories_of,
-    picture_size,
-    pictures_in,
 )
+from ddetr_cli.data.pictures import picture_size, pictures_in
 from ddetr_cli.errors import DdetrError
 
 _SPLIT_KEYS = {"train": "train", "val": "val", "test": "test"}
@@ -178,8 +177,15 @@ def read_labelled_pictures(
             used_labels.add(labels)
             continue
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": str(picture), "width": width,
-                       "height": height, "label_file": str(labels)})  # fmt: skip
+        images.append(
+            {
+                "id": image_id,
+                "file_name": str(picture),
+                "width": width,
+                "height": height,
+                "label_file": str(labels),
+            }
+        )
         used_labels.add(labels)
         if not labels.is_file():
             continue  # no label file: a picture without boxes
@@ -194,22 +200,31 @@ def read_labelled_pictures(
             parsed = parse_label_line(line)
             where_line = f"{labels}:{number}"
             if isinstance(parsed, str):
-                problems.append(Problem(where_line, f"unparsable line ({parsed}): {line.strip()!r}",
-                                        "unparsable"))  # fmt: skip
+                problems.append(
+                    Problem(
+                        where_line, f"unparsable line ({parsed}): {line.strip()!r}", "unparsable"
+                    )
+                )
                 continue
             cls, (cx, cy, w, h) = parsed
             x0, y0 = (cx - w / 2) * width, (cy - h / 2) * height
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id,
-                "category_id": cls,  # out of range: an unknown category, skipped
-                "bbox": [x0, y0, w * width, h * height], "area": w * width * h * height,
-                "iscrowd": 0, "source": where_line,
-            })  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cls,  # out of range: an unknown category, skipped
+                    "bbox": [x0, y0, w * width, h * height],
+                    "area": w * width * h * height,
+                    "iscrowd": 0,
+                    "source": where_line,
+                }
+            )
     for labels_dir in label_folders:
         if labels_dir.is_dir():
             for orphan in sorted(set(labels_dir.rglob("*.txt")) - used_labels):
-                problems.append(Problem(str(orphan), "label file without a picture",
-                                        "orphan label"))  # fmt: skip
+                problems.append(
+                    Problem(str(orphan), "label file without a picture", "orphan label")
+                )
     coco = {"images": images, "annotations": annotations, "categories": []}
     return SplitData(name, Path("/"), coco, where, problems)
 

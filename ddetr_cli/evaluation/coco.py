@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from ddetr_cli.model import post_process
+from ddetr_cli.model.protocol import Detector
 from ddetr_cli.runtime import all_gather_object, amp_autocast, is_main_process
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
+    from torch.utils.data import DataLoader
+
+    from ddetr_cli.data.dataset import DetectionDataset
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +38,28 @@ class Detections:
     unreadable: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EvaluationRun:
+    """How evaluation runs a model: its device, the autocast (a recipe's train.amp) and the
+    detections kept per picture (model.num_detections)."""
+
+    device: torch.device | str = "cpu"
+    amp: str = "off"
+    num_detections: int = 100
+
+    @classmethod
+    def of(cls, recipe: dict[str, Any], device: torch.device | str) -> EvaluationRun:
+        return cls(device, recipe["train"]["amp"], recipe["model"]["num_detections"])
+
+
 @torch.no_grad()
 def predict_coco_results(
-    model: nn.Module,
-    data_loader: Iterable,
-    device: torch.device | str = "cpu",
-    amp: str = "off",
-    num_detections: int = 100,
+    model: Detector, data_loader: Iterable, run: EvaluationRun = EvaluationRun()
 ) -> Detections:
     """The detections of this process's share of the data. A picture the evaluation dataset
     could not read (see ``DetectionDataset``) is not run: it is listed in ``unreadable``."""
     from ddetr_cli.data.dataset import unreadable
 
-    device = torch.device(device)
     found = Detections()
     was_training = model.training
     model.eval()
@@ -61,35 +73,39 @@ def predict_coco_results(
                 else:
                     found.unreadable[int(target["image_id"])] = why
             if readable:
-                found.results += _detect(model, readable, device, amp, num_detections)
+                found.results += _detect(model, readable, run)
     finally:
         model.train(was_training)
     return found
 
 
 def _detect(
-    model: nn.Module,
-    samples: list[tuple[torch.Tensor, dict[str, Any]]],
-    device: torch.device,
-    amp: str,
-    num_detections: int,
+    model: Detector, samples: list[tuple[torch.Tensor, dict[str, Any]]], run: EvaluationRun
 ) -> list[dict[str, Any]]:
     """COCO-results entries of one batch of (picture, target) samples."""
+    device = torch.device(run.device)
     images = [image.to(device, non_blocking=True) for image, _ in samples]
-    with amp_autocast(device, amp):
+    with amp_autocast(device, run.amp):
         outputs = model(images)
     outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}
     sizes = torch.stack([t["orig_size"] for _, t in samples]).to(device)
     results = []
-    detections = post_process(outputs, sizes, num_detections)
+    detections = post_process(outputs, sizes, run.num_detections)
     for (_, target), det in zip(samples, detections, strict=True):
-        boxes = det["boxes"].cpu()
-        boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-        for box, score, label in zip(boxes.tolist(), det["scores"].tolist(),
-                                     det["labels"].tolist(), strict=True):  # fmt: skip
-            results.append({"image_id": int(target["image_id"]), "category_id": label,
-                            "bbox": box, "score": score})  # fmt: skip
+        results += coco_results(int(target["image_id"]), det)
     return results
+
+
+def coco_results(image_id: int, detections: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """COCO-results entries (xywh boxes) of one picture's post-processed detections."""
+    boxes = detections["boxes"].float().cpu().clone()
+    boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
+    scores = detections["scores"].float().tolist()
+    labels = detections["labels"].tolist()
+    return [
+        {"image_id": image_id, "category_id": int(label), "bbox": box, "score": score}
+        for box, score, label in zip(boxes.tolist(), scores, labels, strict=True)
+    ]
 
 
 def unreadable_note(unreadable: dict[int, str], total: int, shown: int = 3) -> str:
@@ -161,37 +177,29 @@ def gather_detections(local: Detections) -> Detections:
     for rank, part in enumerate(gathered):
         for r in part.results:
             owner.setdefault(r["image_id"], rank)
-    results = [r for rank, part in enumerate(gathered) for r in part.results
-               if owner[r["image_id"]] == rank]  # fmt: skip
+    results = [
+        r
+        for rank, part in enumerate(gathered)
+        for r in part.results
+        if owner[r["image_id"]] == rank
+    ]
     unreadable = {i: why for part in gathered for i, why in part.unreadable.items()}
     return Detections(results, dict(sorted(unreadable.items())))
 
 
-def evaluated_image_ids(dataset: Any) -> list[int]:
-    """The image ids a dataset evaluates: all of its pictures, unreadable ones included."""
-    return [dataset.image_id(i) for i in range(len(dataset))]
-
-
 def evaluate_coco(
-    model: nn.Module,
-    data_loader: Iterable,
-    coco_gt: COCO,
-    device: torch.device | str = "cpu",
-    amp: str = "off",
-    num_detections: int = 100,
+    model: Detector, data_loader: DataLoader, run: EvaluationRun = EvaluationRun()
 ) -> dict[str, float]:
-    """Box AP of ``model`` on the pictures of ``data_loader`` (batches of (images, targets) as
-    the training data gives them) against ``coco_gt``. Pictures that could not be read count
-    as pictures with no detections, with one warning naming them.
+    """Box AP of ``model`` on the pictures of ``data_loader`` (batches of (images, targets) of
+    a ``DetectionDataset``) against that dataset's ground truth. Pictures that could not be read
+    count as pictures with no detections, with one warning naming them.
 
     Returns AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl. In a distributed
     run every process evaluates its share and all get the same numbers.
     """
-    found = gather_detections(predict_coco_results(model, data_loader, device, amp, num_detections))
-    dataset = getattr(data_loader, "dataset", None)
-    image_ids = (
-        evaluated_image_ids(dataset) if hasattr(dataset, "image_id") else coco_gt.getImgIds()
-    )
+    found = gather_detections(predict_coco_results(model, data_loader, run))
+    dataset: DetectionDataset = data_loader.dataset
+    image_ids = dataset.image_ids()
     if found.unreadable and is_main_process():
         log.warning("val: %s", unreadable_note(found.unreadable, len(image_ids)))
-    return coco_stats(coco_gt, found.results, image_ids)
+    return coco_stats(dataset.coco_ground_truth(), found.results, image_ids)

@@ -9,22 +9,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
+from ddetr_cli import runtime
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.evaluation.coco import (
+    Detections,
+    EvaluationRun,
     coco_evaluation_curves,
-    evaluated_image_ids,
     gather_detections,
     predict_coco_results,
 )
+from ddetr_cli.evaluation.max_detections import EveryDetection, every_detection
 from ddetr_cli.files import read_json
+from ddetr_cli.model.protocol import Detector
 from ddetr_cli.weights import resolve_model
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
     from ddetr_cli.evaluation.thresholds import ThresholdMetrics
+    from ddetr_cli.inference.slicing import SliceOptions
 
 
 def _match_by_file_name(
@@ -112,6 +116,9 @@ class EvaluationReport:
     at_threshold: ThresholdMetrics | None = None
     # Pictures that could not be read (image id -> why): scored as pictures with no detections.
     unreadable: dict[int, str] = field(default_factory=dict)
+    # The numbers counting every detection, when a picture has more than COCOeval's 100.
+    every_detection: EveryDetection | None = None
+    slicing: dict[str, Any] | None = None  # SlicedDetector.summary() under --slice
 
     def add_threshold_metrics(
         self, score_threshold: float, iou_threshold: float = 0.5
@@ -138,6 +145,8 @@ class EvaluationReport:
             "num_detections": self.num_detections,
             "detections": str(self.detections_path) if self.detections_path else None,
             "unreadable": [{"image_id": i, "reason": why} for i, why in self.unreadable.items()],
+            "every_detection": self.every_detection and self.every_detection.to_json(),
+            "slicing": self.slicing,
             **(self.at_threshold.to_json() if self.at_threshold is not None else {}),
         }
 
@@ -155,9 +164,19 @@ def score_predictions(predictions: str | Path, annotations: str | Path) -> Evalu
     coco_gt = read_coco(annotations)
     results, note = _read_results(Path(predictions), coco_gt)
     stats, per_class, precision = coco_evaluation_curves(coco_gt, results)
-    return EvaluationReport(stats, per_class, _category_names(coco_gt), len(coco_gt.getImgIds()),
-                            len(results), Path(predictions), notes=[note], precision=precision,
-                            coco_gt=coco_gt, results=results)  # fmt: skip
+    return EvaluationReport(
+        stats,
+        per_class,
+        _category_names(coco_gt),
+        len(coco_gt.getImgIds()),
+        len(results),
+        Path(predictions),
+        notes=[note],
+        precision=precision,
+        coco_gt=coco_gt,
+        results=results,
+        every_detection=every_detection(coco_gt, results),
+    )
 
 
 def evaluate_checkpoint(
@@ -169,16 +188,16 @@ def evaluate_checkpoint(
     batch_size: int = 1,
     device: str = "cpu",
     out_dir: str | Path = "evaluation",
+    slicing: SliceOptions | None = None,
 ) -> EvaluationReport | None:
     """Evaluate weights on the recipe's val split (or ``images`` + ``annotations``) at the
-    evaluation transform; writes the detections as COCO results to ``out_dir/detections.json``.
+    evaluation transform (with ``slicing``: each picture cut into tiles, ``batch_size`` tiles
+    at a time); writes the detections as COCO results to ``out_dir/detections.json``.
 
     Under torchrun every process evaluates its share of the pictures and process 0 gathers the
     detections, writes them and returns the report; the other processes return None. Pictures
     that cannot be read are in the report's ``unreadable`` and have no detections.
     """
-    from ddetr_cli import runtime
-
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if (images is None) != (annotations is None):
@@ -191,22 +210,48 @@ def evaluate_checkpoint(
     try:
         dev = ctx.device if ctx.enabled else dev
         model, recipe = resolve_model(weights, recipe_path, overrides, dev)
-        return _evaluate_model(model, recipe, batch_size, dev, out_dir, ctx)
+        return _evaluate_model(model, recipe, batch_size, dev, out_dir, ctx, slicing)
     finally:
         runtime.cleanup_distributed()
 
 
+def _val_detections(
+    model: Detector,
+    recipe: dict[str, Any],
+    dataset: Any,
+    batch_size: int,
+    device: torch.device,
+    sampler: Any,
+    slicing: SliceOptions | None,
+) -> tuple[Detections, dict[str, Any] | None]:
+    """(this process's detections on the val split (all processes' after gathering), the
+    sliced detector's summary or None): whole pictures in batches, or each cut into tiles."""
+    from torch.utils.data import DataLoader
+
+    from ddetr_cli.data import collate
+
+    if slicing is None:
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+        local = predict_coco_results(model, loader, EvaluationRun.of(recipe, device))
+        return gather_detections(local), None
+    from ddetr_cli.evaluation.sliced import sliced_detections
+
+    local, sliced = sliced_detections(model, recipe, dataset, slicing, batch_size, device, sampler)
+    return gather_detections(local), sliced
+
+
 def _evaluate_model(
-    model: nn.Module,
+    model: Detector,
     recipe: dict[str, Any],
     batch_size: int,
     device: torch.device,
     out_dir: str | Path,
-    ctx: Any,
+    ctx: runtime.Dist,
+    slicing: SliceOptions | None = None,
 ) -> EvaluationReport | None:
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DistributedSampler
 
-    from ddetr_cli.data import build_datasets, collate
+    from ddetr_cli.data import build_datasets
     from ddetr_cli.files import write_json
 
     no_data = DdetrError(
@@ -221,17 +266,25 @@ def _evaluate_model(
     if splits.val is None:
         raise no_data
     sampler = DistributedSampler(splits.val, shuffle=False) if ctx.enabled else None
-    loader = DataLoader(splits.val, batch_size=batch_size, sampler=sampler, collate_fn=collate)
-    found = gather_detections(predict_coco_results(
-        model, loader, device, recipe["train"]["amp"], recipe["model"]["num_detections"]
-    ))  # fmt: skip
+    found, sliced = _val_detections(model, recipe, splits.val, batch_size, device, sampler, slicing)
     if not ctx.is_main:
         return None
     out = Path(out_dir) / "detections.json"
     write_json(found.results, out)
-    image_ids = evaluated_image_ids(splits.val)
-    stats, per_class, precision = coco_evaluation_curves(splits.val_coco, found.results, image_ids)
-    return EvaluationReport(stats, per_class, _category_names(splits.val_coco),
-                            len(image_ids), len(found.results), out, precision=precision,
-                            coco_gt=splits.val_coco, results=found.results,
-                            image_ids=image_ids, unreadable=found.unreadable)  # fmt: skip
+    image_ids, coco_gt = splits.val.image_ids(), splits.val.coco_ground_truth()
+    stats, per_class, precision = coco_evaluation_curves(coco_gt, found.results, image_ids)
+    return EvaluationReport(
+        stats,
+        per_class,
+        _category_names(coco_gt),
+        len(image_ids),
+        len(found.results),
+        out,
+        precision=precision,
+        coco_gt=coco_gt,
+        results=found.results,
+        image_ids=image_ids,
+        unreadable=found.unreadable,
+        every_detection=every_detection(coco_gt, found.results, image_ids),
+        slicing=sliced,
+    )

@@ -52,8 +52,14 @@ class Counts:
         return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
 
     def to_json(self) -> dict[str, float | int]:
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "tp": self.tp, "fp": self.fp, "fn": self.fn}  # fmt: skip
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+        }
 
 
 @dataclass
@@ -122,8 +128,11 @@ class ThresholdMetrics:
             **self.overall.to_json(),
             "per_class": {names[c]: counts.to_json() for c, counts in self.per_class.items()},
         }
-        return {"at_threshold": at_threshold, "confusion_matrix": self.confusion.to_json(),
-                "best_f1": self.best_f1}  # fmt: skip
+        return {
+            "at_threshold": at_threshold,
+            "confusion_matrix": self.confusion.to_json(),
+            "best_f1": self.best_f1,
+        }
 
 
 def _unique_names(categories: dict[int, Any], names: dict[int, str]) -> dict[int, str]:
@@ -218,8 +227,11 @@ def match_detections(
         scores.append(det_scores[order])
         categories.append(cats)
         outcomes.append(image_outcomes)
-        gt_category.append(np.where(taken_by >= 0, gt_cats[np.maximum(taken_by, 0)], -1)
-                           if len(gt_cats) else np.full(len(cats), -1))  # fmt: skip
+        gt_category.append(
+            np.where(taken_by >= 0, gt_cats[np.maximum(taken_by, 0)], -1)
+            if len(gt_cats)
+            else np.full(len(cats), -1)
+        )
         missed.append(gt_cats[~gt_ignore & ~taken])
 
     def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -265,8 +277,14 @@ def f1_sweep(matching: Matching, thresholds: tuple[float, ...] = SWEEP) -> list[
     sweep = []
     for threshold in thresholds:
         total = sum(matching.counts(threshold).values(), Counts())
-        sweep.append({"score_threshold": threshold, "f1": total.f1,
-                      "precision": total.precision, "recall": total.recall})  # fmt: skip
+        sweep.append(
+            {
+                "score_threshold": threshold,
+                "f1": total.f1,
+                "precision": total.precision,
+                "recall": total.recall,
+            }
+        )
     return sweep
 
 

@@ -8,34 +8,17 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ddetr_cli.export.runtime import ort_session, read_metadata
+from ddetr_cli.model.postprocess import batched_detections, topk_pairs
 
 LOGITS_TOLERANCE = 1e-4
 # Boxes are compared as fractions of the picture (cx, cy, w, h in [0, 1]; post-processed pixel
 # boxes divided by the longer side): 1e-4 of 1333 pixels is 0.13 pixel.
 BOXES_TOLERANCE = 1e-4
-
-
-def topk_detections(
-    logits: Tensor, boxes: Tensor, height: Any, width: Any, num_detections: int = 100
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``post_process``'s top-k, batched: scores, labels and xyxy boxes in (height, width)."""
-    batch, queries, classes = logits.shape
-    prob = logits.sigmoid().reshape(batch, queries * classes)
-    k = min(num_detections, queries * classes)
-    scores, index = torch.topk(prob, k, dim=1)
-    query = torch.div(index, classes, rounding_mode="floor")
-    labels = index % classes
-    cx, cy, w, h = boxes.unbind(-1)
-    xyxy = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
-    xyxy = torch.gather(xyxy, 1, query.unsqueeze(-1).expand(-1, -1, 4))
-    full = [torch.full((), v, dtype=xyxy.dtype, device=xyxy.device) for v in (width, height)]
-    return scores, labels, xyxy * torch.stack(full).repeat(2)
 
 
 def probe_attention_backend(device: torch.device | str) -> None:
@@ -89,18 +72,12 @@ def default_check_size(image_size: tuple[int, int]) -> tuple[int, int]:
     return (int(math.floor(h * 1.25)) | 1, max(33, int(math.floor(w * 0.8)) | 1))
 
 
-def _topk_pairs(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    prob = logits.sigmoid().flatten(1)
-    k = min(k, prob.shape[1])
-    return torch.topk(prob, k, dim=1)
-
-
 def compare_topk(ref: Tensor, other: Tensor, k: int = 100, tolerance: float = 1e-5) -> int:
     """How many of ``other``'s top-k (query, class) pairs per picture are not ``ref``'s, apart
     from near-ties at the cut-off (pairs whose reference score is within ``tolerance`` of the
     k-th). Order inside the top-k is not compared: ties may swap places."""
-    ref_scores, ref_index = _topk_pairs(ref, k)
-    _, other_index = _topk_pairs(other, k)
+    ref_scores, ref_index = topk_pairs(ref, k)
+    _, other_index = topk_pairs(other, k)
     prob = ref.sigmoid().flatten(1)
     mismatches = 0
     for b in range(ref.shape[0]):
@@ -125,7 +102,8 @@ def match_detections(
     scores, labels, boxes = detections
     height, width = image_size
     every = ref_logits.shape[1] * ref_logits.shape[2]
-    all_scores, all_labels, all_boxes = topk_detections(ref_logits, ref_boxes, height, width, every)
+    everything = batched_detections(ref_logits, ref_boxes, height, width, every)
+    all_scores, all_labels, all_boxes = everything
     worst, unmatched = 0.0, 0
     for b in range(scores.shape[0]):
         candidate = (scores[b, :, None] - all_scores[b, None, :]).abs() <= tolerance
@@ -189,15 +167,22 @@ def check_onnx(
     k = min(num_detections, ref_logits.shape[1] * ref_logits.shape[2])
     if postprocess:
         scores, labels, boxes = (torch.from_numpy(o) for o in outputs)
-        ref_scores = topk_detections(ref_logits, ref_boxes, height, width, scores.shape[1])[0]
+        ref_scores = batched_detections(ref_logits, ref_boxes, height, width, scores.shape[1])[0]
         boxes_diff, mismatches = match_detections(
             (scores, labels, boxes), ref_logits, ref_boxes, (height, width), tolerance
         )
         return CheckResult(
-            (height, width), batch_size, float((scores - ref_scores).abs().max()), boxes_diff,
-            mismatches == 0, int(scores.shape[1]), mismatches, tolerance, onnx_seconds,
+            (height, width),
+            batch_size,
+            float((scores - ref_scores).abs().max()),
+            boxes_diff,
+            mismatches == 0,
+            int(scores.shape[1]),
+            mismatches,
+            tolerance,
+            onnx_seconds,
             torch_seconds,
-        )  # fmt: skip
+        )
     logits = torch.from_numpy(outputs[0])
     boxes = torch.from_numpy(outputs[1])
     mismatches = compare_topk(ref_logits, logits, k)

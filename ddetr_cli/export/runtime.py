@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     }
 
 
-def ort_session(path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+def ort_session(
+    path: str | Path, device: str | torch.device = "cpu", threads: int | None = None
+) -> Any:  # onnxruntime.InferenceSession; onnxruntime is an optional extra
     """An onnxruntime InferenceSession: CUDA provider for a cuda device when present."""
     ort = require("onnxruntime", "export")
 
@@ -69,7 +71,9 @@ def ort_session(path: str | Path, device: str | torch.device = "cpu", threads: i
 
 
 class OnnxDetector:
-    """nn.Module-like wrapper of an onnxruntime session of a ddetr export."""
+    """An onnxruntime session of a ddetr export, as a ``model.protocol.Detector``: what can be
+    chosen about running a PyTorch model was fixed when the file was written or loaded, so
+    those calls change nothing."""
 
     training = False
 
@@ -87,7 +91,7 @@ class OnnxDetector:
         self.output_names = [o.name for o in session.get_outputs()]
         self.num_classes = int(metadata.get("num_classes", "0"))
 
-    # ----------------------------------------------------------------- nn.Module look-alikes
+    # ----------------------------------------------------------------- the Detector protocol
 
     def eval(self) -> OnnxDetector:
         return self
@@ -97,7 +101,7 @@ class OnnxDetector:
             raise DdetrError(f"{self.path}: an ONNX model cannot be trained")
         return self
 
-    def to(self, *args: Any, **kwargs: Any) -> OnnxDetector:
+    def to(self, device: torch.device | str) -> OnnxDetector:
         """No-op: the session's provider was chosen from the device at load time."""
         return self
 
@@ -108,11 +112,9 @@ class OnnxDetector:
     def set_attention_backend(self, backend: str | None) -> None:
         """No-op: the attention is part of the graph."""
 
-    def parameters(self) -> Iterator[Tensor]:
-        return iter(())
-
-    def modules(self) -> Iterator[Any]:
-        return iter((self,))
+    def fixed_runtime(self) -> tuple[str, str]:
+        providers = ", ".join(self.session.get_providers())
+        return "onnxruntime", f"the exported graph ({providers})"
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OnnxDetector:
         return self  # the session is read-only; sharing it is safe

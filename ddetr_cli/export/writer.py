@@ -32,9 +32,9 @@ from ddetr_cli.export.check import (
     CheckResult,
     check_onnx,
     probe_attention_backend,
-    topk_detections,
 )
 from ddetr_cli.export.runtime import METADATA_PREFIX, require_export_extra
+from ddetr_cli.model.postprocess import batched_detections
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 16  # GridSample (the gridsample sampler); the gather translation needs 13
@@ -49,8 +49,8 @@ POSTPROCESS_OUTPUTS = ("scores", "labels", "boxes")
 class ExportWrapper(nn.Module):
     """The detector on one unpadded batch tensor; plain tensors out, optionally post-processed.
 
-    ``post_process`` in ``ddetr_cli.model`` returns per-picture lists; here the same top-k runs
-    batched, with boxes scaled to the input's own pixels (the graph knows no original size).
+    ``post_process`` returns per-picture lists; here the same top-k runs batched
+    (``batched_detections``), boxes in the input's own pixels (the graph knows no original size).
     """
 
     def __init__(self, model: nn.Module, postprocess: bool = False, num_detections: int = 100):
@@ -65,7 +65,7 @@ class ExportWrapper(nn.Module):
         if not self.postprocess:
             return logits, boxes
         height, width = images.shape[-2], images.shape[-1]
-        return topk_detections(logits, boxes, height, width, self.num_detections)
+        return batched_detections(logits, boxes, height, width, self.num_detections)
 
 
 @contextlib.contextmanager

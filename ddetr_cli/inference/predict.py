@@ -8,28 +8,38 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ddetr_cli.data.class_names import class_names
-from ddetr_cli.data.pictures import IMAGE_EXTENSIONS, list_images, load_image
+from ddetr_cli.data.pictures import IMAGE_SUFFIXES, list_images, load_image
 from ddetr_cli.data.transforms import eval_transform
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import write_json
-from ddetr_cli.inference.detections import Detect, Settings, above_threshold, detection_entries
+from ddetr_cli.inference.detections import (
+    Detect,
+    Settings,
+    above_threshold,
+    detection_entries,
+    draw_kept,
+)
 from ddetr_cli.inference.video import VideoOptions, VideoResult, predict_video
 from ddetr_cli.model import post_process
+from ddetr_cli.model.protocol import Detector
 from ddetr_cli.runtime import resolve_device
-from ddetr_cli.video import VIDEO_EXTENSIONS, is_video, require_av
-from ddetr_cli.viz.draw import draw_detections, to_pil
+from ddetr_cli.video import VIDEO_SUFFIXES, is_video, require_av
+from ddetr_cli.viz.draw import to_pil
 from ddetr_cli.weights import resolve_model
+
+if TYPE_CHECKING:
+    from ddetr_cli.inference.slicing import SliceOptions
 
 PREDICTIONS_FILE = "predictions.json"
 # What a folder is searched for: pictures and videos alike.
-INPUT_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+INPUT_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 
 
 @dataclass
@@ -43,7 +53,9 @@ class PredictSummary:
     seconds_per_image: float = 0.0  # wall time per processed picture, model loading excluded
     out_dir: Path = Path(".")
     predictions_path: Path | None = None  # None when there were no pictures
+    drawn: list[Path] = field(default_factory=list)  # the pictures written, in input order
     videos: list[VideoResult] = field(default_factory=list)  # in input order
+    slicing: dict[str, Any] | None = None  # SlicedDetector.summary() under --slice
 
 
 def check_options(
@@ -78,13 +90,10 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def _coco_results(
-    image_id: int, path: Path, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor
-) -> list[dict[str, Any]]:
-    """COCO-results entries for one picture."""
+def _picture_results(image_id: int, path: Path, kept: dict[str, torch.Tensor]) -> list:
+    """COCO-results entries of one picture, with its file name."""
     return [
-        {"image_id": image_id, "file_name": str(path), **entry}
-        for entry in detection_entries(boxes, labels, scores)
+        {"image_id": image_id, "file_name": str(path), **entry} for entry in detection_entries(kept)
     ]
 
 
@@ -144,7 +153,7 @@ def _read_batch(
 
 
 def _detect(
-    model: torch.nn.Module,
+    model: Detector,
     pictures: list[torch.Tensor],
     sizes: tuple[int, int],
     num_detections: int,
@@ -156,32 +165,62 @@ def _detect(
     return post_process(model(tensors), original, num_detections=num_detections)
 
 
+def _detector(
+    model: Detector,
+    recipe: dict[str, Any],
+    sizes: tuple[int, int],
+    device: torch.device,
+    batch_size: int,
+    threshold: float,
+    slicing: SliceOptions | None,
+) -> tuple[Detect, int]:
+    """(detections of a list of uint8 pictures, pictures per call): whole pictures,
+    ``batch_size`` at a time, or sliced pictures one at a time, ``batch_size`` tiles at a time.
+    Video frames go through the same detector, so --slice cuts them as it cuts pictures."""
+    num_detections = recipe["model"]["num_detections"]
+    if slicing is None:
+        detect = partial(_detect, model, sizes=sizes, num_detections=num_detections, device=device)
+        return detect, batch_size
+    from ddetr_cli.inference.slicing import SlicedDetector
+
+    sliced = SlicedDetector(
+        model, slicing, sizes, num_detections, device, batch_size, min_score=threshold
+    )
+    return sliced, 1
+
+
 def _predict_pictures(
     detect: Detect,
     paths: Sequence[Path],
     names: Sequence[str],
-    out_dir: Path,
     settings: Settings,
-    failures: list[tuple[Path, str]],
-) -> list[dict[str, Any]]:
-    """COCO results of the pictures, drawn ones saved in ``out_dir``; unreadable pictures are
-    added to ``failures``."""
+    summary: PredictSummary,
+) -> None:
+    """The pictures through ``detect``: ``predictions.json`` and the drawn pictures in the
+    summary's ``out_dir``; the summary gets the numbers, the failures and the drawn pictures."""
+    out_dir = summary.out_dir
     results: list[dict[str, Any]] = []
+    started = time.perf_counter()
     with _progress(settings.progress) as bar:
         task = bar.add_task("predict", total=len(paths))
         for start in range(0, len(paths), settings.batch_size):
             indices = range(start, min(start + settings.batch_size, len(paths)))
-            batch = _read_batch(paths, names, indices, failures)
+            batch = _read_batch(paths, names, indices, summary.failures)
             detections = detect([item.picture for item in batch]) if batch else []
-            for item, det in zip(batch, detections, strict=True):
-                boxes, labels, scores = above_threshold(det, settings.threshold)
-                results.extend(_coco_results(item.image_id, item.path, boxes, labels, scores))
+            for item, found in zip(batch, detections, strict=True):
+                kept = above_threshold(found, settings.threshold)
+                results.extend(_picture_results(item.image_id, item.path, kept))
                 if settings.draw:
-                    drawn = draw_detections(item.picture, boxes, labels, scores,
-                                            settings.class_labels)  # fmt: skip
-                    _save_picture(drawn, out_dir / item.output_name)
+                    _save_picture(
+                        draw_kept(item.picture, kept, settings), out_dir / item.output_name
+                    )
+                    summary.drawn.append(out_dir / item.output_name)
             bar.advance(task, len(indices))
-    return results
+    n_done = len(paths) - len(summary.failures)
+    summary.seconds_per_image = (time.perf_counter() - started) / n_done if n_done else 0.0
+    summary.n_detections = len(results)
+    summary.predictions_path = out_dir / PREDICTIONS_FILE
+    write_json(results, summary.predictions_path, indent=1)
 
 
 def run_predict(
@@ -196,6 +235,7 @@ def run_predict(
     min_size: int | None = None,
     max_size: int | None = None,
     progress: bool = True,
+    slicing: SliceOptions | None = None,
     video: VideoOptions | None = None,
     draw: bool = True,
 ) -> PredictSummary:
@@ -209,13 +249,14 @@ def run_predict(
     ``draw=False`` writes no drawings. Pictures and videos that cannot be read are listed in the
     summary's failures; the others are still processed. Detections with score >= ``threshold``
     are kept (0 keeps all ``model.num_detections`` per picture). The model comes from
-    ``resolve_model`` (weights, optional recipe, overrides).
+    ``resolve_model`` (weights, optional recipe, overrides). With ``slicing`` each picture and
+    video frame is cut into tiles (``inference.slicing``), ``batch_size`` tiles per forward pass.
     """
     check_options(threshold, batch_size, min_size, max_size)
     video = video or VideoOptions()
     video.check()
     out_dir = Path(out_dir)
-    paths = _drop_own_outputs(list_images(inputs, INPUT_EXTENSIONS, "pictures or videos"), out_dir)
+    paths = _drop_own_outputs(list_images(inputs, INPUT_SUFFIXES, "pictures or videos"), out_dir)
     names = dict(zip(paths, output_names(paths), strict=True))
     videos = [path for path in paths if is_video(path)]
     pictures = [path for path in paths if not is_video(path)]
@@ -228,29 +269,19 @@ def run_predict(
         min_size or recipe["data"]["eval_min_size"],
         max_size or recipe["data"]["eval_max_size"],
     )
-    num_detections = recipe["model"]["num_detections"]
-    # Pictures and video frames alike go through ``detect`` (``inference.detections.Detect``):
-    # a detector that slices pictures into tiles (--slice) takes this place for both.
-    detect = partial(_detect, model, sizes=sizes, num_detections=num_detections, device=dev)
-    settings = Settings(threshold, batch_size, class_names(recipe), draw, progress)
+    detect, per_call = _detector(model, recipe, sizes, dev, batch_size, threshold, slicing)
+    settings = Settings(threshold, per_call, class_names(recipe), draw, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     summary = PredictSummary(n_images=len(pictures), n_failed=0, out_dir=out_dir)
     with torch.inference_mode():
         if pictures:
-            started = time.perf_counter()
-            results = _predict_pictures(detect, pictures, [names[p] for p in pictures], out_dir,
-                                        settings, summary.failures)  # fmt: skip
-            elapsed = time.perf_counter() - started
-            n_done = len(pictures) - len(summary.failures)
-            summary.seconds_per_image = elapsed / n_done if n_done else 0.0
-            summary.n_detections = len(results)
-            summary.predictions_path = out_dir / PREDICTIONS_FILE
-            write_json(results, summary.predictions_path, indent=1)
+            _predict_pictures(detect, pictures, [names[p] for p in pictures], settings, summary)
         for path in videos:
             result = predict_video(detect, path, out_dir / names[path], video, settings)
             summary.videos.append(result)
             if result.failure is not None:
                 summary.failures.append((path, result.failure))
     summary.n_failed = len(summary.failures)
+    summary.slicing = None if slicing is None else detect.summary()
     return summary

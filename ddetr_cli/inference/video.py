@@ -17,11 +17,16 @@ from pathlib import Path
 from typing import IO
 
 from ddetr_cli.errors import DdetrError, UsageError
-from ddetr_cli.inference.detections import Detect, Settings, above_threshold, detection_entries
+from ddetr_cli.inference.detections import (
+    Detect,
+    Settings,
+    above_threshold,
+    detection_entries,
+    draw_kept,
+)
 from ddetr_cli.inference.video_progress import FrameProgress
 from ddetr_cli.video.reader import Frame, FrameReader
 from ddetr_cli.video.writer import VideoWriter
-from ddetr_cli.viz.draw import draw_detections
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIX = "_pred.mp4"
@@ -89,25 +94,25 @@ class _Outputs:
         self.frames = self.detections = 0
 
     def add(self, frame: Frame, detections: dict) -> None:
-        boxes, labels, scores = above_threshold(detections, self.settings.threshold)
+        kept = above_threshold(detections, self.settings.threshold)
         if self.settings.draw:
-            self._draw(frame, boxes, labels, scores)
-        line = {"frame": frame.index, "time": frame.time,
-                "detections": detection_entries(boxes, labels, scores)}  # fmt: skip
+            self._draw(frame, kept)
+        line = {"frame": frame.index, "time": frame.time, "detections": detection_entries(kept)}
         self.jsonl.write(json.dumps(line) + "\n")
         self.jsonl.flush()  # a line per frame, readable while the video runs and after Ctrl-C
         self.frames += 1
-        self.detections += len(scores)
+        self.detections += len(kept["scores"])
 
-    def _draw(self, frame: Frame, boxes, labels, scores) -> None:
+    def _draw(self, frame: Frame, kept: dict) -> None:
         if self.writer is None:  # the first frame's upright size is the video's
             height, width = frame.picture.shape[-2:]
             self.writer = VideoWriter(self.video_path, width, height, self.fps)
             if self.writer.note:
                 log.warning("%s: %s", self.video_path, self.writer.note)
             self.first_time = frame.time
-        drawn = draw_detections(frame.picture, boxes, labels, scores, self.settings.class_labels)
-        self.writer.write(drawn, frame.time - self.first_time)
+        self.writer.write(
+            draw_kept(frame.picture, kept, self.settings), frame.time - self.first_time
+        )
 
     def close(self) -> None:
         if self.writer is not None:
@@ -129,8 +134,8 @@ def predict_video(
     started = time.perf_counter()
     result = VideoResult(path, video_path.with_name(jsonl_name(video_path.name)), None)
     try:
-        reader = FrameReader(path, options.start, options.end, options.stride,
-                             queue_size=2 * settings.batch_size + 2)  # fmt: skip
+        queue_size = 2 * settings.batch_size + 2
+        reader = FrameReader(path, options.start, options.end, options.stride, queue_size)
     except DdetrError as exc:
         result.failure = str(exc)
         return result
@@ -151,8 +156,10 @@ def predict_video(
             result.failure = str(exc)
         except KeyboardInterrupt:
             files = [result.jsonl_path, *([video_path] if outputs.writer else [])]
-            log.warning("interrupted after %d frames of %s; %s hold them", outputs.frames,
-                        path, " and ".join(map(str, files)))  # fmt: skip
+            held = " and ".join(map(str, files))
+            log.warning(
+                "interrupted after %d frames of %s; %s hold them", outputs.frames, path, held
+            )
             raise
         finally:
             outputs.close()

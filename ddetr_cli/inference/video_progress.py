@@ -29,10 +29,14 @@ class FrameProgress:
         self._plain = enabled and not console.is_terminal
         if enabled and console.is_terminal:
             self._bar = Progress(
-                TextColumn(name), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]} frames/s"), TimeRemainingColumn(),
-                console=console, transient=True,
-            )  # fmt: skip
+                TextColumn(name),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]} frames/s"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
             self._task = self._bar.add_task(name, total=self.total, fps="-")
             self._bar.start()
 

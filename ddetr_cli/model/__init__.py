@@ -1,18 +1,12 @@
-"""Deformable DETR model: every configuration of the official release.
-
-The names below are imported on first use, so that ``model.variants`` (what recipes check
-against) is read without importing torch.
-"""
+"""Deformable DETR model: every configuration of the official release. Its names load on first
+use (``ddetr_cli.lazy``): recipes read ``model.variants`` without torch."""
 
 from ddetr_cli.lazy import lazy_getattr
 
 _EXPORTS = {
-    "MLP": "ddetr_cli.model.detector",
-    "DeformableDETR": "ddetr_cli.model.detector",
-    "build_model": "ddetr_cli.model.detector",
+    **dict.fromkeys(("MLP", "DeformableDETR", "build_model"), "ddetr_cli.model.detector"),
     "post_process": "ddetr_cli.model.postprocess",
-    "inverse_sigmoid": "ddetr_cli.model.utils",
-    "pad_images": "ddetr_cli.model.utils",
+    **dict.fromkeys(("inverse_sigmoid", "pad_images"), "ddetr_cli.model.utils"),
 }
 
 __all__ = list(_EXPORTS)

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ddetr_cli.model.variants import BACKBONES as RESNETS
 from ddetr_cli.errors import DdetrError
+from ddetr_cli.model.variants import BACKBONES as RESNETS
 
 # Stage names in stride order 8, 16, 32; layer1 (stride 4) is never a feature level.
 _STAGES = ("layer2", "layer3", "layer4")

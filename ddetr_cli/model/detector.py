@@ -120,6 +120,11 @@ class DeformableDETR(nn.Module):
             if isinstance(module, MSDeformAttn):
                 module.backend = chosen
 
+    def fixed_runtime(self) -> None:
+        """None: the attention backend, dtype and torch.compile are the caller's to choose
+        (see ``model.protocol.Detector``)."""
+        return None
+
     def optimize_for_inference(self) -> DeformableDETR:
         """Make a model that is only run (predict, evaluate, bench) faster; outputs stay equal
         up to float rounding.

@@ -127,9 +127,13 @@ class DecoderLayer(nn.Module):
         attended = self.self_attn(q, k, tgt, need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(attended))
         attended = self.cross_attn(
-            tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index,
+            tgt + query_pos,
+            reference_points,
+            memory,
+            spatial_shapes,
+            level_start_index,
             padding_mask,
-        )  # fmt: skip
+        )
         tgt = self.norm1(tgt + self.dropout1(attended))
         ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt), inplace=True)))
         return self.norm3(tgt + self.dropout4(ffn))
@@ -172,9 +176,14 @@ class Decoder(nn.Module):
             ratios = box_ratios if reference_points.shape[-1] == 4 else valid_ratios
             reference_input = reference_points[:, :, None] * ratios[:, None]
             tgt = layer(
-                tgt, query_pos, reference_input, memory, spatial_shapes, level_start_index,
+                tgt,
+                query_pos,
+                reference_input,
+                memory,
+                spatial_shapes,
+                level_start_index,
                 padding_mask,
-            )  # fmt: skip
+            )
             if self.bbox_embed is not None:
                 # The next layer starts from this layer's box, with no gradient through it.
                 reference_points = refine_boxes(
@@ -312,17 +321,24 @@ class DeformableTransformer(nn.Module):
         # Stacked from the sizes, not as_tensor(shapes): an exported graph then keeps them
         # symbolic instead of recording the example's sizes as a constant.
         spatial_shapes = torch.stack(
-            [torch.stack([torch.full((), s, dtype=torch.long, device=device) for s in hw])
-             for hw in shapes]
-        )  # fmt: skip
+            [
+                torch.stack([torch.full((), s, dtype=torch.long, device=device) for s in hw])
+                for hw in shapes
+            ]
+        )
         level_start_index = torch.cat(
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
         )
         valid_ratios = torch.stack([_valid_ratios(m) for m in masks], 1)
         memory = self.encoder(
-            src_flatten, shapes, spatial_shapes, level_start_index, valid_ratios, pos_flatten,
+            src_flatten,
+            shapes,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            pos_flatten,
             mask_flatten,
-        )  # fmt: skip
+        )
 
         enc_class = enc_coord_unact = None
         if self.two_stage:
@@ -340,7 +356,13 @@ class DeformableTransformer(nn.Module):
             reference_points = self.reference_points(query_pos).sigmoid()
         init_reference = reference_points
         hs, inter_references = self.decoder(
-            tgt, reference_points, memory, spatial_shapes, level_start_index, valid_ratios,
-            query_pos, mask_flatten,
-        )  # fmt: skip
+            tgt,
+            reference_points,
+            memory,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            query_pos,
+            mask_flatten,
+        )
         return hs, init_reference, inter_references, enc_class, enc_coord_unact

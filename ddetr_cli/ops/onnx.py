@@ -21,7 +21,7 @@ static dimensions (heads, levels, points, channels) are plain ints.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 SAMPLERS = ("gridsample", "gather")
 DEFAULT_SAMPLER = "gridsample"  # faster in onnxruntime (docs/export.md)
@@ -53,6 +53,35 @@ def _static_dims(sampling_locations: Any) -> tuple[int, int, int]:
     return dims[0], dims[1], dims[2]
 
 
+class _Setup(NamedTuple):
+    """What both translations start from: the opset, the static (M, L, P) and the symbolic
+    one-element shapes N, D (channels per head) and Lq."""
+
+    op: Any
+    heads: int
+    levels: int
+    points: int
+    n: Any
+    d: Any
+    lq: Any
+
+    def constant(self, number: float, like: Any) -> Any:
+        return self.op.CastLike(self.op.Constant(value_float=number), like)
+
+    def merge_heads(self, out: Any) -> Any:
+        """(N, Lq, M, D) -> (N, Lq, M*D), the op's result."""
+        return self.op.Reshape(out, self.op.Concat(self.n, self.lq, _ints(self.op, [-1]), axis=0))
+
+
+def _setup(value: Any, sampling_locations: Any) -> _Setup:
+    op = _op()
+    m, levels, p = _static_dims(sampling_locations)
+    n = op.Shape(value, start=0, end=1)
+    d = op.Shape(value, start=3, end=4)
+    lq = op.Shape(sampling_locations, start=1, end=2)
+    return _Setup(op, m, levels, p, n, d, lq)
+
+
 def ms_deform_attn_gather(
     value: Any,
     spatial_shapes: Any,
@@ -62,12 +91,9 @@ def ms_deform_attn_gather(
     backend: str = "reference",
 ) -> Any:
     """Gather-based bilinear sampling: value (N, S, M, D) -> (N, Lq, M*D)."""
-    op = _op()
-    m, n_levels, p = _static_dims(sampling_locations)
-    n = op.Shape(value, start=0, end=1)
+    setup = _setup(value, sampling_locations)
+    op, m, n_levels, p, n, d, lq = setup
     s = op.Shape(value, start=1, end=2)
-    d = op.Shape(value, start=3, end=4)
-    lq = op.Shape(sampling_locations, start=1, end=2)
     dtype_like = op.CastLike
 
     # Per-level sizes and starts, shaped (L, 1) to broadcast over (N, Lq, M, L, P).
@@ -81,8 +107,8 @@ def ms_deform_attn_gather(
     # Pixel coordinates with align_corners=False: loc * size - 0.5.
     loc_x = op.Squeeze(op.Slice(sampling_locations, [0], [1], [5]), [5])
     loc_y = op.Squeeze(op.Slice(sampling_locations, [1], [2], [5]), [5])
-    half = dtype_like(op.Constant(value_float=0.5), sampling_locations)
-    one = dtype_like(op.Constant(value_float=1.0), sampling_locations)
+    half = setup.constant(0.5, sampling_locations)
+    one = setup.constant(1.0, sampling_locations)
     x = op.Sub(op.Mul(loc_x, w_f), half)
     y = op.Sub(op.Mul(loc_y, h_f), half)
     x0 = op.Floor(x)
@@ -131,8 +157,7 @@ def ms_deform_attn_gather(
     flat = op.Reshape(op.Transpose(value, perm=[0, 2, 1, 3]), op.Concat(_ints(op, [-1]), d, axis=0))
     sampled = op.Gather(flat, index, axis=0)  # (N, M, Lq, K, D)
     out = op.MatMul(op.Unsqueeze(weight, [3]), sampled)  # (N, M, Lq, 1, D)
-    out = op.Transpose(op.Squeeze(out, [3]), perm=[0, 2, 1, 3])  # (N, Lq, M, D)
-    return op.Reshape(out, op.Concat(n, lq, _ints(op, [-1]), axis=0))
+    return setup.merge_heads(op.Transpose(op.Squeeze(out, [3]), perm=[0, 2, 1, 3]))
 
 
 def ms_deform_attn_gridsample(
@@ -144,13 +169,10 @@ def ms_deform_attn_gridsample(
     backend: str = "reference",
 ) -> Any:
     """One GridSample per level, as reference.py: value (N, S, M, D) -> (N, Lq, M*D)."""
-    op = _op()
-    m, n_levels, p = _static_dims(sampling_locations)
-    n = op.Shape(value, start=0, end=1)
-    d = op.Shape(value, start=3, end=4)
-    lq = op.Shape(sampling_locations, start=1, end=2)
-    two = op.CastLike(op.Constant(value_float=2.0), sampling_locations)
-    one = op.CastLike(op.Constant(value_float=1.0), sampling_locations)
+    setup = _setup(value, sampling_locations)
+    op, m, n_levels, p, n, d, lq = setup
+    two = setup.constant(2.0, sampling_locations)
+    one = setup.constant(1.0, sampling_locations)
     grid = op.Sub(op.Mul(sampling_locations, two), one)
     areas = op.ReduceProd(spatial_shapes, [1], keepdims=0)
     out = None
@@ -174,8 +196,7 @@ def ms_deform_attn_gridsample(
         contrib = op.ReduceSum(op.Mul(sampled, w), [3], keepdims=0)  # (N*M, D, Lq)
         out = contrib if out is None else op.Add(out, contrib)
     out = op.Reshape(out, op.Concat(n, _ints(op, [m]), d, lq, axis=0))
-    out = op.Transpose(out, perm=[0, 3, 1, 2])  # (N, Lq, M, D)
-    return op.Reshape(out, op.Concat(n, lq, _ints(op, [-1]), axis=0))
+    return setup.merge_heads(op.Transpose(out, perm=[0, 3, 1, 2]))
 
 
 _TRANSLATIONS: dict[str, Callable[..., Any]] = {

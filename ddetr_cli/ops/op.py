@@ -204,8 +204,9 @@ def _validate(
         "attention_weights": attention_weights,
     }
     _check_ranks_and_dtypes(tensors)
-    _check_sizes_agree(value, spatial_shapes, level_start_index, sampling_locations,
-                       attention_weights)  # fmt: skip
+    _check_sizes_agree(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
     _check_levels_once(spatial_shapes, level_start_index, value.shape[1])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ddetr_cli.data.formats import DATA_FORMATS
 from ddetr_cli.model.variants import BACKBONES
 from ddetr_cli.ops.choices import ATTENTION_BACKENDS
 
@@ -125,7 +126,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone_norm": ("frozen", "batch"),
     "model.attention_backend": ATTENTION_BACKENDS,
     "train.amp": ("off", "bf16", "fp16"),
-    "data.format": ("auto", "coco", "yolo", "voc", "shapes"),
+    "data.format": DATA_FORMATS,
     "data.shapes.task": ("shapes3", "shapes6"),
     "data.augment": ("paper", "flip", "none"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -144,6 +145,8 @@ MINIMUM: dict[str, float] = {
     "model.enc_n_points": 1,
     "model.dec_n_points": 1,
     "model.num_detections": 1,
+    "model.dropout": 0,
+    "loss.focal_alpha": 0,
     "loss.cls_loss_coef": 0,
     "loss.bbox_loss_coef": 0,
     "loss.giou_loss_coef": 0,
@@ -172,6 +175,12 @@ MINIMUM: dict[str, float] = {
     "train.accumulate": 1,
     "train.ema": 0,
     "train.patience": 0,
+}
+# Upper bounds of some of those: (bound, whether the bound itself is allowed).
+MAXIMUM: dict[str, tuple[float, bool]] = {
+    "model.dropout": (1.0, False),
+    "loss.focal_alpha": (1.0, True),
+    "train.ema": (1.0, False),  # a decay per step: 0 is off, 1 would never move
 }
 
 

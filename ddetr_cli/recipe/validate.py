@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ddetr_cli.errors import DdetrError
-from ddetr_cli.recipe.schema import CHOICES, DEFAULTS, MINIMUM, NULLABLE, SCHEMA, STR_LIST
+from ddetr_cli.recipe.schema import (
+    CHOICES,
+    DEFAULTS,
+    MAXIMUM,
+    MINIMUM,
+    NULLABLE,
+    SCHEMA,
+    STR_LIST,
+)
 
 
 def _suggest(dotted: str) -> str:
@@ -55,10 +64,8 @@ def _check_leaf(dotted: str, value: Any, source: str) -> Any:
     default = SCHEMA[dotted]
     if value is None and dotted in NULLABLE:
         return None
-    if default is None:
+    if default is None:  # a nullable key set to a value (None returned above)
         kind = NULLABLE[dotted]
-        if value is None:
-            return None
         if kind is STR_LIST:
             if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
                 return list(value)
@@ -136,14 +143,17 @@ def _check_ranges(recipe: dict[str, Any], source: str) -> None:
             )
     for dotted, low in MINIMUM.items():
         value = _get(recipe, dotted)
-        if value is not None and value < low:
-            raise DdetrError(f"{source}: {dotted} must be >= {low}, got {value!r}")
+        if value is None:
+            continue
+        high, inclusive = MAXIMUM.get(dotted, (math.inf, True))
+        if value < low or value > high or (value == high and not inclusive):
+            bound = (
+                f">= {low}"
+                if high == math.inf
+                else f"in [{low}, {high:g}{']' if inclusive else ')'}"
+            )
+            raise DdetrError(f"{source}: {dotted} must be {bound}, got {value!r}")
     model = recipe["model"]
-    if not 0.0 <= model["dropout"] < 1.0:
-        raise DdetrError(f"{source}: model.dropout must be in [0, 1), got {model['dropout']!r}")
-    if not 0.0 <= recipe["loss"]["focal_alpha"] <= 1.0:
-        alpha = recipe["loss"]["focal_alpha"]
-        raise DdetrError(f"{source}: loss.focal_alpha must be in [0, 1], got {alpha!r}")
     if model["hidden_dim"] % model["nheads"]:
         raise DdetrError(
             f"{source}: model.hidden_dim ({model['hidden_dim']}) must be divisible by "

@@ -40,8 +40,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(_byte_tensor(state["torch"]))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, np.frombuffer(keys, dtype=np.uint32).copy(), pos, has_gauss, gauss))
-    random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple)
-                    else state["python"])  # fmt: skip
+    random.setstate(
+        tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"]
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_byte_tensor(b) for b in state["cuda"]])
 
@@ -58,9 +59,10 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> str:
     state = dict(ckpt["model"])
     own = model.state_dict()
     reset = [
-        k for k in own
+        k
+        for k in own
         if k.startswith(_CLASS_HEADS) and k in state and state[k].shape != own[k].shape
-    ]  # fmt: skip
+    ]
     for key in reset:
         state[key] = own[key]
     hint = "train with the recipe these weights were made with (or key=value overrides)"

@@ -24,13 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ddetr_cli import runtime
-from ddetr_cli.data import ResumableBatchSampler, build_datasets, collate
+from ddetr_cli.data import ResumableBatchSampler, Splits, build_datasets, collate
+from ddetr_cli.data.dataset import DetectionDataset
 from ddetr_cli.errors import DdetrError, Terminated
-from ddetr_cli.evaluation.coco import evaluate_coco
+from ddetr_cli.evaluation.coco import EvaluationRun, evaluate_coco
 from ddetr_cli.model import build_model
 from ddetr_cli.recipe import dump_recipe
 from ddetr_cli.runtime import amp_autocast
@@ -40,7 +42,7 @@ from ddetr_cli.train.checkpointing import (
     rng_state,
 )
 from ddetr_cli.train.classes import resolve_classes
-from ddetr_cli.train.criterion import build_criterion
+from ddetr_cli.train.criterion import SetCriterion, build_criterion
 from ddetr_cli.train.plan import claim_folder, nothing_to_train
 from ddetr_cli.train.report import Reporter, duration, short_losses
 from ddetr_cli.train.state import TrainState
@@ -58,7 +60,6 @@ class TrainResult:
     seconds: float = 0.0
     best_ap: float | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
-    interrupted: bool = False
     stopped_early: str | None = None  # why patience ended the run
     notes: list[str] = field(default_factory=list)
     nothing_to_train: str | None = None  # a resumed run that had done its epochs: why not
@@ -85,8 +86,9 @@ def train(
         ckpt = read_training_state(Path(resume)) if resume is not None else None
         if ckpt is not None and ckpt["epoch"] >= recipe["train"]["epochs"]:
             return _already_done(recipe, ckpt) if ctx.is_main else None
-        trainer = Trainer(recipe, ctx, weights, ckpt, resume, progress, next_free_folder,
-                          list(notes))  # fmt: skip
+        trainer = Trainer(
+            recipe, ctx, weights, ckpt, resume, progress, next_free_folder, list(notes)
+        )
         return trainer.run()
     finally:
         runtime.cleanup_distributed()
@@ -96,8 +98,14 @@ def _already_done(recipe: dict[str, Any], ckpt: dict[str, Any]) -> TrainResult:
     """The summary of a resumed run that has done its epochs: nothing is trained or written."""
     output_dir = Path(recipe["train"]["output_dir"])
     why = nothing_to_train(output_dir, ckpt["epoch"], recipe["train"]["epochs"])
-    return TrainResult(output_dir, ckpt["epoch"], ckpt["step"], float(ckpt.get("seconds", 0.0)),
-                       ckpt.get("best_ap"), nothing_to_train=why)  # fmt: skip
+    return TrainResult(
+        output_dir,
+        ckpt["epoch"],
+        ckpt["step"],
+        float(ckpt.get("seconds", 0.0)),
+        ckpt.get("best_ap"),
+        nothing_to_train=why,
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -121,10 +129,16 @@ def _claim(cfg: dict[str, Any], ctx: runtime.Dist, next_free: bool) -> tuple[Pat
     return Path(decided[0]), decided[1]
 
 
-def build_loaders(splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int):
+Batch = tuple[list[Tensor], list[dict[str, Any]]]  # pictures and targets, as the loader gives
+
+
+def build_loaders(
+    splits: Splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int
+) -> tuple[DataLoader, ResumableBatchSampler, DataLoader | None]:
     """(training loader, its resumable batch sampler, val loader or None)."""
-    sampler = ResumableBatchSampler(splits.train, cfg["batch_size"], ctx.rank, ctx.world_size,
-                                    shuffle=True, seed=cfg["seed"])  # fmt: skip
+    sampler = ResumableBatchSampler(
+        splits.train, cfg["batch_size"], ctx.rank, ctx.world_size, shuffle=True, seed=cfg["seed"]
+    )
     if len(sampler) == 0:
         raise DdetrError(
             f"the training set ({len(splits.train)} pictures) is smaller than one batch of "
@@ -133,31 +147,52 @@ def build_loaders(splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int):
     pin = ctx.device.type == "cuda"
     loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps the global RNG untouched
     train_loader = DataLoader(
-        splits.train, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-        pin_memory=pin, persistent_workers=workers > 0, generator=loader_gen,
+        splits.train,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        generator=loader_gen,
         worker_init_fn=ignore_sigterm,
-    )  # fmt: skip
+    )
     if splits.val is None:
         return train_loader, sampler, None
     val_sampler = (
         DistributedSampler(splits.val, shuffle=False, drop_last=False) if ctx.enabled else None
     )
     val_loader = DataLoader(
-        splits.val, batch_size=cfg["batch_size"], sampler=val_sampler, collate_fn=collate,
-        num_workers=workers, pin_memory=pin, worker_init_fn=ignore_sigterm,
-    )  # fmt: skip
+        splits.val,
+        batch_size=cfg["batch_size"],
+        sampler=val_sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=pin,
+        worker_init_fn=ignore_sigterm,
+    )
     return train_loader, sampler, val_loader
 
 
-def _to_device(images, targets, device: torch.device, dtype: torch.dtype):
+def _to_device(
+    images: list[Tensor], targets: list[dict[str, Any]], device: torch.device, dtype: torch.dtype
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
     images = [img.to(device, dtype=dtype, non_blocking=True) for img in images]
-    targets = [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device, dtype=dtype)}
-               for t in targets]  # fmt: skip
+    targets = [
+        {"labels": t["labels"].to(device), "boxes": t["boxes"].to(device, dtype=dtype)}
+        for t in targets
+    ]
     return images, targets
 
 
-def train_step(model, criterion, state: TrainState, batches, cfg: dict[str, Any], device,
-               distributed: bool = False) -> dict[str, float]:  # fmt: skip
+def train_step(
+    model: nn.Module,
+    criterion: SetCriterion,
+    state: TrainState,
+    batches: list[Batch],
+    cfg: dict[str, Any],
+    device: torch.device,
+    distributed: bool = False,
+) -> dict[str, float]:
     """One optimiser step over ``batches`` (train.accumulate of them, or fewer at the end of an
     epoch): their gradients add up with every loss normalised by the target boxes of all of
     them, so the update equals that of one batch holding all their pictures."""
@@ -218,22 +253,26 @@ def _kernel_build_line(recipe: dict[str, Any], device: torch.device) -> str | No
     )
 
 
-def _count(dataset, coco=None) -> str:
-    """'N pictures, M boxes' (boxes where the annotations are at hand)."""
-    coco = coco if coco is not None else getattr(dataset, "coco", None)
-    text = f"{len(dataset)} pictures"
-    if coco is not None and not callable(coco):
-        ids = getattr(dataset, "ids", None)
-        with contextlib.suppress(AttributeError, TypeError, KeyError):
-            anns = coco.getAnnIds(imgIds=list(ids)) if ids is not None else coco.getAnnIds()
-            text += f", {len(anns)} boxes"
-    return text
+def _count(dataset: DetectionDataset) -> str:
+    """'N pictures, M boxes' (boxes where the dataset knows them without reading pictures)."""
+    boxes = dataset.box_count()
+    return f"{len(dataset)} pictures" + (f", {boxes} boxes" if boxes is not None else "")
 
 
 class Trainer:
     """One run: built from the recipe, then ``run()``. Its mutable state is ``self.state``."""
 
-    def __init__(self, recipe, ctx, weights, ckpt, resume, progress, next_free, notes) -> None:
+    def __init__(
+        self,
+        recipe: dict[str, Any],
+        ctx: runtime.Dist,
+        weights: str | Path | None,
+        ckpt: dict[str, Any] | None,
+        resume: str | Path | None,
+        progress: bool,
+        next_free: bool,
+        notes: list[str],
+    ) -> None:
         self.recipe, self.ctx, self.cfg = recipe, ctx, recipe["train"]
         self.device, self.notes, self.stop = ctx.device, notes, False
         self.last_eval: dict[str, float] = {}
@@ -241,8 +280,6 @@ class Trainer:
         self.stop_request = StopRequest()
         self._t0, self._seconds_before = time.perf_counter(), 0.0
         cfg = self.cfg
-        if not cfg["ema"] < 1:
-            raise DdetrError(f"train.ema must be below 1 (e.g. 0.9998; 0: off), got {cfg['ema']}")
         _seed_everything(cfg["seed"] + ctx.rank)
         if ckpt is None:
             folder, note = _claim(cfg, ctx, next_free)
@@ -269,7 +306,9 @@ class Trainer:
             self.reporter.forget_after(self.state.step)
         self._report_start(ckpt, resume)
 
-    def _build_model(self, ckpt, resume, weights) -> None:
+    def _build_model(
+        self, ckpt: dict[str, Any] | None, resume: str | Path | None, weights: str | Path | None
+    ) -> None:
         if self.cfg["amp"] == "fp16" and self.device.type == "cpu":
             log.warning("train.amp=fp16 on CPU is slow and rarely useful; consider bf16")
         model = build_model(self.recipe).to(self.device)
@@ -286,22 +325,24 @@ class Trainer:
                 find_unused_parameters=not self.recipe["model"]["aux_loss"],
             )
 
-    def _report_start(self, ckpt, resume) -> None:
+    def _report_start(self, ckpt: dict[str, Any] | None, resume: str | Path | None) -> None:
         cfg, splits, say = self.cfg, self.splits, self.reporter.line
         for note in self.notes:
             say(f"note: {note}")
         say(f"run folder {self.output_dir}/")
         data = f"data: train {_count(splits.train)}"
         if splits.val is not None:
-            data += f"; val {_count(splits.val, splits.val_coco)}"
+            data += f"; val {_count(splits.val)}"
         else:
             data += "; no val split (no val AP, no checkpoint_best.pth)"
         names = self.recipe["model"]["class_names"] or []
         shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         say(f"{data}; {self.recipe['model']['num_classes']} classes ({shown})")
         b, a, w = cfg["batch_size"], cfg["accumulate"], self.ctx.world_size
-        say(f"batch {b * a * w} per optimiser step = {b} pictures x {a} accumulated x {w} "
-            f"process{'es' if w > 1 else ''}")  # fmt: skip
+        say(
+            f"batch {b * a * w} per optimiser step = {b} pictures x {a} accumulated x {w} "
+            f"process{'es' if w > 1 else ''}"
+        )
         lrs = ", ".join(f"{k} {v:.2e}" for k, v in self.state.learning_rates().items())
         ema = f"; EMA decay {cfg['ema']}" if cfg["ema"] > 0 else ""
         say(f"learning rates: {lrs}{ema}")
@@ -310,8 +351,10 @@ class Trainer:
             say(building)
         if ckpt is not None:
             st = self.state
-            say(f"resumed from {resume}: epoch {st.epoch + 1}/{cfg['epochs']}, batch {st.batch}, "
-                f"step {st.step}")  # fmt: skip
+            say(
+                f"resumed from {resume}: epoch {st.epoch + 1}/{cfg['epochs']}, batch {st.batch}, "
+                f"step {st.step}"
+            )
 
     def run(self) -> TrainResult | None:
         try:
@@ -347,14 +390,24 @@ class Trainer:
             raise KeyboardInterrupt
         if outcome == "stopped":
             self.save(last.name)
-            self.reporter.line(f"stopped after train.max_steps={self.cfg['max_steps']} steps "
-                               f"(epoch {st.epoch + 1}, batch {st.batch}/{len(self.sampler)})"
-                               "; saved checkpoint_last.pth")  # fmt: skip
+            self.reporter.line(
+                f"stopped after train.max_steps={self.cfg['max_steps']} steps "
+                f"(epoch {st.epoch + 1}, batch {st.batch}/{len(self.sampler)})"
+                "; saved checkpoint_last.pth"
+            )
 
     def _result(self) -> TrainResult:
         st = self.state
-        return TrainResult(self.output_dir, st.epoch, st.step, self._elapsed(), st.best_ap,
-                           self.last_eval, False, self.stopped_early, self.notes)  # fmt: skip
+        return TrainResult(
+            self.output_dir,
+            st.epoch,
+            st.step,
+            self._elapsed(),
+            st.best_ap,
+            self.last_eval,
+            self.stopped_early,
+            self.notes,
+        )
 
     def _stop_requested(self) -> bool:
         return self.stop_request.agreed(self.device, self.ctx.enabled)
@@ -377,8 +430,9 @@ class Trainer:
                 group.append((images, targets))
                 if len(group) < cfg["accumulate"] and st.batch + len(group) < len(self.sampler):
                     continue
-                losses = train_step(self.model, self.criterion, st, group, cfg, self.device,
-                                    self.ctx.enabled)  # fmt: skip
+                losses = train_step(
+                    self.model, self.criterion, st, group, cfg, self.device, self.ctx.enabled
+                )
                 if st.ema is not None:
                     st.ema.update(self.bare)
                 st.batch, st.step = st.batch + len(group), st.step + 1
@@ -400,9 +454,14 @@ class Trainer:
             st.loss_sums[key] = st.loss_sums.get(key, 0.0) + value
         self.reporter.advance(batches, losses)
         if st.step % self.cfg["log_every"] == 0:
-            record = {"type": "step", "epoch": st.epoch, "step": st.step,
-                      "lr": st.optimizer.param_groups[0]["lr"], "time": self._elapsed(),
-                      **losses}  # fmt: skip
+            record = {
+                "type": "step",
+                "epoch": st.epoch,
+                "step": st.step,
+                "lr": st.optimizer.param_groups[0]["lr"],
+                "time": self._elapsed(),
+                **losses,
+            }
             self.reporter.write(record, st.learning_rates())
 
     def _elapsed(self) -> float:
@@ -414,14 +473,20 @@ class Trainer:
         st, cfg = self.state, self.cfg
         st.scheduler.step()
         st.epoch, st.batch = st.epoch + 1, 0
-        record = {"type": "epoch", "epoch": st.epoch - 1, "step": st.step,
-                  "lr": st.optimizer.param_groups[0]["lr"], "time": self._elapsed(),
-                  **{k: v / max(st.loss_steps, 1) for k, v in st.loss_sums.items()}}  # fmt: skip
+        record = {
+            "type": "epoch",
+            "epoch": st.epoch - 1,
+            "step": st.step,
+            "lr": st.optimizer.param_groups[0]["lr"],
+            "time": self._elapsed(),
+            **{k: v / max(st.loss_steps, 1) for k, v in st.loss_sums.items()},
+        }
         matcher = self.criterion.matcher
         if matcher.non_finite_costs:
             record["non_finite_costs"] = matcher.non_finite_costs
-            log.warning("matcher: replaced %d non-finite costs this epoch",
-                        matcher.non_finite_costs)  # fmt: skip
+            log.warning(
+                "matcher: replaced %d non-finite costs this epoch", matcher.non_finite_costs
+            )
             matcher.non_finite_costs = 0
         last = st.epoch == cfg["epochs"] or self.stop
         best = False
@@ -440,8 +505,7 @@ class Trainer:
         """Val AP (of the EMA weights when on) into ``record``; saves a new best checkpoint."""
         st = self.state
         model = st.ema.module if st.ema is not None else self.bare
-        stats = evaluate_coco(model, self.val_loader, self.splits.val_coco, self.device,
-                              self.cfg["amp"], self.recipe["model"]["num_detections"])  # fmt: skip
+        stats = evaluate_coco(model, self.val_loader, EvaluationRun.of(self.recipe, self.device))
         record.update(stats)
         self.last_eval = stats
         if not st.record_eval(stats["AP"], st.epoch):
@@ -449,9 +513,16 @@ class Trainer:
         if st.ema is None:
             self.save("checkpoint_best.pth", eval=stats)
         elif self.ctx.is_main:  # the EMA weights, to evaluate and fine-tune from
-            save_checkpoint(self.output_dir / "checkpoint_best.pth", st.ema.module, self.recipe,
-                            epoch=st.epoch, step=st.step, eval=stats, ema_weights=True,
-                            environment=self._environment())  # fmt: skip
+            save_checkpoint(
+                self.output_dir / "checkpoint_best.pth",
+                st.ema.module,
+                self.recipe,
+                epoch=st.epoch,
+                step=st.step,
+                eval=stats,
+                ema_weights=True,
+                environment=self._environment(),
+            )
         return True
 
     def _out_of_patience(self) -> bool:
@@ -467,8 +538,10 @@ class Trainer:
     def _epoch_line(self, record: dict[str, Any], best: bool) -> str:
         parts = [f"epoch {record['epoch'] + 1}/{self.cfg['epochs']}", short_losses(record)]
         if "AP" in record:
-            parts.append(f"val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
-                         + ("  (best)" if best else ""))  # fmt: skip
+            parts.append(
+                f"val AP {record['AP']:.3f}  AP50 {record['AP50']:.3f}"
+                + ("  (best)" if best else "")
+            )
         parts.append(duration(self.reporter.epoch_seconds()))
         return "  ".join(p for p in parts if p)
 
@@ -480,8 +553,15 @@ class Trainer:
         if not self.ctx.is_main:
             return
         self.state.seconds = self._elapsed()
-        save_checkpoint(self.output_dir / name, self.bare, self.recipe, **self.state.state_dict(),
-                        rng=rngs, environment=self._environment(), **extra)  # fmt: skip
+        save_checkpoint(
+            self.output_dir / name,
+            self.bare,
+            self.recipe,
+            **self.state.state_dict(),
+            rng=rngs,
+            environment=self._environment(),
+            **extra,
+        )
 
     def _environment(self) -> dict[str, Any]:
         """``runtime.numerics`` and the attention backend in use: what a run's figures depend

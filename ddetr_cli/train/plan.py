@@ -120,8 +120,9 @@ def plan_training(
             raise UsageError("--resume needs the run: ddetr train --resume runs/NAME")
         if recipe.is_dir():
             return _plan_resume(recipe, None, overrides)
-        return _plan_resume(Path(load_recipe(recipe, overrides)["train"]["output_dir"]), recipe,
-                            overrides)  # fmt: skip
+        return _plan_resume(
+            Path(load_recipe(recipe, overrides)["train"]["output_dir"]), recipe, overrides
+        )
     return _plan_new(recipe, overrides, weights)
 
 
@@ -180,9 +181,11 @@ def _drop_stale_class_names(recipe: Path, overrides: list[str], notes: list[str]
 def _plan_resume(target: Path, recipe: Path | None, overrides: list[str]) -> TrainPlan:
     checkpoint = find_resume(target)
     run_dir = checkpoint.parent
-    extra = [] if any(_key(o) == "train.output_dir" for o in overrides) else [
-        f"train.output_dir={run_dir}"
-    ]  # fmt: skip
+    extra = (
+        []
+        if any(_key(o) == "train.output_dir" for o in overrides)
+        else [f"train.output_dir={run_dir}"]
+    )
     # The run's paths are absolute (relative ones, from ddetr 0.1, mean the current folder).
     if (run_dir / "recipe.yaml").is_file():
         run_recipe = load_run_recipe(run_dir / "recipe.yaml", [*overrides, *extra])

@@ -30,10 +30,15 @@ def _progress_bar(console):
     )
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
-        TextColumn("{task.fields[losses]}"), console=console, transient=True,
-    )  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}"),
+        console=console,
+        transient=True,
+    )
 
 
 def short_losses(losses: dict[str, float]) -> str:
@@ -76,8 +81,9 @@ class Reporter:
         if self.bar is not None:
             if self._task is not None:
                 self.bar.remove_task(self._task)
-            self._task = self.bar.add_task(f"epoch {epoch + 1}/{epochs}", total=total,
-                                           completed=done, speed="", losses="")  # fmt: skip
+            self._task = self.bar.add_task(
+                f"epoch {epoch + 1}/{epochs}", total=total, completed=done, speed="", losses=""
+            )
 
     def advance(self, batches: int, losses: dict[str, float]) -> None:
         self._count += batches

@@ -15,12 +15,12 @@ from ddetr_cli.extras import require
 
 # What `ddetr predict` takes as a video, named or found in a folder: the containers FFmpeg reads
 # that cameras, phones and editors write. Any codec inside them that FFmpeg decodes works.
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
 
 
 def is_video(path: str | Path) -> bool:
     """Whether ``path`` names a video by its extension."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 def require_av() -> ModuleType:

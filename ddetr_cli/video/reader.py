@@ -87,8 +87,16 @@ def _info(path: Path, container: Any, stream: Any) -> VideoInfo:
         duration = float(stream.duration * stream.time_base)
     elif container.duration is not None:
         duration = container.duration / 1_000_000  # FFmpeg's AV_TIME_BASE
-    return VideoInfo(path, context.width, context.height, Fraction(fps),
-                     Fraction(stream.time_base), stream.frames, duration, context.name)  # fmt: skip
+    return VideoInfo(
+        path,
+        context.width,
+        context.height,
+        Fraction(fps),
+        Fraction(stream.time_base),
+        stream.frames,
+        duration,
+        context.name,
+    )
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -185,13 +193,20 @@ class FrameReader:
                     return
             declared = self._stream.frames
             if not self.stopped_at_end and declared and self.decoded < declared:
-                self._put(DdetrError(f"{self.path}: truncated: {self.decoded} of the {declared} "
-                                     "frames its header declares could be read"))  # fmt: skip
+                self._put(
+                    DdetrError(
+                        f"{self.path}: truncated: {self.decoded} of the {declared} "
+                        "frames its header declares could be read"
+                    )
+                )
             else:
                 self._put(_END)
         except av.FFmpegError as exc:
-            self._put(DdetrError(f"{self.path}: decoding failed at frame {self.decoded} "
-                                 f"({ffmpeg_reason(exc)})"))  # fmt: skip
+            self._put(
+                DdetrError(
+                    f"{self.path}: decoding failed at frame {self.decoded} ({ffmpeg_reason(exc)})"
+                )
+            )
         except Exception as exc:  # anything else reaches the consumer as it is
             self._put(exc)
         finally:

@@ -44,8 +44,8 @@ def choose_codec(av: Any, width: int, height: int) -> tuple[str, str, str | None
         if width % 2 == 0 and height % 2 == 0:
             return "libx264", "yuv420p", None
         # 4:2:0 needs even sides; 4:4:4 keeps the size exact, but some players refuse it.
-        return "libx264", "yuv444p", f"{width}x{height} has an odd side: H.264 4:4:4, which " \
-            "browsers and QuickTime do not play"  # fmt: skip
+        note = f"{width}x{height} has an odd side: H.264 4:4:4, which browsers and QuickTime "
+        return "libx264", "yuv444p", note + "do not play"
     return "mpeg4", "yuv420p", "no H.264 encoder in this FFmpeg build: writing MPEG-4 Part 2"
 
 

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from ddetr_cli.errors import DdetrError, UsageError
+from ddetr_cli.model.postprocess import top_detections
 from ddetr_cli.viz.draw import (
     contrasting_color,
     draw_labelled_boxes,
@@ -110,6 +111,16 @@ def _legend(picture: Image.Image, levels: int, title: str) -> Image.Image:
     return framed
 
 
+def _draw_box(picture: Image.Image, pixels: np.ndarray, box: list[float], text: str) -> None:
+    """The box as predict draws it (clipped to the picture), labelled, in the colour that stands
+    out most from the picture's ``pixels`` under it."""
+    width, height = picture.size
+    x0, y0 = max(box[0], 0), max(box[1], 0)
+    clipped = (x0, y0, max(x0, min(box[2], width - 1)), max(y0, min(box[3], height - 1)))
+    colour = contrasting_color(pixels, clipped, drawing_sizes(width, height)[0])
+    draw_labelled_boxes(picture, [clipped], [text], [colour])
+
+
 @torch.inference_mode()
 def attention_pictures(
     model: nn.Module,
@@ -146,37 +157,40 @@ def attention_pictures(
         decoder_attn.captured = encoder_attn.captured = None
     # The picture is alone in its batch, so normalised coordinates cover it exactly.
     base = to_pil(image.cpu())
-    pixels = np.asarray(base.convert("RGB"))
-    result = AttentionPictures(decoder_layer=decoder_number, encoder_layer=encoder_number,
-                               decoder_layers=len(model.transformer.decoder.layers))  # fmt: skip
+    pixels = np.asarray(base)
+    result = AttentionPictures(
+        decoder_layer=decoder_number,
+        encoder_layer=encoder_number,
+        decoder_layers=len(model.transformer.decoder.layers),
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    logits = outputs["pred_logits"][0].float()
-    num_classes = logits.shape[1]
-    scores, index = logits.sigmoid().flatten().topk(min(top, logits.numel()))
-    for rank, (score, flat) in enumerate(zip(scores.tolist(), index.tolist(), strict=True)):
-        query, label = divmod(flat, num_classes)
-        reference = decoded["reference_points"][0, query, 0].float().cpu()
+    boxes = outputs["pred_boxes"][:1].float().cpu()
+    scale = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+    found = top_detections(outputs["pred_logits"][:1].float().cpu(), boxes, scale, top)
+    scores, labels, xyxy, queries = (t[0].tolist() for t in found)
+    for rank, (score, label, box, query) in enumerate(
+        zip(scores, labels, xyxy, queries, strict=True)
+    ):
         picture = _draw_points(
             base,
             decoded["locations"][0, query].float().cpu(),
             decoded["weights"][0, query].float().cpu(),
-            reference,
+            decoded["reference_points"][0, query, 0].float().cpu(),
         )
-        cx, cy, w, h = (outputs["pred_boxes"][0, query].float().cpu() * torch.tensor(
-            [width, height, width, height])).tolist()  # fmt: skip
-        # The box as predict draws it, in a colour that stands out from the picture under it.
-        box = (max(cx - w / 2, 0), max(cy - h / 2, 0), min(cx + w / 2, width - 1),
-               min(cy + h / 2, height - 1))  # fmt: skip
-        box = (box[0], box[1], max(box[0], box[2]), max(box[1], box[3]))
-        colour = contrasting_color(pixels, box, drawing_sizes(width, height)[0])
-        draw_labelled_boxes(picture, [box], [label_text(label, score, class_names)], [colour])
+        _draw_box(picture, pixels, box, label_text(label, score, class_names))
         picture = _legend(picture, decoded["locations"].shape[3], f"decoder layer {decoder_number}")
         path = out_dir / f"{name}_attention_{rank + 1}_query{query}.png"
         picture.convert("RGB").save(path)
         result.paths.append(path)
-        result.detections.append({"query": query, "label": label, "score": score,
-                                  "name": label_text(label, None, class_names),
-                                  "picture": str(path)})  # fmt: skip
+        result.detections.append(
+            {
+                "query": query,
+                "label": label,
+                "score": score,
+                "name": label_text(label, None, class_names),
+                "picture": str(path),
+            }
+        )
     if pixel is not None:
         h0, w0 = (int(v) for v in encoded["spatial_shapes"][0])
         query = int(pixel[1] * h0 / height) * w0 + int(pixel[0] * w0 / width)

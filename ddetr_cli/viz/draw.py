@@ -109,7 +109,9 @@ def contrasting_color(pixels: np.ndarray, box: Rect, line: int) -> tuple[int, in
     return max(VIVID, key=lambda colour: float(np.square(np.subtract(colour, mean)).sum()))
 
 
-def draw_box(draw: ImageDraw.ImageDraw, pixels: np.ndarray, box: Rect, color, line: int) -> None:
+def draw_box(
+    draw: ImageDraw.ImageDraw, pixels: np.ndarray, box: Rect, color: tuple[int, int, int], line: int
+) -> None:
     """A box in `color`, `line` wide (inside the box's edge), edged by a thinner black or white
     line around it, whichever stands out from the picture there; and inside it where the
     picture inside is close to `color` (a red box on a red object)."""
@@ -119,8 +121,9 @@ def draw_box(draw: ImageDraw.ImageDraw, pixels: np.ndarray, box: Rect, color, li
     draw.rectangle([x0 - edge, y0 - edge, x1 + edge, y1 + edge], outline=outside, width=edge)
     inside = _band_mean(pixels, box, True, line)
     if min(x1 - x0, y1 - y0) > 2 * (line + edge) + 2 and np.linalg.norm(inside - color) < 150:
-        draw.rectangle([x0 + line, y0 + line, x1 - line, y1 - line], outline=_tone(inside),
-                       width=edge)  # fmt: skip
+        draw.rectangle(
+            [x0 + line, y0 + line, x1 - line, y1 - line], outline=_tone(inside), width=edge
+        )
     draw.rectangle([x0, y0, x1, y1], outline=color, width=line)
 
 
@@ -239,8 +242,11 @@ def layout_labels(
         best: tuple[float, Rect, int] | None = None
         for font_size, anywhere in [*tries, (tries[-1][0], True)]:
             plate = plate_size(index, font_size)
-            slots = (nearby_slots(box, plate, picture_size) if anywhere
-                     else label_slots(box, plate, picture_size, line))  # fmt: skip
+            slots = (
+                nearby_slots(box, plate, picture_size)
+                if anywhere
+                else label_slots(box, plate, picture_size, line)
+            )
             rect, clash = place_label(index, boxes, plate, placed, slots, anywhere)
             if best is None or clash < best[0]:
                 best = (clash, rect, font_size)

@@ -92,8 +92,9 @@ def precision_recall_pictures(
                 axes.plot(recall, curve, linewidth=0.6, alpha=0.35, color="grey")
         if curves:
             mean = np.mean(curves, 0)
-            axes.plot(recall, mean, color="black", linewidth=2.5,
-                      label=f"all classes {mean.mean():.3f}")  # fmt: skip
+            axes.plot(
+                recall, mean, color="black", linewidth=2.5, label=f"all classes {mean.mean():.3f}"
+            )
             axes.legend(fontsize=7, loc="lower left", title="class, AP", title_fontsize=7)
         axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
         axes.set_title(f"Precision-recall, {label}, area all, 100 detections", fontsize=10)
@@ -109,13 +110,30 @@ def f1_picture(sweep: Sequence[dict[str, float]], score_threshold: float, out: P
     axes = figure.add_subplot()
     xs = [s["score_threshold"] for s in sweep]
     for key, colour in (("precision", "#2ca02c"), ("recall", "#ff7f0e"), ("f1", LINE)):
-        axes.plot(xs, [s[key] for s in sweep], color=colour, linewidth=2 if key == "f1" else 1.3,
-                  marker="o", markersize=3, label=key)  # fmt: skip
+        axes.plot(
+            xs,
+            [s[key] for s in sweep],
+            color=colour,
+            linewidth=2 if key == "f1" else 1.3,
+            marker="o",
+            markersize=3,
+            label=key,
+        )
     best = max(sweep, key=lambda s: s["f1"])
-    axes.axvline(best["score_threshold"], color=LINE, linestyle=":", linewidth=1,
-                 label=f"best F1 {best['f1']:.3f} at {best['score_threshold']:.2f}")  # fmt: skip
-    axes.axvline(score_threshold, color="grey", linestyle="--", linewidth=1,
-                 label=f"--threshold {score_threshold:g}")  # fmt: skip
+    axes.axvline(
+        best["score_threshold"],
+        color=LINE,
+        linestyle=":",
+        linewidth=1,
+        label=f"best F1 {best['f1']:.3f} at {best['score_threshold']:.2f}",
+    )
+    axes.axvline(
+        score_threshold,
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label=f"--threshold {score_threshold:g}",
+    )
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="value")
     axes.set_title("Precision, recall and F1 against the score threshold", fontsize=10)
     axes.legend(fontsize=8)
@@ -139,8 +157,15 @@ def confusion_matrix_picture(confusion: ConfusionMatrix, out: Path, title: str =
         for (row, column), count in np.ndenumerate(confusion.matrix):
             if count:
                 colour = "white" if shares[row, column] > 0.6 else "black"
-                axes.text(column, row, str(count), ha="center", va="center", color=colour,
-                          fontsize=8 if size <= 20 else 6)  # fmt: skip
+                axes.text(
+                    column,
+                    row,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=8 if size <= 20 else 6,
+                )
     axes.set_xticks(range(size), confusion.labels, rotation=45, ha="right", fontsize=8)
     axes.set_yticks(range(size), confusion.labels, fontsize=8)
     axes.set_xlabel("predicted")
@@ -161,10 +186,10 @@ def evaluation_pictures(report: Any, out_dir: Path) -> list[Path]:
         )
     at = getattr(report, "at_threshold", None)
     if at is not None:
-        title = (f"Confusion matrix: score >= {at.score_threshold:g}, "
-                 f"IoU >= {at.iou_threshold:g}")  # fmt: skip
-        paths.append(confusion_matrix_picture(at.confusion, out_dir / "confusion_matrix.png",
-                                              title))  # fmt: skip
+        title = f"Confusion matrix: score >= {at.score_threshold:g}, IoU >= {at.iou_threshold:g}"
+        paths.append(
+            confusion_matrix_picture(at.confusion, out_dir / "confusion_matrix.png", title)
+        )
         if at.sweep:
             paths.append(f1_picture(at.sweep, at.score_threshold, out_dir / "f1_curve.png"))
     return paths

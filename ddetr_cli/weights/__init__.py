@@ -37,6 +37,7 @@ __all__ = [
     "load_model",
     "load_state_dict",
     "load_weights",
+    "model_from_checkpoint",
     "read_checkpoint",
     "read_weights",
     "resolve_model",
@@ -169,7 +170,6 @@ def load_model(
 
     ONNX files give an onnxruntime-backed module with the same call and outputs.
     """
-    from ddetr_cli.model import build_model
     from ddetr_cli.recipe import apply_overrides
 
     if weights_format(weights) == "onnx":
@@ -181,12 +181,27 @@ def load_model(
         recipe = recipe_for_checkpoint(ckpt, overrides, f"weights {weights}")
     elif overrides:
         recipe = apply_overrides(recipe, overrides, "recipe")
+    model, recipe = model_from_checkpoint(ckpt, recipe, str(weights))
+    return model.to(device).eval(), recipe
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], recipe: dict[str, Any], source: str, keep_dtype: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(the model ``recipe`` describes with a checkpoint dict's tensors loaded strictly, the
+    recipe it was built from). ``keep_dtype``: in the tensors' precision (float64, float16)
+    when they all share one, instead of float32."""
+    from ddetr_cli.model import build_model
+
     recipe = copy.deepcopy(recipe)
     # The weights supply every tensor: never fetch ImageNet weights for them.
     recipe["model"]["pretrained_backbone"] = False
     model = build_model(recipe)
-    load_state_dict(model, ckpt["model"], str(weights))
-    return model.to(device).eval(), recipe
+    dtypes = {v.dtype for v in ckpt["model"].values() if v.is_floating_point()}
+    if keep_dtype and len(dtypes) == 1:
+        model.to(dtypes.pop())
+    load_state_dict(model, ckpt["model"], source)
+    return model, recipe
 
 
 def resolve_model(

@@ -9,7 +9,6 @@ strictly into the model that recipe builds, so a file that would not run is neve
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import atomic_write
+from ddetr_cli.model.variants import describe_model
 from ddetr_cli.weights.official import official_args
 
 TARGETS = ("ddetr", "hf", "official")
@@ -34,8 +34,7 @@ def convert(
     weights' own (stored, inferred or config.json) unless `recipe_path` names one; `overrides`
     apply to it. Returns a summary:
     {"src", "src_format", "dst", "to", "tensors_read", "tensors_written", "model", "notes"}."""
-    from ddetr_cli.model import build_model
-    from ddetr_cli.weights import load_state_dict, read_weights, weights_format
+    from ddetr_cli.weights import model_from_checkpoint, read_weights, weights_format
     from ddetr_cli.weights.checkpoint import recipe_for_checkpoint
 
     if to not in TARGETS:
@@ -48,19 +47,15 @@ def convert(
 
         recipe = load_recipe(recipe_path, overrides)
     else:
-        recipe = copy.deepcopy(recipe_for_checkpoint(ckpt, overrides, f"weights {src}"))
-    recipe["model"]["pretrained_backbone"] = False
+        recipe = recipe_for_checkpoint(ckpt, overrides, f"weights {src}")
     if to == "hf":
         from ddetr_cli.weights.hf import refusal
 
         problem = refusal(recipe["model"])
         if problem:
             raise DdetrError(f"{src}: {problem}")
-    model = build_model(recipe)
-    dtypes = {v.dtype for v in ckpt["model"].values() if v.is_floating_point()}
-    if len(dtypes) == 1:  # keep the source's precision (float64, float16) as it is
-        model.to(dtypes.pop())
-    load_state_dict(model, ckpt["model"], str(src))
+    # In the source's precision (float64, float16) as it is.
+    model, recipe = model_from_checkpoint(ckpt, recipe, str(src), keep_dtype=True)
     state_dict = model.state_dict()
 
     notes: list[str] = []
@@ -90,7 +85,6 @@ def convert(
         save_checkpoint(dst, model, recipe, converted_from=str(src))
         written = len(state_dict)
     m = recipe["model"]
-    variant = "two-stage" if m["two_stage"] else "box refine" if m["with_box_refine"] else "plain"
     return {
         "src": str(src),
         "src_format": ckpt.get("source", src_format) if src_format != "hub" else "hub",
@@ -98,7 +92,7 @@ def convert(
         "to": to,
         "tensors_read": len(ckpt["model"]),
         "tensors_written": written,
-        "model": f"{m['backbone']} {variant}, {m['num_feature_levels']} levels, "
-        f"{m['num_classes']} classes, {m['num_queries']} queries",
+        "model": f"{describe_model(recipe)}, {m['num_classes']} classes, "
+        f"{m['num_queries']} queries",
         "notes": notes,
     }

@@ -69,22 +69,34 @@ KEY_RULES: tuple[tuple[str, str], ...] = (
     ("transformer.pos_trans.{p}", "model.pos_trans.{p}"),
     ("transformer.pos_trans_norm.{p}", "model.pos_trans_norm.{p}"),
     # encoder layers: deformable self-attention, norm1, FFN, norm2
-    ("transformer.encoder.layers.{i}.self_attn.{rest}",
-     "model.encoder.layers.{i}.self_attn.{rest}"),
-    ("transformer.encoder.layers.{i}.norm1.{p}",
-     "model.encoder.layers.{i}.self_attn_layer_norm.{p}"),
+    (
+        "transformer.encoder.layers.{i}.self_attn.{rest}",
+        "model.encoder.layers.{i}.self_attn.{rest}",
+    ),
+    (
+        "transformer.encoder.layers.{i}.norm1.{p}",
+        "model.encoder.layers.{i}.self_attn_layer_norm.{p}",
+    ),
     ("transformer.encoder.layers.{i}.linear1.{p}", "model.encoder.layers.{i}.fc1.{p}"),
     ("transformer.encoder.layers.{i}.linear2.{p}", "model.encoder.layers.{i}.fc2.{p}"),
     ("transformer.encoder.layers.{i}.norm2.{p}", "model.encoder.layers.{i}.final_layer_norm.{p}"),
     # decoder layers: self-attention (+ norm2), deformable cross-attention (+ norm1), FFN (+ norm3)
-    ("transformer.decoder.layers.{i}.self_attn.out_proj.{p}",
-     "model.decoder.layers.{i}.self_attn.out_proj.{p}"),
-    ("transformer.decoder.layers.{i}.norm2.{p}",
-     "model.decoder.layers.{i}.self_attn_layer_norm.{p}"),
-    ("transformer.decoder.layers.{i}.cross_attn.{rest}",
-     "model.decoder.layers.{i}.encoder_attn.{rest}"),
-    ("transformer.decoder.layers.{i}.norm1.{p}",
-     "model.decoder.layers.{i}.encoder_attn_layer_norm.{p}"),
+    (
+        "transformer.decoder.layers.{i}.self_attn.out_proj.{p}",
+        "model.decoder.layers.{i}.self_attn.out_proj.{p}",
+    ),
+    (
+        "transformer.decoder.layers.{i}.norm2.{p}",
+        "model.decoder.layers.{i}.self_attn_layer_norm.{p}",
+    ),
+    (
+        "transformer.decoder.layers.{i}.cross_attn.{rest}",
+        "model.decoder.layers.{i}.encoder_attn.{rest}",
+    ),
+    (
+        "transformer.decoder.layers.{i}.norm1.{p}",
+        "model.decoder.layers.{i}.encoder_attn_layer_norm.{p}",
+    ),
     ("transformer.decoder.layers.{i}.linear1.{p}", "model.decoder.layers.{i}.fc1.{p}"),
     ("transformer.decoder.layers.{i}.linear2.{p}", "model.decoder.layers.{i}.fc2.{p}"),
     ("transformer.decoder.layers.{i}.norm3.{p}", "model.decoder.layers.{i}.final_layer_norm.{p}"),
@@ -92,9 +104,11 @@ KEY_RULES: tuple[tuple[str, str], ...] = (
     ("class_embed.{i}.{p}", "class_embed.{i}.{p}"),
     ("bbox_embed.{i}.layers.{j}.{p}", "bbox_embed.{i}.layers.{j}.{p}"),
     ("transformer.decoder.class_embed.{i}.{p}", "model.decoder.class_embed.{i}.{p}"),
-    ("transformer.decoder.bbox_embed.{i}.layers.{j}.{p}",
-     "model.decoder.bbox_embed.{i}.layers.{j}.{p}"),
-)  # fmt: skip
+    (
+        "transformer.decoder.bbox_embed.{i}.layers.{j}.{p}",
+        "model.decoder.bbox_embed.{i}.layers.{j}.{p}",
+    ),
+)
 
 # The decoder self-attention: ddetr's packed projection <-> transformers' three.
 _PACKED = "transformer.decoder.layers.{i}.self_attn.in_proj_{p}"
@@ -108,15 +122,23 @@ _RESNET = "model.backbone.conv_encoder.model."
 RESNET_RULES: tuple[tuple[str, str], ...] = (
     ("backbone.0.body.conv1.weight", _RESNET + "embedder.embedder.convolution.weight"),
     ("backbone.0.body.bn1.{p}", _RESNET + "embedder.embedder.normalization.{p}"),
-    ("backbone.0.body.layer{i+1}.{j}.conv{k+1}.weight",
-     _RESNET + "encoder.stages.{i}.layers.{j}.layer.{k}.convolution.weight"),
-    ("backbone.0.body.layer{i+1}.{j}.bn{k+1}.{p}",
-     _RESNET + "encoder.stages.{i}.layers.{j}.layer.{k}.normalization.{p}"),
-    ("backbone.0.body.layer{i+1}.{j}.downsample.0.weight",
-     _RESNET + "encoder.stages.{i}.layers.{j}.shortcut.convolution.weight"),
-    ("backbone.0.body.layer{i+1}.{j}.downsample.1.{p}",
-     _RESNET + "encoder.stages.{i}.layers.{j}.shortcut.normalization.{p}"),
-)  # fmt: skip
+    (
+        "backbone.0.body.layer{i+1}.{j}.conv{k+1}.weight",
+        _RESNET + "encoder.stages.{i}.layers.{j}.layer.{k}.convolution.weight",
+    ),
+    (
+        "backbone.0.body.layer{i+1}.{j}.bn{k+1}.{p}",
+        _RESNET + "encoder.stages.{i}.layers.{j}.layer.{k}.normalization.{p}",
+    ),
+    (
+        "backbone.0.body.layer{i+1}.{j}.downsample.0.weight",
+        _RESNET + "encoder.stages.{i}.layers.{j}.shortcut.convolution.weight",
+    ),
+    (
+        "backbone.0.body.layer{i+1}.{j}.downsample.1.{p}",
+        _RESNET + "encoder.stages.{i}.layers.{j}.shortcut.normalization.{p}",
+    ),
+)
 BACKBONES = ("resnet", "timm")  # the backbone layouts: transformers' own ResNet, timm's
 
 # transformers 5.x in-memory names -> the Hub's (applied to a key before KEY_RULES).
@@ -176,8 +198,9 @@ def _rename(key: str, rules: list[_Rule]) -> str | None:
     for pattern, offsets, target in rules:
         m = pattern.match(key)
         if m:
-            values = {k: str(int(v) - offsets[k]) if k in offsets else v
-                      for k, v in m.groupdict().items()}  # fmt: skip
+            values = {
+                k: str(int(v) - offsets[k]) if k in offsets else v for k, v in m.groupdict().items()
+            }
             return _fill(target, values)
     return None
 
@@ -331,8 +354,10 @@ def config_to_recipe(config: dict[str, Any], source: str = "config.json") -> tup
             )
     if get("num_channels", 3) != 3:
         raise DdetrError(f"{source}: num_channels {config['num_channels']} is not supported (3)")
-    pairs = (("encoder_ffn_dim", "decoder_ffn_dim"), ("encoder_attention_heads",
-             "decoder_attention_heads"))  # fmt: skip
+    pairs = (
+        ("encoder_ffn_dim", "decoder_ffn_dim"),
+        ("encoder_attention_heads", "decoder_attention_heads"),
+    )
     for enc, dec in pairs:
         if get(enc, 1024 if "ffn" in enc else 8) != get(dec, 1024 if "ffn" in dec else 8):
             raise DdetrError(f"{source}: {enc} and {dec} differ; ddetr needs them equal")
@@ -398,17 +423,27 @@ def _backbone_config(model: dict[str, Any]) -> dict[str, Any]:
     """The config.json keys that choose the backbone (never downloading weights)."""
     common = {"use_pretrained_backbone": False, "backbone_kwargs": None}
     if backbone_layout(model) == "timm":
-        return {"use_timm_backbone": True, "backbone": model["backbone"],
-                "backbone_config": None, **common}  # fmt: skip
+        return {
+            "use_timm_backbone": True,
+            "backbone": model["backbone"],
+            "backbone_config": None,
+            **common,
+        }
     depths = next(list(d) for d, name in _RESNET_DEPTHS.items() if name == model["backbone"])
     stages = [2, 3, 4] if model["num_feature_levels"] > 1 else [4]  # as transformers takes them
     resnet = {
-        "model_type": "resnet", "num_channels": 3, "embedding_size": 64,
-        "hidden_sizes": [256, 512, 1024, 2048], "depths": depths, "layer_type": "bottleneck",
-        "hidden_act": "relu", "downsample_in_first_stage": False,
-        "downsample_in_bottleneck": False, "out_features": [f"stage{i}" for i in stages],
+        "model_type": "resnet",
+        "num_channels": 3,
+        "embedding_size": 64,
+        "hidden_sizes": [256, 512, 1024, 2048],
+        "depths": depths,
+        "layer_type": "bottleneck",
+        "hidden_act": "relu",
+        "downsample_in_first_stage": False,
+        "downsample_in_bottleneck": False,
+        "out_features": [f"stage{i}" for i in stages],
         "out_indices": stages,
-    }  # fmt: skip
+    }
     return {"use_timm_backbone": False, "backbone": None, "backbone_config": resnet, **common}
 
 

@@ -17,10 +17,22 @@ from ddetr_cli.errors import DdetrError
 
 # Official args that map one-to-one onto recipe model keys.
 _ARGS_TO_MODEL = (
-    "backbone", "dilation", "num_feature_levels", "hidden_dim", "nheads", "enc_layers",
-    "dec_layers", "dim_feedforward", "dropout", "num_queries", "enc_n_points", "dec_n_points",
-    "with_box_refine", "two_stage", "aux_loss",
-)  # fmt: skip
+    "backbone",
+    "dilation",
+    "num_feature_levels",
+    "hidden_dim",
+    "nheads",
+    "enc_layers",
+    "dec_layers",
+    "dim_feedforward",
+    "dropout",
+    "num_queries",
+    "enc_n_points",
+    "dec_n_points",
+    "with_box_refine",
+    "two_stage",
+    "aux_loss",
+)
 
 
 def _count_indices(state_dict: dict[str, Tensor], prefix: str) -> int:
@@ -79,6 +91,10 @@ def infer_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
 def official_args(model: dict[str, Any]) -> argparse.Namespace:
     """The argparse namespace the official main.py stores, from a recipe's model section: the
     same one-to-one keys `infer_model_config` reads back, plus the fixed ones of the release."""
-    fixed = {"position_embedding": "sine", "masks": False, "frozen_weights": None,
-             "dataset_file": "coco"}  # fmt: skip
+    fixed = {
+        "position_embedding": "sine",
+        "masks": False,
+        "frozen_weights": None,
+        "dataset_file": "coco",
+    }
     return argparse.Namespace(**{key: model[key] for key in _ARGS_TO_MODEL}, **fixed)
