@@ -313,6 +313,31 @@ def test_folders_hold_videos_and_predict_skips_its_own(clip, checkpoint, tmp_pat
     ]
 
 
+def test_visualize_predictions_takes_the_pictures_of_a_folder_and_leaves_its_videos(
+    clip, checkpoint, tmp_path
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(clip, folder / "clip.mp4")
+    Image.fromarray(next(shapes_clip(0.1))).save(folder / "still.png")
+    args = [
+        "visualize",
+        "predictions",
+        str(folder),
+        "-w",
+        str(checkpoint),
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "predictions.json",
+        "sheet.png",
+        "still_pred.png",
+    ]
+
+
 def test_no_draw_writes_the_json_only(clip, checkpoint, tmp_path):
     picture = tmp_path / "still.png"
     Image.fromarray(next(shapes_clip(0.1))).save(picture)

@@ -238,6 +238,7 @@ def run_predict(
     slicing: SliceOptions | None = None,
     video: VideoOptions | None = None,
     draw: bool = True,
+    with_videos: bool = True,
 ) -> PredictSummary:
     """Detect objects in pictures and videos (files and folders); write the results under
     ``out_dir``.
@@ -246,17 +247,22 @@ def run_predict(
     among the input pictures, file_name its path, bbox [x, y, w, h] in original pixels) and one
     ``<stem>_pred.jpg|png`` per picture with the boxes drawn. Videos: ``<stem>.jsonl`` and
     ``<stem>_pred.mp4`` each (``inference.video.predict_video``; ``video`` says which frames).
-    ``draw=False`` writes no drawings. Pictures and videos that cannot be read are listed in the
-    summary's failures; the others are still processed. Detections with score >= ``threshold``
-    are kept (0 keeps all ``model.num_detections`` per picture). The model comes from
-    ``resolve_model`` (weights, optional recipe, overrides). With ``slicing`` each picture and
-    video frame is cut into tiles (``inference.slicing``), ``batch_size`` tiles per forward pass.
+    ``draw=False`` writes no drawings; ``with_videos=False`` takes pictures only (for the
+    contact sheet of ``ddetr visualize predictions``). Pictures and videos that cannot be read
+    are listed in the summary's failures; the others are still processed. Detections with
+    score >= ``threshold`` are kept (0 keeps all ``model.num_detections`` per picture). The
+    model comes from ``resolve_model`` (weights, optional recipe, overrides). With ``slicing``
+    each picture and video frame is cut into tiles (``inference.slicing``), ``batch_size``
+    tiles per forward pass.
     """
     check_options(threshold, batch_size, min_size, max_size)
     video = video or VideoOptions()
     video.check()
     out_dir = Path(out_dir)
-    paths = _drop_own_outputs(list_images(inputs, INPUT_SUFFIXES, "pictures or videos"), out_dir)
+    suffixes, what = (
+        (INPUT_SUFFIXES, "pictures or videos") if with_videos else (IMAGE_SUFFIXES, "pictures")
+    )
+    paths = _drop_own_outputs(list_images(inputs, suffixes, what), out_dir)
     names = dict(zip(paths, output_names(paths), strict=True))
     videos = [path for path in paths if is_video(path)]
     pictures = [path for path in paths if not is_video(path)]
