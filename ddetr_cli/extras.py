@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("onnx", "onnxruntime", "onnxscript"),
     "hf": ("huggingface_hub",),
     "tensorboard": ("tensorboard",),
+    "video": ("av",),
 }
 
 

@@ -34,6 +34,23 @@ def _default_permissions(folder: Path) -> None:
     os.chmod(folder, _default_mode(folder=True))
 
 
+def temporary_beside(path: str | Path) -> Path:
+    """An empty file beside `path`, hidden, for writers that need a file name (FFmpeg) rather
+    than a file object; `publish` gives it its name when it is finished."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Give a finished temporary file (`temporary_beside`) its name and the umask's
+    permissions, replacing any file there in one step."""
+    os.chmod(tmp, _default_mode())
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path` for writing; on success it is synced and renamed

@@ -209,16 +209,18 @@ def test_the_kernel_is_found_available_under_inference_mode(monkeypatch):
 def test_predicted_pictures_are_labelled_with_class_names(tmp_path, monkeypatch):
     from PIL import Image
 
+    import ddetr_cli.inference.detections as detections_module
     import ddetr_cli.inference.predict as predict_module
 
     seen = []
-    real = predict_module.draw_detections
+    real = detections_module.draw_detections
 
     def spy(image, boxes, labels, scores=None, class_names=None):
         seen.append(class_names)
         return real(image, boxes, labels, scores, class_names)
 
-    monkeypatch.setattr(predict_module, "draw_detections", spy)
+    # predict draws pictures (and video frames) through inference.detections.draw_kept
+    monkeypatch.setattr(detections_module, "draw_detections", spy)
     picture = tmp_path / "p.png"
     Image.new("RGB", (64, 48), "white").save(picture)
     predict_module.run_predict([picture], OLD, out_dir=tmp_path / "o", progress=False)

@@ -108,12 +108,16 @@ def data_convert(
 
 @data_app.command("shapes")
 def data_shapes(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write.", show_default=False)],
+    out_dir: Annotated[
+        Path | None, typer.Argument(help="Folder to write.", show_default=False)
+    ] = None,
     train_count: Annotated[int, typer.Option("--train", help="Training pictures.", min=0)] = 2000,
     val_count: Annotated[
         int, typer.Option("--val", help="Val pictures (of the fixed val split).", min=0)
     ] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the training pictures.", min=0)] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the training pictures (or of the clip).", min=0)
+    ] = 0,
     task: Annotated[
         str,
         typer.Option(
@@ -124,18 +128,35 @@ def data_shapes(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an earlier set in OUT_DIR.")
     ] = False,
+    video: Annotated[
+        Path | None,
+        typer.Option(help="Write a clip of moving shapes to this MP4 instead.", show_default=False),
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="--video: the clip's length.")] = 10.0,
+    fps: Annotated[int, typer.Option(help="--video: frames per second.")] = 25,
 ) -> None:
-    """Write the built-in shapes pictures as a COCO-format folder (standard COCO layout).
+    """Write the built-in shapes pictures as a COCO-format folder (standard COCO layout), or a
+    clip of moving shapes (--video).
 
     The same pictures as `data.format: shapes` uses, so `data.root=OUT_DIR` trains on exactly
     the same data through the COCO reader. An OUT_DIR holding an earlier set is refused unless
-    --force, which removes the earlier split folders first.
+    --force, which removes the earlier split folders first. The clip (256x256, H.264; needs
+    pip install 'ddetr-cli\\[video]') is the same for the same --seed, for `ddetr predict`.
 
     Examples:
       ddetr data shapes shapes_coco --train 2000 --val 200
       ddetr train recipes/shapes.yaml data.format=coco data.root=shapes_coco
       ddetr data shapes shapes_small --task small --train 60 --val 20
+      ddetr data shapes --video shapes.mp4 --seconds 10
     """
+    if (out_dir is None) == (video is None):
+        raise UsageError("give either OUT_DIR (pictures) or --video OUT.mp4 (a clip)")
+    if video is not None:
+        from ddetr_cli.data.shapes_video import write_shapes_video
+
+        frames = write_shapes_video(video, seconds, fps, seed)
+        print_line(f"video: {video} ({frames} frames at {fps} frames/s)")
+        return
     from rich.progress import Progress
 
     from ddetr_cli.data.convert import prepare_shapes_folder, write_shapes_coco

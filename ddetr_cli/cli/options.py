@@ -38,6 +38,15 @@ PicturesAndOverrides = Annotated[
     ),
 ]
 
+# The same for predict, which also takes videos.
+InputsAndOverrides = Annotated[
+    list[str],
+    typer.Argument(
+        help="Pictures, videos and/or folders of them, and any key=value recipe overrides.",
+        show_default=False,
+    ),
+]
+
 # Trailing `key=value` recipe overrides.
 Overrides = Annotated[
     list[str] | None,

@@ -169,6 +169,7 @@ def visualize_predictions(
         min_size,
         max_size,
         slicing=slicing,
+        with_videos=False,
     )
     sheet = contact_sheet(summary.drawn, out / "sheet.png", columns)
     print_line(

@@ -87,8 +87,13 @@ def picture_size(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def list_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand folders into their pictures (sorted, by extension, not recursive); keep files.
+def list_images(
+    inputs: Iterable[str | Path],
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+    what: str = "pictures",
+) -> list[Path]:
+    """Expand folders into their files with ``suffixes`` (pictures unless told; sorted, not
+    recursive); keep files. ``what`` names them in the error when there are none.
 
     Files named explicitly are kept whatever their extension (a bad one fails later, on its own).
     Duplicates are dropped. A missing path, or nothing to process at all, is a ``DdetrError``.
@@ -101,7 +106,7 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
                 sorted(
                     p
                     for p in path.iterdir()
-                    if is_picture(p)
+                    if p.suffix.lower() in suffixes
                     and not p.name.startswith(".")  # e.g. macOS "._x.jpg" resource forks
                     and p.is_file()
                 )
@@ -113,5 +118,5 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     unique = list(dict.fromkeys(found))
     if not unique:
         names = ", ".join(str(p) for p in inputs) or "(no inputs)"
-        raise DdetrError(f"no pictures found in {names} (extensions: {', '.join(IMAGE_SUFFIXES)})")
+        raise DdetrError(f"no {what} found in {names} (extensions: {', '.join(suffixes)})")
     return unique

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ddetr_cli.data.formats import DataSource, Problem, SplitData, categories_of, picture_size
-from ddetr_cli.data.pictures import load_image
+from ddetr_cli.data.formats import DataSource, Problem, SplitData, categories_of
+from ddetr_cli.data.pictures import load_image, picture_size
 from ddetr_cli.data.tiles import Tile, boxes_in_tile, check_tiling, tile_grid
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.files import atomic_folder, write_json
