@@ -72,6 +72,12 @@ def test_device_option_and_one_plain_line_per_epoch(first_run):
 
 
 @pytest.mark.slow
+def test_the_summary_says_whether_the_data_or_the_model_takes_the_time(first_run):
+    _, output = first_run
+    assert re.search(r"s per step .*\d\.\d{3} training \+ \d\.\d{3} waiting for data", output)
+
+
+@pytest.mark.slow
 def test_a_new_run_never_overwrites_a_finished_one(first_run):
     cwd, _ = first_run
     old = cwd / "runs" / "shapes"

@@ -1,4 +1,5 @@
-"""``ddetr bench [model]`` and ``ddetr bench op``: options in, one call, tables out."""
+"""``ddetr bench [model]``, ``ddetr bench op`` and ``ddetr bench train``: options in, one call,
+tables out."""
 
 from __future__ import annotations
 
@@ -29,16 +30,20 @@ from ddetr_cli.files import write_json
 
 class _BenchGroup(ErrorReportingGroup):
     """`ddetr bench ...` runs the model benchmark unless the first word names a sub-command,
-    so `ddetr bench --fps model.two_stage=true` and `ddetr bench op` both work."""
+    so `ddetr bench --fps model.two_stage=true` and `ddetr bench op` both work;
+    `ddetr bench --train ...` is `ddetr bench train ...`."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and "--train" in args:
+            args = ["train", *(a for a in args if a != "--train")]
         if not args or args[0] not in self.commands:
             args = ["model", *args]
         return super().parse_args(ctx, args)
 
 
 bench_app = group(
-    "Benchmarks: the model (`ddetr bench \\[model] ...`) and the attention op (`ddetr bench op`).",
+    "Benchmarks: the model (`ddetr bench \\[model] ...`), a training step (`ddetr bench "
+    "--train`) and the attention op (`ddetr bench op`).",
     cls=_BenchGroup,
 )
 
@@ -399,3 +404,102 @@ def bench_op(
     )
     print_op_report(report, device)
     _write_report(report, json_out)
+
+
+@bench_app.command("train")
+def bench_train(
+    overrides: Overrides = None,
+    recipe: Annotated[
+        Path,
+        typer.Option("--recipe", "-r", help="Recipe: a YAML file or a packaged recipe's name."),
+    ] = Path("shapes"),
+    device: Device = "cpu",
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", "-b", help="Pictures per step (default: the recipe's)."),
+    ] = None,
+    image_size: Annotated[
+        tuple[int, int] | None,
+        typer.Option(metavar="H W", help="Resize every picture to H x W (default: as loaded)."),
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 3,
+    iters: Annotated[int, typer.Option(help="Timed steps.")] = 10,
+    eval_pictures: Annotated[
+        int,
+        typer.Option(
+            help="Val pictures the evaluation is timed on, scaled to the split (0: none)."
+        ),
+    ] = 100,
+    threads: Threads = None,
+    json_out: JsonOut = None,
+) -> None:
+    """Where a training step's time goes: the data loader, the forward pass (backbone,
+    encoder, decoder, the rest), the matcher, each loss, the backward pass and the optimiser,
+    as medians over the timed steps; then what a run does between steps (evaluation, a
+    checkpoint, a metrics line), spread over an epoch's steps. `ddetr bench --train` is the
+    same command.
+
+    Examples:
+      ddetr bench --train                                  # the shapes demo
+      ddetr bench --train -r refine data.format=shapes --image-size 800 1067 -b 1 --iters 3
+      ddetr bench --train model.num_queries=100 --json train_step.json
+    """
+    from ddetr_cli.bench.train import TrainBenchOptions, run_train_bench
+    from ddetr_cli.recipe import load_recipe
+
+    options = TrainBenchOptions(
+        device=device,
+        steps=iters,
+        warmup=warmup,
+        batch_size=batch_size,
+        image_size=image_size,
+        eval_pictures=eval_pictures,
+        threads=threads,
+    )
+    resolved = load_recipe(recipe, overrides or [])
+    report = run_train_bench(
+        resolved, options, say=lambda m: stderr.print(Text(m, style="dim"), highlight=False)
+    )
+    print_train_report(report, stdout)
+    _write_report(report, json_out)
+
+
+def print_train_report(report: dict[str, Any], console: Console) -> None:
+    """The step's parts and what runs between steps, as two tables."""
+    protocol = report["protocol"]
+    size = protocol["image_size"]
+    table = Table(
+        title=f"training step: {report['model']}, batch {protocol['batch_size']}, pictures "
+        f"{size if isinstance(size, str) else 'x'.join(map(str, size))}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption=f"{protocol['device']}, {protocol['threads']} threads; median ms of "
+        f"{protocol['timed_steps']} steps after {protocol['warmup_steps']} warm-up",
+        caption_justify="left",
+    )
+    for name, justify in (("part", "left"), ("ms", "right"), ("share", "right"), ("what", "left")):
+        table.add_column(name, justify=justify)
+    for row in report["parts"]:
+        share = row["share_of_step"]
+        table.add_row(
+            row["part"],
+            f"{row['median_ms']:.1f}",
+            "" if share is None else f"{100 * share:.0f}%",
+            row["what"],
+        )
+    console.print(table)
+    between = report["between_steps"]
+    rows = Table(
+        title=f"between steps ({between['steps_per_epoch']} steps per epoch)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for name, justify in (("what", "left"), ("s each", "right"), ("ms per step", "right")):
+        rows.add_column(name, justify=justify)
+    for name in ("evaluation", "checkpoint", "metrics_line"):
+        if name in between:
+            item = between[name]
+            rows.add_row(
+                name.replace("_", " "), f"{item['seconds']:.3f}", f"{item['ms_per_step']:.2f}"
+            )
+    console.print(rows)

@@ -107,6 +107,8 @@ def _print_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ddetr_cli.train.timing import step_times_line
+
     table = Table(title="ddetr train", show_header=False, title_justify="left")
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
@@ -114,6 +116,8 @@ def _print_summary(result) -> None:
     table.add_row("epochs", str(result.epochs_done))
     table.add_row("steps", str(result.steps))
     table.add_row("minutes", f"{result.seconds / 60:.1f}")
+    if result.step_times:
+        table.add_row("s per step", step_times_line(result.step_times))
     if result.last_eval:
         ev = result.last_eval
         table.add_row(

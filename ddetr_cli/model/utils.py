@@ -14,6 +14,12 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def is_eager() -> bool:
+    """Neither tracing, exporting nor compiling: shortcuts that depend on values or on the
+    CPU's layout costs apply to eager runs only, so exported and compiled graphs stay general."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 def clones(module: nn.Module, n: int) -> nn.ModuleList:
     """`n` independent deep copies: equal at init, trained separately."""
     return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from ddetr_cli.train.matcher import HungarianMatcher, build_matcher
+from ddetr_cli.train.timing import NO_TIMER
 
 Targets = list[dict[str, Tensor]]
 Matches = list[tuple[Tensor, Tensor]]
@@ -45,6 +46,7 @@ class SetCriterion(nn.Module):
         self.matcher = matcher
         self.weight_dict = weight_dict
         self.focal_alpha = focal_alpha
+        self.timer = NO_TIMER  # a timing.PartTimer: the matcher and each loss (ddetr bench --train)
 
     def loss_labels(
         self, logits: Tensor, targets: Targets, matches: Matches, num_boxes: float, log: bool
@@ -94,15 +96,25 @@ class SetCriterion(nn.Module):
         return F.l1_loss(count, sizes.to(count.device))
 
     def _one_level(
-        self, out: dict[str, Tensor], targets: Targets, num_boxes: float, suffix: str, log: bool
+        self,
+        out: dict[str, Tensor],
+        targets: Targets,
+        num_boxes: float,
+        suffix: str,
+        log: bool,
+        matches: Matches | None = None,
     ) -> dict[str, Tensor]:
-        logits, boxes = out["pred_logits"], out["pred_boxes"]
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits, boxes = logits.float(), boxes.float()  # losses in fp32 under AMP
-        matches = self.matcher({"pred_logits": logits, "pred_boxes": boxes}, targets)
-        losses = self.loss_labels(logits, targets, matches, num_boxes, log)
-        losses.update(self.loss_boxes(boxes, targets, matches, num_boxes))
-        losses["cardinality_error"] = self.cardinality_error(logits, targets)
+        """The losses of one level of predictions, matched here unless ``matches`` are given."""
+        logits, boxes = _fp32(out)
+        if matches is None:
+            with self.timer("matcher"):
+                matches = self.matcher({"pred_logits": logits, "pred_boxes": boxes}, targets)
+        with self.timer("loss_labels"):
+            losses = self.loss_labels(logits, targets, matches, num_boxes, log)
+        with self.timer("loss_boxes"):
+            losses.update(self.loss_boxes(boxes, targets, matches, num_boxes))
+        with self.timer("cardinality_error"):
+            losses["cardinality_error"] = self.cardinality_error(logits, targets)
         return {f"{k}{suffix}": v for k, v in losses.items()}
 
     def forward(
@@ -112,9 +124,18 @@ class SetCriterion(nn.Module):
         accumulation passes those of all the batches one optimiser step adds up)."""
         if num_boxes is None:
             num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
-        losses = self._one_level(outputs, targets, num_boxes, "", log=True)
-        for i, aux in enumerate(outputs.get("aux_outputs", ())):
-            losses.update(self._one_level(aux, targets, num_boxes, f"_{i}", log=False))
+        # The decoder's layers (the last, then the auxiliary ones) are matched in one go.
+        levels = [outputs, *outputs.get("aux_outputs", ())]
+        with self.timer("matcher"):
+            matches = self.matcher.match_levels([_fp32(level) for level in levels], targets)
+        losses: dict[str, Tensor] = {}
+        for i, (level, level_matches) in enumerate(zip(levels, matches, strict=True)):
+            suffix = f"_{i - 1}" if i else ""
+            losses.update(
+                self._one_level(
+                    level, targets, num_boxes, suffix, log=i == 0, matches=level_matches
+                )
+            )
         if "enc_outputs" in outputs:
             # Two-stage proposals are class-agnostic: every target is class 0
             # (docs/design.md#losses).
@@ -136,6 +157,15 @@ class SetCriterion(nn.Module):
     def total(self, losses: dict[str, Tensor]) -> Tensor:
         """The weighted sum that training minimises."""
         return sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)
+
+
+def _fp32(out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """A level's (logits, boxes), in float32 when they are half precision (losses in fp32 under
+    AMP)."""
+    logits, boxes = out["pred_logits"], out["pred_boxes"]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        return logits.float(), boxes.float()
+    return logits, boxes
 
 
 def weight_dict_for(recipe: dict[str, Any]) -> dict[str, float]:

@@ -18,6 +18,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from ddetr_cli.train.plan import claim_folder, nothing_to_train
 from ddetr_cli.train.report import Reporter, duration, short_losses
 from ddetr_cli.train.state import TrainState
 from ddetr_cli.train.stopping import StopRequest, ignore_sigterm
+from ddetr_cli.train.timing import NO_TIMER, StepClock, Timer
 from ddetr_cli.weights import load_state_dict, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class TrainResult:
     stopped_early: str | None = None  # why patience ended the run
     notes: list[str] = field(default_factory=list)
     nothing_to_train: str | None = None  # a resumed run that had done its epochs: why not
+    step_times: dict[str, float] = field(default_factory=dict)  # StepClock.run_medians()
 
 
 def train(
@@ -192,10 +195,12 @@ def train_step(
     cfg: dict[str, Any],
     device: torch.device,
     distributed: bool = False,
+    timer: Timer = NO_TIMER,
 ) -> dict[str, float]:
     """One optimiser step over ``batches`` (train.accumulate of them, or fewer at the end of an
     epoch): their gradients add up with every loss normalised by the target boxes of all of
-    them, so the update equals that of one batch holding all their pictures."""
+    them, so the update equals that of one batch holding all their pictures. ``timer``
+    (``timing.PartTimer``) times the forward pass, losses, backward pass and optimiser."""
     dtype = next(model.parameters()).dtype
     batches = [_to_device(images, targets, device, dtype) for images, targets in batches]
     num_boxes = criterion.num_boxes([t for _, ts in batches for t in ts], device)
@@ -205,17 +210,34 @@ def train_step(
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last or not distributed else model.no_sync()
         with sync:
-            with amp_autocast(device, cfg["amp"]):
+            with timer("forward"), amp_autocast(device, cfg["amp"]):
                 outputs = model(images)
-            losses = criterion(outputs, targets, num_boxes=num_boxes)
-            total = criterion.total(losses)
-            state.scaler.scale(total).backward()
-        for key, value in [*losses.items(), ("loss", total)]:
+            with timer("losses"):
+                losses = criterion(outputs, targets, num_boxes=num_boxes)
+                losses["loss"] = criterion.total(losses)
+            with timer("backward"):
+                state.scaler.scale(losses["loss"]).backward()
+        # One host sync for all the numbers (float64 holds float32 and float64 values exactly).
+        values = torch.stack([v.detach().to(torch.float64) for v in losses.values()]).tolist()
+        for key, value in zip(losses, values, strict=True):
             # Losses add up over the batches; other numbers (cardinality error) are averaged.
             share = 1.0 if key.startswith("loss") else 1.0 / len(batches)
-            out[key] = out.get(key, 0.0) + float(value.detach()) * share
-    out["grad_norm"] = _optimizer_step(state, cfg)
+            out[key] = out.get(key, 0.0) + value * share
+    with timer("optimizer"):
+        out["grad_norm"] = _optimizer_step(state, cfg)
     return out
+
+
+def _timed(loader) -> Iterator[tuple[Any, float]]:
+    """(batch, seconds waited for it) from ``loader``."""
+    batches = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - start
 
 
 def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
@@ -224,14 +246,14 @@ def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     max_norm = cfg["clip_max_norm"] if cfg["clip_max_norm"] > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))  # the one host sync
     # Gradients are already averaged over processes, so every process makes the same choice.
-    if scaler.is_enabled() or torch.isfinite(grad_norm):
+    if scaler.is_enabled() or math.isfinite(grad_norm):
         scaler.step(optimizer)
     else:
         log.warning("non-finite gradients: step skipped")
     scaler.update()
-    return float(grad_norm)
+    return grad_norm
 
 
 def _kernel_build_line(recipe: dict[str, Any], device: torch.device) -> str | None:
@@ -278,6 +300,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.stopped_early: str | None = None
         self.stop_request = StopRequest()
+        self.clock = StepClock()
         self._t0, self._seconds_before = time.perf_counter(), 0.0
         cfg = self.cfg
         _seed_everything(cfg["seed"] + ctx.rank)
@@ -407,6 +430,7 @@ class Trainer:
             self.last_eval,
             self.stopped_early,
             self.notes,
+            step_times=self.clock.run_medians(),
         )
 
     def _stop_requested(self) -> bool:
@@ -420,24 +444,29 @@ class Trainer:
         self.sampler.set_epoch(st.epoch, st.batch)
         self.reporter.start_epoch(st.epoch, cfg["epochs"], len(self.sampler), st.batch)
         self.model.train()
+        self.clock.start_epoch()
         if st.batch == 0:
             st.loss_sums, st.loss_steps = {}, 0
         group: list = []
+        waited = 0.0
         try:
-            for images, targets in self.train_loader:
+            for (images, targets), seconds in _timed(self.train_loader):
+                waited += seconds
                 for failure in (f for t in targets for f in t["failures"]):
                     log.warning("skipped an unreadable picture: %s", failure)
                 group.append((images, targets))
                 if len(group) < cfg["accumulate"] and st.batch + len(group) < len(self.sampler):
                     continue
+                started = time.perf_counter()
                 losses = train_step(
                     self.model, self.criterion, st, group, cfg, self.device, self.ctx.enabled
                 )
                 if st.ema is not None:
                     st.ema.update(self.bare)
+                self.clock.add(waited, time.perf_counter() - started)
                 st.batch, st.step = st.batch + len(group), st.step + 1
                 self._after_step(losses, len(group))
-                group = []
+                group, waited = [], 0.0
                 if cfg["max_steps"] and st.step >= cfg["max_steps"]:
                     self.stop = True
                     break
@@ -480,6 +509,7 @@ class Trainer:
             "lr": st.optimizer.param_groups[0]["lr"],
             "time": self._elapsed(),
             **{k: v / max(st.loss_steps, 1) for k, v in st.loss_sums.items()},
+            **self.clock.epoch_medians(),
         }
         matcher = self.criterion.matcher
         if matcher.non_finite_costs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
@@ -37,15 +38,17 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def cost_matrix(self, logits: Tensor, boxes: Tensor, labels: Tensor, tgt: Tensor) -> Tensor:
-        """(Q, T) cost of assigning each query to each target of one image."""
+        """(..., Q, T) cost of assigning each query to each target: logits (..., Q, C) and
+        boxes (..., Q, 4) of any leading shape, against the T targets' labels and boxes."""
         prob = (
             logits.float().sigmoid()
             if logits.dtype in (torch.half, torch.bfloat16)
             else (logits.sigmoid())
         )
-        boxes = boxes.to(prob.dtype)
+        lead = prob.shape[:-1]
+        boxes = boxes.to(prob.dtype).reshape(-1, 4)
         tgt = tgt.to(prob.dtype)
-        p = prob[:, labels]
+        p = prob[..., labels].reshape(len(boxes), len(labels))
         pos = _ALPHA * (1 - p) ** _GAMMA * (-(p + _EPS).log())
         neg = (1 - _ALPHA) * p**_GAMMA * (-(1 - p + _EPS).log())
         cost_class = pos - neg
@@ -53,35 +56,55 @@ class HungarianMatcher(nn.Module):
         cost_giou = -_safe_giou(
             box_convert(boxes, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy")
         )
-        return (
+        cost = (
             self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
         )
+        return cost.reshape(*lead, len(labels))
 
     @torch.no_grad()
     def forward(
         self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]
     ) -> list[tuple[Tensor, Tensor]]:
         """Per image, (query indices, target indices) as int64 tensors of equal length."""
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        matches = []
-        for i, target in enumerate(targets):
-            labels, tgt = target["labels"], target["boxes"]
-            if len(labels) == 0:
-                empty = torch.empty(0, dtype=torch.int64)
-                matches.append((empty, empty))
-                continue
-            cost = self.cost_matrix(logits[i], boxes[i], labels, tgt).cpu()
-            bad = ~torch.isfinite(cost)
-            if bad.any():
-                count = int(bad.sum())
-                self.non_finite_costs += count
-                log.debug("matcher: replaced %d non-finite costs", count)
-                cost = cost.masked_fill(bad, _BAD_COST)
-            rows, cols = linear_sum_assignment(cost.numpy())
-            matches.append(
-                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
-            )
-        return matches
+        return self.match_levels([(outputs["pred_logits"], outputs["pred_boxes"])], targets)[0]
+
+    @torch.no_grad()
+    def match_levels(
+        self, levels: list[tuple[Tensor, Tensor]], targets: list[dict[str, Tensor]]
+    ) -> list[list[tuple[Tensor, Tensor]]]:
+        """``forward`` for several levels of predictions at once, each (logits (B, Q, C), boxes
+        (B, Q, 4)) with the same B and Q (the decoder layers): every query's cost against every
+        target of the batch in one computation and one copy to the host, as the official DETR
+        matcher does, then each image's block solved by scipy. The blocks are the costs a
+        matcher of one image gives."""
+        sizes = [len(t["labels"]) for t in targets]
+        if sum(sizes) == 0:
+            empty = torch.empty(0, dtype=torch.int64)
+            return [[(empty, empty) for _ in targets] for _ in levels]
+        logits = torch.stack([level[0] for level in levels])
+        boxes = torch.stack([level[1] for level in levels])
+        labels = torch.cat([t["labels"] for t in targets])
+        tgt = torch.cat([t["boxes"] for t in targets])
+        costs = self.cost_matrix(logits, boxes, labels, tgt).cpu().numpy()  # (L, B, Q, T)
+        ends = np.cumsum(sizes)
+        return [
+            [
+                self._solve(level[i, :, end - size : end])
+                for i, (size, end) in enumerate(zip(sizes, ends, strict=True))
+            ]
+            for level in costs
+        ]
+
+    def _solve(self, cost: np.ndarray) -> tuple[Tensor, Tensor]:
+        """scipy's assignment of one image's (Q, T) costs, non-finite ones replaced first."""
+        bad = ~np.isfinite(cost)
+        if bad.any():
+            count = int(bad.sum())
+            self.non_finite_costs += count
+            log.debug("matcher: replaced %d non-finite costs", count)
+            cost = np.where(bad, _BAD_COST, cost)
+        rows, cols = linear_sum_assignment(cost)
+        return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
 
 def _safe_giou(a: Tensor, b: Tensor) -> Tensor:

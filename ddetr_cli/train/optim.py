@@ -38,8 +38,15 @@ def param_groups(model: nn.Module, train: dict[str, Any]) -> list[dict[str, Any]
 
 
 def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW in torch's fused form: one pass over each tensor instead of the for-loop form's
+    ten or so, and one call instead of ten per tensor (on a CPU a tenth of the shapes demo's
+    step). The same update, rounded in another order (docs/design.md#optimiser). A checkpoint's
+    optimiser state carries its form: runs started without it resume without it."""
     return torch.optim.AdamW(
-        param_groups(model, train), lr=train["lr"], weight_decay=train["weight_decay"]
+        param_groups(model, train),
+        lr=train["lr"],
+        weight_decay=train["weight_decay"],
+        fused=True,
     )
 
 
