@@ -122,7 +122,8 @@ def _summary_table(summary: PredictSummary, threshold: float, device: str, draw:
         outputs = [video.jsonl_path, video.video_path] if video.video_path else [video.jsonl_path]
         table.add_row("  written", ", ".join(map(str, outputs)))
     if summary.slicing is not None:  # video frames are sliced as pictures are
-        table.add_row("tiles per picture", describe_slicing(summary.slicing))
+        per = "picture or frame" if summary.videos else "picture"
+        table.add_row(f"tiles per {per}", describe_slicing(summary.slicing))
     table.add_row("failed", str(summary.n_failed), style="red" if summary.n_failed else None)
     if draw:
         table.add_row("drawn", f"{summary.out_dir}/")

@@ -49,7 +49,7 @@ class ShapesPicture:
     labels: np.ndarray  # (N,) int64, index into CLASS_NAMES
 
 
-def _overlap_ok(box: np.ndarray, others: list[np.ndarray]) -> bool:
+def overlap_ok(box: np.ndarray, others: list[np.ndarray]) -> bool:
     for other in others:
         w = min(box[2], other[2]) - max(box[0], other[0])
         h = min(box[3], other[3]) - max(box[1], other[1])
@@ -63,7 +63,7 @@ def _overlap_ok(box: np.ndarray, others: list[np.ndarray]) -> bool:
     return True
 
 
-def _colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
+def shape_colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
     """A random colour at least _MIN_CONTRAST from ``background`` (best of 100 tries)."""
     for _ in range(100):
         colour = rng.integers(0, 256, size=3)
@@ -83,7 +83,7 @@ def _star(x0: int, y0: int, x1: int, y1: int, rng) -> list[tuple[float, float]]:
     return list(zip(xs.tolist(), ys.tolist(), strict=True))
 
 
-def _draw(draw: ImageDraw.ImageDraw, kind: int, box: np.ndarray, fill, rng) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, kind: int, box: np.ndarray, fill, rng) -> None:
     x0, y0, x1, y1 = (int(v) for v in box)
     # PIL's coordinates are inclusive: the shape covers pixels x0..x1-1, y0..y1-1.
     if kind in (0, 3):  # circle (w == h) or ellipse
@@ -126,9 +126,9 @@ def make_picture(seed: int, index: int, task: str = "shapes3") -> ShapesPicture:
         x0 = int(rng.integers(0, IMAGE_SIZE - w + 1))
         y0 = int(rng.integers(0, IMAGE_SIZE - h + 1))
         box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float32)
-        if not _overlap_ok(box, boxes):
+        if not overlap_ok(box, boxes):
             continue
-        _draw(draw, kind, box, _colour(rng, background), rng)
+        draw_shape(draw, kind, box, shape_colour(rng, background), rng)
         boxes.append(box)
         labels.append(kind)
     pixels = np.asarray(image, dtype=np.float32)
@@ -191,10 +191,10 @@ def make_small_picture(seed: int, index: int) -> ShapesPicture:
         h = w if kind == 0 else int(rng.integers(SMALL_MIN_SIDE, SMALL_MAX_SIDE + 1))
         x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
         box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float32)
-        if not _overlap_ok(box, boxes):
+        if not overlap_ok(box, boxes):
             continue
         local = background[y0 + h // 2, x0 + w // 2]  # the gradient under the shape
-        _draw(draw, kind, box, _colour(rng, local), rng)
+        draw_shape(draw, kind, box, shape_colour(rng, local), rng)
         boxes.append(box)
         labels.append(kind)
     pixels = np.asarray(image, dtype=np.float32)

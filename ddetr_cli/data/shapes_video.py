@@ -19,10 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 # The demo pictures' own drawing, colours and spacing, so the clip's shapes are theirs.
-from ddetr_cli.data.shapes import MAX_SIDE, MIN_SIDE
-from ddetr_cli.data.shapes import _colour as shape_colour
-from ddetr_cli.data.shapes import _draw as draw_shape
-from ddetr_cli.data.shapes import _overlap_ok as overlap_ok
+from ddetr_cli.data.shapes import MAX_SIDE, MIN_SIDE, draw_shape, overlap_ok, shape_colour
 from ddetr_cli.errors import UsageError
 from ddetr_cli.video.writer import VideoWriter
 
