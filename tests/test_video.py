@@ -154,7 +154,10 @@ def test_slice_on_a_video_on_the_command_line(clip, checkpoint, tmp_path):
     args = ["predict", str(clip), "-w", str(checkpoint), "-o", str(out), "-t", "0"]
     result = runner.invoke(app, [*args, "--slice", "128", "128", "--stride", "10", "-b", "4"])
     assert result.exit_code == 0, result.output
-    assert "tiles per picture or frame" in result.output and "9 (128x128, overlap 0.2;" in result.output
+    assert (
+        "tiles per picture or frame" in result.output
+        and "9 (128x128, overlap 0.2;" in result.output
+    )
     assert len(read_jsonl(out / "clip.jsonl")) == 2 and (out / "clip_pred.mp4").is_file()
 
 
