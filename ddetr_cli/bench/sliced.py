@@ -41,20 +41,11 @@ def sliced_speed(
 ) -> dict[str, Any]:
     """Time sliced inference of ``picture`` (3, H, W) uint8 at each of ``batch_sizes``; the
     JSON-ready ``slice`` section of the bench report."""
-    data = recipe["data"]
     height, width = picture.shape[-2:]
     tiles = len(tile_grid(height, width, options.tile, options.overlap))
     results = []
     for batch_size in batch_sizes:
-        detector = SlicedDetector(
-            model,
-            options,
-            (data["eval_min_size"], data["eval_max_size"]),
-            recipe["model"]["num_detections"],
-            device,
-            batch_size,
-            dtype,
-        )
+        detector = SlicedDetector.for_recipe(model, options, recipe, device, batch_size, dtype)
         latencies, total, _first = time_forward(
             lambda d=detector: d.detect(picture), device, warmup, iters
         )

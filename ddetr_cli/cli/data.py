@@ -6,7 +6,7 @@ Registered in ``cli/__init__.py`` as ``app.add_typer(data_app, name="data")``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +23,20 @@ Target = Annotated[
     Path,
     typer.Argument(help="A dataset folder (data.root) or a recipe file.", show_default=False),
 ]
+
+
+def _every_split(source: Path, overrides: list[str] | None) -> Any:
+    """The train, val and test splits ``source`` has (a ``DataSource``), none required."""
+    from ddetr_cli.data.check import recipe_for
+    from ddetr_cli.data.sources import load_source
+
+    recipe = recipe_for(source, overrides or [])
+    return load_source(
+        recipe["data"],
+        recipe["model"]["class_names"],
+        ("train", "val", "test"),
+        require_train=False,
+    )
 
 
 @data_app.command("check")
@@ -78,21 +92,13 @@ def data_convert(
     Examples:
       ddetr data convert datasets/yolo datasets/yolo_coco --to coco
     """
-    from ddetr_cli.data.check import recipe_for
     from ddetr_cli.data.convert import conversion_shortfall, write_coco
-    from ddetr_cli.data.sources import load_source
 
     if to != "coco":
         raise UsageError(f"--to: only coco is written, got {to!r}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise DdetrError(f"{out_dir}: exists and is not empty")
-    recipe = recipe_for(source, overrides or [])
-    data = load_source(
-        recipe["data"],
-        recipe["model"]["class_names"],
-        ("train", "val", "test"),
-        require_train=False,
-    )
+    data = _every_split(source, overrides)
     written = write_coco(data, out_dir, link=not copy)
     for problem in data.problems:
         print_line(f"skipped: {problem}")
@@ -214,18 +220,10 @@ def data_slice(
     """
     from rich.progress import Progress
 
-    from ddetr_cli.data.check import recipe_for
     from ddetr_cli.data.slice import check_slice_options, slice_dataset
-    from ddetr_cli.data.sources import load_source
 
     check_slice_options(size, overlap, min_visible, empty_ratio)
-    recipe = recipe_for(source, overrides or [])
-    data = load_source(
-        recipe["data"],
-        recipe["model"]["class_names"],
-        ("train", "val", "test"),
-        require_train=False,
-    )
+    data = _every_split(source, overrides)
     total = sum(len(split.coco["images"]) for split in data.splits.values())
     with Progress(transient=True) as bar:
         task = bar.add_task("cutting pictures", total=total)

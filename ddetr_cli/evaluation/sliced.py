@@ -27,16 +27,7 @@ def sliced_detections(
     """(the detections of the ``dataset`` pictures at ``indices`` (default: all), the
     detector's summary: tiles and seconds per picture). ``dataset`` is an evaluation dataset
     (``DetectionDataset``): a picture it cannot read is listed in ``unreadable``, not run."""
-    data = recipe["data"]
-    detector = SlicedDetector(
-        model,
-        options,
-        (data["eval_min_size"], data["eval_max_size"]),
-        recipe["model"]["num_detections"],
-        device,
-        batch_size,
-        recipe["train"]["amp"],
-    )
+    detector = SlicedDetector.for_recipe(model, options, recipe, device, batch_size)
     found = Detections()
     for index in range(len(dataset)) if indices is None else indices:
         image_id = dataset.image_id(index)

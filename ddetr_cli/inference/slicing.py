@@ -107,6 +107,29 @@ class SlicedDetector:
         self.tiles = 0
         self.seconds = 0.0
 
+    @classmethod
+    def for_recipe(
+        cls,
+        model: nn.Module,
+        options: SliceOptions,
+        recipe: dict[str, Any],
+        device: torch.device | str,
+        batch_size: int,
+        amp: str | None = None,
+    ) -> SlicedDetector:
+        """A detector at the recipe's evaluation size and detection count, under the recipe's
+        ``train.amp`` unless ``amp`` says otherwise."""
+        data = recipe["data"]
+        return cls(
+            model,
+            options,
+            (data["eval_min_size"], data["eval_max_size"]),
+            recipe["model"]["num_detections"],
+            device,
+            batch_size,
+            recipe["train"]["amp"] if amp is None else amp,
+        )
+
     def __call__(self, pictures: list[Tensor]) -> list[dict[str, Tensor]]:
         return [self.detect(picture) for picture in pictures]
 
