@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 av = pytest.importorskip("av")
 
 import ddetr_cli.inference.predict as predict_module  # noqa: E402
+import ddetr_cli.video.reader as reader_module  # noqa: E402
 import ddetr_cli.video.writer as writer_module  # noqa: E402
 from ddetr_cli.cli import app  # noqa: E402
 from ddetr_cli.data.shapes_video import CLIP_SIZE, shapes_clip, write_shapes_video  # noqa: E402
@@ -418,7 +419,7 @@ def test_codecs_h264_odd_sides_and_without_h264(tmp_path, monkeypatch):
 
 def test_decoding_stays_a_few_frames_ahead(clip):
     """Memory flat in the video's length: the thread waits while the queue is full."""
-    reader = FrameReader(clip, queue_size=2)
+    reader = FrameReader(clip, queue_size=2, background=True)
     try:
         frames = iter(reader)
         next(frames)
@@ -430,6 +431,39 @@ def test_decoding_stays_a_few_frames_ahead(clip):
     finally:
         reader.close()
     assert not reader._thread.is_alive()
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_in_line_and_background_decoding_give_the_same_frames(clip, tmp_path, background):
+    with FrameReader(clip, background=True) as reader:
+        expected = [(frame.index, frame.time, frame.picture) for frame in reader]
+    with FrameReader(clip, start=0.5, stride=3, background=background) as reader:
+        got = [(frame.index, frame.time, frame.picture) for frame in reader]
+        assert reader.background is background
+    wanted = [item for item in expected if item[1] >= 0.5 - 1e-6][::3]
+    assert [(i, t) for i, t, _ in got] == [(i, t) for i, t, _ in wanted]
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(got, wanted, strict=True))
+    # A truncated file: the frames before the cut, then one line, in either mode.
+    cut = tmp_path / "cut.mp4"
+    data = clip.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    frames = 0
+    with pytest.raises(DdetrError, match="cut.mp4: (truncated|decoding failed)"):
+        with FrameReader(cut, background=background) as reader:
+            for _ in reader:
+                frames += 1
+    assert 0 < frames < FRAMES
+
+
+def test_decoding_runs_in_line_when_torch_takes_every_core(clip, monkeypatch):
+    monkeypatch.setattr(reader_module.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(reader_module.torch, "get_num_threads", lambda: 2)
+    with FrameReader(clip) as reader:
+        assert not reader.background and reader._thread is None
+        assert next(iter(reader)).index == 0
+    monkeypatch.setattr(reader_module.torch, "get_num_threads", lambda: 1)
+    with FrameReader(clip) as reader:
+        assert reader.background and reader._thread is not None
 
 
 def test_progress_prints_a_line_per_tenth_in_a_log():

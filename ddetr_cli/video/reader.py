@@ -1,6 +1,7 @@
-"""Reading a video: what it holds (``probe_video``) and its frames, decoded by a background
-thread into a bounded queue (``FrameReader``), so decoding overlaps the model and memory stays
-that of a few frames however long the video is.
+"""Reading a video: what it holds (``probe_video``) and its frames (``FrameReader``), decoded
+by a background thread into a bounded queue when torch leaves a CPU core free, so decoding
+overlaps the model, or in line between the model's frames when torch's threads take every core;
+either way memory stays that of a few frames however long the video is.
 
 Frames are counted from the first one the decoder gives (index 0), timed in seconds from the
 stream's start, and turned upright when the container says the video is rotated (phones store
@@ -10,6 +11,7 @@ portrait video as landscape frames plus a rotation), as pictures are by their EX
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ import torch
 from ddetr_cli.errors import DdetrError, one_line
 from ddetr_cli.video import require_av
 
-_END = object()  # the decoding thread's last item when the video was read to its end
+_END = object()  # the decoder's last item when the video was read to its end
 _WAIT = 0.1  # seconds between checks of the stop flag while the queue is full or empty
 
 
@@ -120,13 +122,28 @@ def upright(frame: Any) -> torch.Tensor:
     return pixels.contiguous()
 
 
+def spare_core() -> bool:
+    """Whether this process may use more CPU cores than torch's threads take."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return cores > torch.get_num_threads()
+
+
 class FrameReader:
     """The frames of a video from ``start`` seconds to before ``end``, every ``stride``-th
-    counted from the first one at or after ``start``, decoded by a background thread.
+    counted from the first one at or after ``start``.
+
+    ``background`` decodes in a thread, up to ``queue_size`` frames ahead; False decodes in
+    line as frames are asked for; None (the default) chooses the thread only when torch leaves
+    a CPU core free (``spare_core``): on a 2-core CPU running torch on both, a decoding thread
+    halved the model's frames per second (its interruptions stall torch's parallel workers),
+    while decoding in line costs about 2 ms a frame.
 
     Iterating yields ``Frame``s; a video that cannot be decoded to its end raises one
     DdetrError line after the frames decoded before the problem. ``close()`` (or leaving the
-    ``with`` block) stops the thread and closes the file, whatever state iteration is in.
+    ``with`` block) stops decoding and closes the file, whatever state iteration is in.
     Frames before ``start`` are decoded (to count them exactly) but not converted.
     """
 
@@ -137,20 +154,26 @@ class FrameReader:
         end: float | None = None,
         stride: int = 1,
         queue_size: int = 8,
+        background: bool | None = None,
     ) -> None:
         self.path = Path(path)
         self.start, self.end, self.stride = start, end, stride
         self._container, self._stream = _open(self.path)
         self.info = _info(self.path, self._container, self._stream)
-        self._stream.thread_type = "AUTO"  # FFmpeg's own decoding threads, frame or slice
+        self.background = spare_core() if background is None else background
+        if self.background:
+            self._stream.thread_type = "AUTO"  # FFmpeg's own decoding threads, frame or slice
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self._stop = threading.Event()
         self.decoded = 0  # frames the decoder gave so far, wanted or not
         self.stopped_at_end = False  # reached ``end`` before the video's end
-        self._thread = threading.Thread(target=self._decode, name="ddetr-decode", daemon=True)
-        self._thread.start()
+        self._items = self._decoded_items()
+        self._thread: threading.Thread | None = None
+        if self.background:
+            self._thread = threading.Thread(target=self._decode, name="ddetr-decode", daemon=True)
+            self._thread.start()
 
-    # ------------------------------------------------------------------ the decoding thread
+    # ------------------------------------------------------------------ the decoder
 
     def _put(self, item: Any) -> bool:
         """Put ``item`` on the queue unless asked to stop first; whether it was put."""
@@ -185,43 +208,52 @@ class FrameReader:
             if (index - first) % self.stride == 0:
                 yield Frame(index, round(seconds, 6), upright(frame))
 
-    def _decode(self) -> None:
+    def _decoded_items(self) -> Iterator[Any]:
+        """The wanted frames, then ``_END``, or the error that stopped decoding as an item."""
         av = require_av()
         try:
-            for frame in self._frames():
-                if not self._put(frame):
-                    return
+            yield from self._frames()
             declared = self._stream.frames
             if not self.stopped_at_end and declared and self.decoded < declared:
-                self._put(
-                    DdetrError(
-                        f"{self.path}: truncated: {self.decoded} of the {declared} "
-                        "frames its header declares could be read"
-                    )
+                yield DdetrError(
+                    f"{self.path}: truncated: {self.decoded} of the {declared} "
+                    "frames its header declares could be read"
                 )
             else:
-                self._put(_END)
+                yield _END
         except av.FFmpegError as exc:
-            self._put(
-                DdetrError(
-                    f"{self.path}: decoding failed at frame {self.decoded} ({ffmpeg_reason(exc)})"
-                )
+            yield DdetrError(
+                f"{self.path}: decoding failed at frame {self.decoded} ({ffmpeg_reason(exc)})"
             )
         except Exception as exc:  # anything else reaches the consumer as it is
-            self._put(exc)
+            yield exc
         finally:
             self._container.close()
 
+    def _decode(self) -> None:
+        """The decoding thread: every item onto the queue, until asked to stop."""
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+        finally:
+            self._items.close()
+
     # ------------------------------------------------------------------ the consumer's side
 
-    def __iter__(self) -> Iterator[Frame]:
+    def _queued_items(self) -> Iterator[Any]:
         while True:
             try:
-                item = self._queue.get(timeout=_WAIT)
+                yield self._queue.get(timeout=_WAIT)
             except queue.Empty:
-                if self._thread.is_alive() or not self._queue.empty():
+                if self._thread is not None and self._thread.is_alive():
+                    continue
+                if not self._queue.empty():
                     continue
                 return  # stopped by close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        for item in self._queued_items() if self.background else self._items:
             if item is _END:
                 return
             if isinstance(item, Exception):
@@ -231,6 +263,10 @@ class FrameReader:
     def close(self) -> None:
         """Stop decoding and close the file; waits for the thread (it checks every 0.1 s)."""
         self._stop.set()
+        if self._thread is None:
+            self._items.close()
+            self._container.close()  # also when decoding never started
+            return
         while self._thread.is_alive():
             try:  # make room, so a thread blocked on a full queue sees the flag at once
                 self._queue.get_nowait()
