@@ -79,18 +79,27 @@ def predict_coco_results(
     return found
 
 
+def model_detections(
+    model: Detector, images: Any, sizes: torch.Tensor, run: EvaluationRun
+) -> list[dict[str, torch.Tensor]]:
+    """The post-processed detections of one forward pass over ``images`` (what the model
+    takes: a list of pictures or a batch, on the run's device), under the run's autocast,
+    boxes scaled to ``sizes`` ((N, 2) heights and widths)."""
+    with amp_autocast(torch.device(run.device), run.amp):
+        outputs = model(images)
+    outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}
+    return post_process(outputs, sizes, run.num_detections)
+
+
 def _detect(
     model: Detector, samples: list[tuple[torch.Tensor, dict[str, Any]]], run: EvaluationRun
 ) -> list[dict[str, Any]]:
     """COCO-results entries of one batch of (picture, target) samples."""
     device = torch.device(run.device)
     images = [image.to(device, non_blocking=True) for image, _ in samples]
-    with amp_autocast(device, run.amp):
-        outputs = model(images)
-    outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}
     sizes = torch.stack([t["orig_size"] for _, t in samples]).to(device)
     results = []
-    detections = post_process(outputs, sizes, run.num_detections)
+    detections = model_detections(model, images, sizes, run)
     for (_, target), det in zip(samples, detections, strict=True):
         results += coco_results(int(target["image_id"]), det)
     return results

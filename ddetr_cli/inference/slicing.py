@@ -28,9 +28,8 @@ from torch import Tensor, nn
 from ddetr_cli.data.tiles import Tile, check_tiling, shift_boxes, tile_grid
 from ddetr_cli.data.transforms import eval_size, eval_transform
 from ddetr_cli.errors import UsageError
+from ddetr_cli.evaluation.coco import EvaluationRun, model_detections
 from ddetr_cli.inference.merge import MATCHES, MERGES, cut_sides, merge_detections
-from ddetr_cli.model import post_process
-from ddetr_cli.runtime import amp_autocast
 
 # Detections kept per picture after merging: a large picture holds more objects than COCO's
 # 100 per picture.
@@ -98,10 +97,10 @@ class SlicedDetector:
         self.model = model
         self.options = options
         self.min_size, self.max_size = sizes
-        self.num_detections = num_detections  # per pass (tile or whole picture)
         self.device = torch.device(device)
+        # Each pass (tile or whole picture) keeps num_detections, as evaluation does.
+        self.run = EvaluationRun(self.device, amp, num_detections)
         self.batch_size = batch_size
-        self.amp = amp
         self.min_score = min_score  # detections below it are dropped before merging
         self.pictures = 0
         self.tiles = 0
@@ -136,11 +135,9 @@ class SlicedDetector:
     def _run(self, batch: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """Detections of one forward pass over a (N, 3, h, w) batch, boxes scaled to
         ``sizes`` (the passes' sizes in picture pixels), on the CPU."""
-        with torch.inference_mode(), amp_autocast(self.device, self.amp):
-            outputs = self.model(batch.to(self.device))
-        outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}
-        target = torch.tensor(sizes, device=outputs["pred_logits"].device)
-        found = post_process(outputs, target, num_detections=self.num_detections)
+        target = torch.tensor(sizes, device=self.device)
+        with torch.inference_mode():
+            found = model_detections(self.model, batch.to(self.device), target, self.run)
         return [{k: v.cpu() for k, v in det.items()} for det in found]
 
     def _tile_passes(self, picture: Tensor, tiles: list[Tile]) -> list[dict[str, Tensor]]:
