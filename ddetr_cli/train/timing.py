@@ -28,7 +28,6 @@ class PartTimer:
         )
         self.steps: list[dict[str, float]] = []
         self._current: dict[str, float] = {}
-
         self._started: dict[str, float] = {}
 
     @contextlib.contextmanager

@@ -246,9 +246,7 @@ class FrameReader:
             try:
                 yield self._queue.get(timeout=_WAIT)
             except queue.Empty:
-                if self._thread is not None and self._thread.is_alive():
-                    continue
-                if not self._queue.empty():
+                if self._thread.is_alive() or not self._queue.empty():
                     continue
                 return  # stopped by close()
 
