@@ -13,6 +13,7 @@ and a metrics.jsonl line. Nothing is written outside a temporary folder.
 from __future__ import annotations
 
 import copy
+import itertools
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from ddetr_cli.bench.machine import machine_info
 from ddetr_cli.errors import DdetrError, UsageError
 from ddetr_cli.runtime import Dist, resolve_device
-from ddetr_cli.train.timing import NO_TIMER, PartTimer
+from ddetr_cli.train.timing import NO_TIMER, PartTimer, timed_batches
 
 # (part, what it covers), in the order of the report; "-" parts are sub-parts of the one above.
 PARTS = (
@@ -132,12 +133,8 @@ def _time_data(run: _Run, count: int) -> tuple[list[Any], list[float]]:
             f"the training set has {len(run.sampler)} batches, fewer than the {count} "
             "steps to time: lower --iters/--warmup or use more pictures"
         )
-    batches, seconds, loader = [], [], iter(run.loader)
-    for _ in range(count):
-        start = time.perf_counter()
-        batches.append(next(loader))
-        seconds.append(time.perf_counter() - start)
-    return batches, seconds
+    timed = list(itertools.islice(timed_batches(run.loader), count))
+    return [batch for batch, _ in timed], [seconds for _, seconds in timed]
 
 
 def _hook_forward_parts(model: torch.nn.Module, timer: PartTimer) -> list[Any]:

@@ -18,7 +18,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from ddetr_cli.train.plan import claim_folder, nothing_to_train
 from ddetr_cli.train.report import Reporter, duration, short_losses
 from ddetr_cli.train.state import TrainState
 from ddetr_cli.train.stopping import StopRequest, ignore_sigterm
-from ddetr_cli.train.timing import NO_TIMER, StepClock, Timer
+from ddetr_cli.train.timing import NO_TIMER, StepClock, Timer, timed_batches
 from ddetr_cli.weights import load_state_dict, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -226,18 +225,6 @@ def train_step(
     with timer("optimizer"):
         out["grad_norm"] = _optimizer_step(state, cfg)
     return out
-
-
-def _timed(loader) -> Iterator[tuple[Any, float]]:
-    """(batch, seconds waited for it) from ``loader``."""
-    batches = iter(loader)
-    while True:
-        start = time.perf_counter()
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        yield batch, time.perf_counter() - start
 
 
 def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
@@ -450,7 +437,7 @@ class Trainer:
         group: list = []
         waited = 0.0
         try:
-            for (images, targets), seconds in _timed(self.train_loader):
+            for (images, targets), seconds in timed_batches(self.train_loader):
                 waited += seconds
                 for failure in (f for t in targets for f in t["failures"]):
                     log.warning("skipped an unreadable picture: %s", failure)

@@ -7,7 +7,8 @@ import contextlib
 import statistics
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -74,6 +75,18 @@ class _NoTimer:
 
 NO_TIMER = _NoTimer()
 Timer = PartTimer | _NoTimer  # what the training step and the criterion are timed with
+
+
+def timed_batches(loader: Iterable[Any]) -> Iterator[tuple[Any, float]]:
+    """(batch, seconds waited for it) from ``loader``."""
+    batches = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - start
 
 
 class StepClock:
