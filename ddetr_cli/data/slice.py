@@ -25,7 +25,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ddetr_cli.data.formats import DataSource, Problem, SplitData, categories_of
+from ddetr_cli.data.formats import (
+    DataSource,
+    Problem,
+    SplitData,
+    categories_of,
+    coco_split_paths,
+)
 from ddetr_cli.data.pictures import load_image, picture_size
 from ddetr_cli.data.tiles import Tile, boxes_in_tile, check_tiling, tile_grid
 from ddetr_cli.errors import DdetrError, UsageError
@@ -236,15 +242,15 @@ def slice_dataset(
         for name, split in source.splits.items():
             plans, problems, boxes_read, unshown = _plan_split(split, known, options)
             dropped = _drop_empty_tiles(plans, empty_ratio, seed)
-            images, annotations, failed = _write_split(plans, tmp / f"{name}2017", on_picture)
+            folder, annotations_path = coco_split_paths(tmp, name)
+            images, annotations, failed = _write_split(plans, folder, on_picture)
             with_boxes = len({ann["image_id"] for ann in annotations})
-            relative = Path("annotations") / f"instances_{name}2017.json"
             write_json(
                 {"images": images, "annotations": annotations, "categories": categories},
-                tmp / relative,
+                annotations_path,
             )
             written[name] = SplitSliced(
-                out_dir / relative,
+                coco_split_paths(out_dir, name)[1],
                 len(split.coco["images"]),
                 len(plans) - len(failed),
                 len(images),
