@@ -7,7 +7,10 @@ evaluation and commands can all use it without import cycles.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {device}: MPS is not available; use --device cpu")
     return dev
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step allocates and frees the same tensors every time; a few of them (the FFN's
+    hidden activations and their gradients, 2.6 MB at the demo's size) are over glibc's
+    thresholds, so by default each step maps fresh pages and faults on them again: ~3,000 page
+    faults and ~10 ms of kernel time per step of the shapes demo, none after this call
+    (benchmarks/train_cpu.md). Only where memory comes from changes, never a value. The process
+    keeps its peak heap; blocks over 256 MiB are still mapped on their own. True when glibc took
+    the settings; False elsewhere (macOS, Windows, musl) or with ``DDETR_KEEP_FREED_MEMORY=0``.
+    """
+    if os.environ.get("DDETR_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith(
+        "linux"
+    ):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # a libc without mallopt (musl)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 256 << 20) and mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def numerics(device: torch.device) -> dict[str, Any]:
