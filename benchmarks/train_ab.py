@@ -11,6 +11,7 @@ for the data loader, and where their losses part (exact changes keep them equal)
     python benchmarks/train_ab.py --base b3b08a4 --threads 1 --steps 40
     python benchmarks/train_ab.py model.num_queries=100 --recipe recipes/shapes.yaml
     python benchmarks/train_ab.py data.shapes.train_images=40   # data after the first epoch
+    python benchmarks/train_ab.py --base b3b08a4 --this train.compile=true --warmup 10
 
 Each step is timed as ``engine.train_step`` (forward, losses, backward, optimiser), which both
 versions have; wall seconds and this process's CPU seconds are both reported (on a shared
@@ -39,6 +40,13 @@ sys.path.insert(0, str(ROOT))  # this checkout's ddetr_cli before any installed 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    p.add_argument(
+        "--this",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for this checkout only (keys the base may not know: train.compile=true)",
+    )
     p.add_argument("--recipe", default=str(ROOT / "recipes" / "shapes.yaml"))
     p.add_argument("--base", default="main", help="git revision to compare with (default main)")
     p.add_argument("--steps", type=int, default=30, help="timed steps of each (default 30)")
@@ -88,6 +96,8 @@ class Version:
         self.state = part("train.state").TrainState.create(self.model, self.cfg, self.device)
         engine = part("train.engine")
         self.train_step = engine.train_step
+        compile_for_training = getattr(engine, "compile_for_training", lambda model, _: model)
+        self.step_model = compile_for_training(self.model, self.cfg)
         self.loader, self.sampler, _ = engine.build_loaders(
             splits, self.cfg, part("runtime").Dist(), 0
         )
@@ -110,7 +120,7 @@ class Version:
         data_s = time.perf_counter() - start
         start, cpu = time.perf_counter(), time.process_time()
         out = self.train_step(
-            self.model, self.criterion, self.state, [batch], self.cfg, self.device
+            self.step_model, self.criterion, self.state, [batch], self.cfg, self.device
         )
         step_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
         self.losses.append(out["loss"])
@@ -127,7 +137,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         load_base(args.base, Path(folder))
         versions = {
             "base": Version("ddetr_base", args.recipe, args.overrides),
-            "this": Version("ddetr_cli", args.recipe, args.overrides),
+            "this": Version("ddetr_cli", args.recipe, [*args.overrides, *args.this]),
         }
         for i in range(args.warmup + args.steps):
             order = ("base", "this") if i % 2 == 0 else ("this", "base")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -73,6 +74,21 @@ def test_ema_warms_up_and_follows_the_weights():
     assert ema.current_decay() < 0.001
     ema.updates = 100_000
     assert ema.current_decay() == pytest.approx(0.9998)
+
+
+def test_ema_warmup_comes_from_the_recipe():
+    model = torch.nn.Linear(2, 2)
+    assert ModelEMA(model, 0.99, warmup_steps=0).current_decay() == 0.99
+    short = ModelEMA(model, 0.99, warmup_steps=100)
+    short.updates = 100
+    assert short.current_decay() == pytest.approx(0.99 * (1 - math.exp(-1)))
+    recipe = load_recipe(
+        ROOT / "recipes" / "shapes.yaml", ["train.ema=0.99", "train.ema_warmup=50"]
+    )
+    state = TrainState.create(build_model(recipe), recipe["train"], torch.device("cpu"))
+    assert state.ema is not None and state.ema.warmup_steps == 50
+    with pytest.raises(Exception, match="ema_warmup"):
+        load_recipe(None, ["train.ema_warmup=-1"])
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ddetr_cli.bench.machine import machine_info
 from ddetr_cli.errors import DdetrError, UsageError
-from ddetr_cli.runtime import Dist, resolve_device
+from ddetr_cli.runtime import Dist, keep_freed_memory, resolve_device
 from ddetr_cli.train.timing import NO_TIMER, PartTimer, timed_batches
 
 # (part, what it covers), in the order of the report; "-" parts are sub-parts of the one above.
@@ -87,20 +87,24 @@ class _Run:
         from ddetr_cli.model import build_model
         from ddetr_cli.train.classes import resolve_classes
         from ddetr_cli.train.criterion import build_criterion
-        from ddetr_cli.train.engine import build_loaders
+        from ddetr_cli.train.engine import build_loaders, compile_for_training
+        from ddetr_cli.train.optim import total_optimizer_steps
         from ddetr_cli.train.state import TrainState
 
+        keep_freed_memory()  # as the engine's train() does
         torch.manual_seed(recipe["train"]["seed"])
         self.recipe, self.cfg, self.device = recipe, recipe["train"], device
         self.splits = build_datasets(recipe)
         resolve_classes(recipe, self.splits)
         self.model = build_model(recipe).to(device)
+        self.step_model = compile_for_training(self.model, self.cfg)
         self.criterion = build_criterion(recipe)
-        self.state = TrainState.create(self.model, self.cfg, device)
         ctx = Dist(device=device)
         self.loader, self.sampler, _ = build_loaders(
             self.splits, self.cfg, ctx, recipe["data"]["num_workers"]
         )
+        total_steps = total_optimizer_steps(self.cfg, len(self.sampler))
+        self.state = TrainState.create(self.model, self.cfg, device, total_steps)
         self.sampler.set_epoch(0)
 
     def step(self, batch, timer: PartTimer) -> None:
@@ -108,7 +112,13 @@ class _Run:
 
         with timer("step"):
             train_step(
-                self.model, self.criterion, self.state, [batch], self.cfg, self.device, timer=timer
+                self.step_model,
+                self.criterion,
+                self.state,
+                [batch],
+                self.cfg,
+                self.device,
+                timer=timer,
             )
             if self.state.ema is not None:
                 with timer("ema"):
@@ -154,7 +164,8 @@ def _hook_forward_parts(model: torch.nn.Module, timer: PartTimer) -> list[Any]:
 def _time_steps(run: _Run, batches: list[Any], data_s: list[float], skip: int) -> PartTimer:
     """Train on ``batches`` one step each, timing the parts; data times join each step."""
     timer = PartTimer(run.device)
-    handles = _hook_forward_parts(run.model, timer)
+    # A compiled forward pass runs as one graph: its modules' hooks would time nothing.
+    handles = [] if run.cfg["compile"] else _hook_forward_parts(run.model, timer)
     run.criterion.timer = timer
     run.model.train()
     try:
@@ -167,7 +178,8 @@ def _time_steps(run: _Run, batches: list[Any], data_s: list[float], skip: int) -
         for handle in handles:
             handle.remove()
     for step in timer.steps:
-        step["- rest"] = step["forward"] - sum(step.get(p, 0.0) for p in FORWARD_MODULES)
+        if handles:
+            step["- rest"] = step["forward"] - sum(step.get(p, 0.0) for p in FORWARD_MODULES)
         for name in (*FORWARD_MODULES, *LOSS_PARTS):
             if name in step:
                 step[f"- {name}"] = step.pop(name)
@@ -302,12 +314,15 @@ def run_train_bench(
             "batch_size": recipe["train"]["batch_size"],
             "image_size": list(options.image_size) if options.image_size else "as loaded",
             "amp": recipe["train"]["amp"],
+            "compile": recipe["train"]["compile"],
             "warmup_steps": options.warmup,
             "timed_steps": options.steps,
             "timing": "median over the timed steps of each part, device synchronised around "
             "each part; the parts' medians need not add up to the step's",
         },
         "step_ms": step,
+        # With train.compile, the first step holds the compile.
+        "first_step_ms": 1e3 * timer.steps[0]["step"],
         "parts": parts,
         "between_steps": between,
     }

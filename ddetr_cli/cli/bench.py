@@ -474,7 +474,12 @@ def print_train_report(report: dict[str, Any], console: Console) -> None:
         title_justify="left",
         box=box.SIMPLE_HEAD,
         caption=f"{protocol['device']}, {protocol['threads']} threads; median ms of "
-        f"{protocol['timed_steps']} steps after {protocol['warmup_steps']} warm-up",
+        f"{protocol['timed_steps']} steps after {protocol['warmup_steps']} warm-up"
+        + (
+            f"; compiled (train.compile), the first step {report['first_step_ms'] / 1e3:.1f} s"
+            if protocol["compile"]
+            else ""
+        ),
         caption_justify="left",
     )
     for name, justify in (("part", "left"), ("ms", "right"), ("share", "right"), ("what", "left")):

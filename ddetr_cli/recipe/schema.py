@@ -75,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
         "lr_linear_proj_mult": 0.1,
         "weight_decay": 1.0e-4,
         "lr_drop": 40,
+        # step (official: lr x 0.1 after lr_drop epochs), cosine or linear (to 0 over the run)
+        "lr_schedule": "step",
         "clip_max_norm": 0.1,
         "amp": "off",
         "seed": 42,
@@ -86,6 +88,10 @@ DEFAULTS: dict[str, Any] = {
         "max_steps": 0,  # stop after this many optimiser steps in all (0: epochs decide)
         "accumulate": 1,  # batches whose gradients add up to one optimiser step
         "ema": 0.0,  # decay of an exponential moving average of the weights (0: off)
+        "ema_warmup": 2000,  # steps over which the EMA's decay warms up (0: none)
+        # torch.compile the model for training steps (Inductor): faster steps after a compile
+        # that takes minutes the first time (docs/design.md#compiled-training-steps).
+        "compile": False,
         "patience": 0,  # stop after this many evaluations without a better val AP (0: off)
         "tensorboard": False,  # TensorBoard event files in the run folder
     },
@@ -126,6 +132,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone_norm": ("frozen", "batch"),
     "model.attention_backend": ATTENTION_BACKENDS,
     "train.amp": ("off", "bf16", "fp16"),
+    "train.lr_schedule": ("step", "cosine", "linear"),
     "data.format": DATA_FORMATS,
     "data.shapes.task": ("shapes3", "shapes6"),
     "data.augment": ("paper", "flip", "none"),
@@ -174,6 +181,7 @@ MINIMUM: dict[str, float] = {
     "train.max_steps": 0,
     "train.accumulate": 1,
     "train.ema": 0,
+    "train.ema_warmup": 0,
     "train.patience": 0,
 }
 # Upper bounds of some of those: (bound, whether the bound itself is allowed).

@@ -2,8 +2,10 @@
 checkpoint.
 
 After each optimiser step: ema = d * ema + (1 - d) * weights, with the decay warming up as
-d = decay * (1 - exp(-updates / WARMUP_STEPS)), so the first steps follow the weights closely
-(as YOLOv5/Ultralytics do). Integer buffers (BatchNorm's num_batches_tracked) are copied.
+d = decay * (1 - exp(-updates / warmup_steps)), so the first steps follow the weights closely
+(as YOLOv5/Ultralytics do, with 2,000 steps). A short run wants a shorter warm-up
+(train.ema_warmup): after 5,000 steps the 2,000-step one still holds d at 0.92 x decay, an
+average over about a dozen steps. Integer buffers (BatchNorm's num_batches_tracked) are copied.
 """
 
 from __future__ import annotations
@@ -15,31 +17,38 @@ from typing import Any
 import torch
 from torch import nn
 
-WARMUP_STEPS = 2000
+WARMUP_STEPS = 2000  # train.ema_warmup's default
 
 
 class ModelEMA:
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, warmup_steps: int = WARMUP_STEPS) -> None:
         self.module = copy.deepcopy(model).eval()
         for param in self.module.parameters():
             param.requires_grad_(False)
-        self.decay = decay
+        self.decay, self.warmup_steps = decay, warmup_steps
         self.updates = 0
 
     def current_decay(self) -> float:
-        return self.decay * (1 - math.exp(-self.updates / WARMUP_STEPS))
+        if self.warmup_steps == 0:
+            return self.decay
+        return self.decay * (1 - math.exp(-self.updates / self.warmup_steps))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """ema += (1 - d) * (weights - ema), for every float tensor in one foreach call (one
+        call instead of two per tensor: a twentieth of the demo's step before, ~1 ms now)."""
         self.updates += 1
         d = self.current_decay()
         source = model.state_dict()
+        averaged, weights = [], []
         for key, value in self.module.state_dict().items():
             new = source[key].detach()
             if value.dtype.is_floating_point:
-                value.mul_(d).add_(new.to(value.dtype), alpha=1 - d)
+                averaged.append(value)
+                weights.append(new.to(value.dtype))
             else:
                 value.copy_(new)
+        torch._foreach_lerp_(averaged, weights, 1 - d)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.module.state_dict(), "updates": self.updates}

@@ -43,6 +43,7 @@ from ddetr_cli.train.checkpointing import (
 )
 from ddetr_cli.train.classes import resolve_classes
 from ddetr_cli.train.criterion import SetCriterion, build_criterion
+from ddetr_cli.train.optim import steps_each_step, total_optimizer_steps
 from ddetr_cli.train.plan import claim_folder, nothing_to_train
 from ddetr_cli.train.report import Reporter, duration, short_losses
 from ddetr_cli.train.state import TrainState
@@ -83,6 +84,7 @@ def train(
     the next free name instead of an error. Returns the summary in process 0, None in the other
     processes of a distributed run."""
     recipe = copy.deepcopy(recipe)
+    runtime.keep_freed_memory()
     ctx = runtime.setup_distributed(recipe["train"]["device"])
     try:
         ckpt = read_training_state(Path(resume)) if resume is not None else None
@@ -227,6 +229,15 @@ def train_step(
     return out
 
 
+def compile_for_training(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
+    """The module ``train_step`` calls: ``model`` itself, or with train.compile its
+    ``torch.compile`` form (the same parameters; Inductor fuses the forward pass and, through
+    AOTAutograd, the backward). Evaluation and checkpoints keep using ``model``."""
+    if not cfg["compile"]:
+        return model
+    return torch.compile(model)
+
+
 def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
     """Unscale, clip, step (skipped on non-finite gradients without a scaler); the norm."""
     scaler, optimizer = state.scaler, state.optimizer
@@ -300,14 +311,15 @@ class Trainer:
         resolve_classes(recipe, self.splits)
         self._build_model(ckpt, resume, weights)
         self.criterion = build_criterion(recipe)
-        self.state = TrainState.create(self.bare, cfg, self.device)
-        if ckpt is not None:
-            self.state.load(ckpt, self.bare, cfg, ctx.rank)
-            self._seconds_before = self.state.seconds  # the run's time counts from its start
         workers = recipe["data"]["num_workers"]
         self.train_loader, self.sampler, self.val_loader = build_loaders(
             self.splits, cfg, ctx, workers
         )
+        total_steps = total_optimizer_steps(cfg, len(self.sampler))
+        self.state = TrainState.create(self.bare, cfg, self.device, total_steps)
+        if ckpt is not None:
+            self.state.load(ckpt, self.bare, cfg, ctx.rank)
+            self._seconds_before = self.state.seconds  # the run's time counts from its start
         if ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             dump_recipe(recipe, self.output_dir / "recipe.yaml")
@@ -334,6 +346,16 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=not self.recipe["model"]["aux_loss"],
             )
+        self.model = compile_for_training(self.model, self.cfg)
+
+    def _schedule_words(self) -> str:
+        cfg = self.cfg
+        if steps_each_step(cfg):
+            total = total_optimizer_steps(cfg, len(self.sampler))
+            return f"{cfg['lr_schedule']} decay to 0 over {total:,} steps"
+        if cfg["lr_drop"] >= cfg["epochs"]:
+            return "constant (train.lr_drop after the last epoch)"
+        return f"x0.1 every {cfg['lr_drop']} epochs"
 
     def _report_start(self, ckpt: dict[str, Any] | None, resume: str | Path | None) -> None:
         cfg, splits, say = self.cfg, self.splits, self.reporter.line
@@ -355,10 +377,15 @@ class Trainer:
         )
         lrs = ", ".join(f"{k} {v:.2e}" for k, v in self.state.learning_rates().items())
         ema = f"; EMA decay {cfg['ema']}" if cfg["ema"] > 0 else ""
-        say(f"learning rates: {lrs}{ema}")
+        say(f"learning rates: {lrs}; {self._schedule_words()}{ema}")
         building = _kernel_build_line(self.recipe, self.device)
         if building:
             say(building)
+        if cfg["compile"]:
+            say(
+                "train.compile: the first steps wait for torch.compile (minutes on a CPU the "
+                "first time; its cache makes later runs start in seconds)"
+            )
         if ckpt is not None:
             st = self.state
             say(
@@ -452,6 +479,8 @@ class Trainer:
                     st.ema.update(self.bare)
                 self.clock.add(waited, time.perf_counter() - started)
                 st.batch, st.step = st.batch + len(group), st.step + 1
+                if steps_each_step(cfg):
+                    st.scheduler.step()
                 self._after_step(losses, len(group))
                 group, waited = [], 0.0
                 if cfg["max_steps"] and st.step >= cfg["max_steps"]:
@@ -487,7 +516,8 @@ class Trainer:
     def end_epoch(self) -> bool:
         """Scheduler step, evaluation, metrics line, checkpoints; True when the run ends."""
         st, cfg = self.state, self.cfg
-        st.scheduler.step()
+        if not steps_each_step(cfg):
+            st.scheduler.step()
         st.epoch, st.batch = st.epoch + 1, 0
         record = {
             "type": "epoch",

@@ -1,7 +1,10 @@
-"""AdamW with the official parameter groups and the step schedule (docs/design.md#optimiser)."""
+"""AdamW with the official parameter groups, and the learning-rate schedules: the official step
+schedule, or a cosine or linear decay over the run (docs/design.md#optimiser)."""
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import torch
@@ -50,8 +53,39 @@ def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Opti
     )
 
 
+LRScheduler = torch.optim.lr_scheduler.LRScheduler
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, train: dict[str, Any]
-) -> torch.optim.lr_scheduler.StepLR:
-    """lr x 0.1 after train.lr_drop epochs (stepped once per epoch)."""
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train["lr_drop"], gamma=0.1)
+    optimizer: torch.optim.Optimizer, train: dict[str, Any], total_steps: int | None = None
+) -> LRScheduler:
+    """train.lr_schedule ``step`` (the official): lr x 0.1 after train.lr_drop epochs, stepped
+    once per epoch. ``cosine`` / ``linear``: from lr down to 0 over the run's ``total_steps``
+    optimiser steps, stepped after every step (``steps_each_step``)."""
+    if not steps_each_step(train):
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train["lr_drop"], gamma=0.1)
+    if total_steps is None:
+        raise ValueError(f"lr_schedule {train['lr_schedule']!r} needs the run's total steps")
+    decay = functools.partial(decay_factor, train["lr_schedule"], total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+
+
+def steps_each_step(train: dict[str, Any]) -> bool:
+    """Whether the schedule moves after every optimiser step (else after every epoch)."""
+    return train["lr_schedule"] != "step"
+
+
+def decay_factor(schedule: str, total_steps: int, step: int) -> float:
+    """The learning rate's share after ``step`` of ``total_steps`` optimiser steps: half a
+    cosine from 1 to 0, or a straight line from 1 to 0."""
+    done = min(step / max(total_steps, 1), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+    return 1.0 - done
+
+
+def total_optimizer_steps(train: dict[str, Any], batches_per_epoch: int) -> int:
+    """Optimiser steps of the whole run: every epoch's (its last may gather fewer than
+    train.accumulate batches), or train.max_steps when that ends the run sooner."""
+    total = train["epochs"] * math.ceil(batches_per_epoch / train["accumulate"])
+    return min(total, train["max_steps"]) if train["max_steps"] else total

@@ -12,13 +12,19 @@ from torch import nn
 
 from ddetr_cli.train.checkpointing import set_rng_state
 from ddetr_cli.train.ema import ModelEMA
-from ddetr_cli.train.optim import build_optimizer, build_scheduler, param_groups
+from ddetr_cli.train.optim import (
+    LRScheduler,
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+    steps_each_step,
+)
 
 
 @dataclass
 class TrainState:
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.StepLR
+    scheduler: LRScheduler  # StepLR, stepped per epoch, or LambdaLR, per optimiser step
     scaler: torch.amp.GradScaler
     ema: ModelEMA | None = None
     epoch: int = 0  # epochs completed
@@ -34,14 +40,21 @@ class TrainState:
     loss_steps: int = 0
 
     @classmethod
-    def create(cls, model: nn.Module, cfg: dict[str, Any], device: torch.device) -> TrainState:
-        """A fresh state for ``model`` (the bare model, not its DDP wrapper)."""
+    def create(
+        cls,
+        model: nn.Module,
+        cfg: dict[str, Any],
+        device: torch.device,
+        total_steps: int | None = None,
+    ) -> TrainState:
+        """A fresh state for ``model`` (the bare model, not its DDP wrapper); ``total_steps``:
+        the run's optimiser steps, which a cosine or linear schedule decays over."""
         optimizer = build_optimizer(model, cfg)
         return cls(
             optimizer=optimizer,
-            scheduler=build_scheduler(optimizer, cfg),
+            scheduler=build_scheduler(optimizer, cfg, total_steps),
             scaler=torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16"),
-            ema=ModelEMA(model, cfg["ema"]) if cfg["ema"] > 0 else None,
+            ema=ModelEMA(model, cfg["ema"], cfg["ema_warmup"]) if cfg["ema"] > 0 else None,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -66,9 +79,8 @@ class TrainState:
 
     def load(self, ckpt: dict[str, Any], model: nn.Module, cfg: dict[str, Any], rank: int) -> None:
         """Continue from a checkpoint's training state. Like the official resume, the recipe's
-        current learning rates and lr_drop win over the stored ones."""
+        current learning rates and schedule win over the stored ones."""
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
         if "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.batch, self.step = ckpt["epoch"], ckpt["batch"], ckpt["step"]
@@ -82,17 +94,32 @@ class TrainState:
             if "ema" in ckpt:
                 self.ema.load_state_dict(ckpt["ema"])
             else:  # a run without EMA continued with it: start the average here
-                self.ema = ModelEMA(model, cfg["ema"])
+                self.ema = ModelEMA(model, cfg["ema"], cfg["ema_warmup"])
         rngs = ckpt.get("rng") or []
         if rank < len(rngs):
             set_rng_state(rngs[rank])
+        self._continue_schedule(model, cfg)
+
+    def _continue_schedule(self, model: nn.Module, cfg: dict[str, Any]) -> None:
+        """Learning rates where the recipe's schedule has them after the state's epochs (step
+        schedule) or optimiser steps (cosine, linear), from the recipe's base rates."""
         groups = self.optimizer.param_groups
         for group, base in zip(groups, param_groups(model, cfg), strict=True):
             group["initial_lr"] = base["lr"]
-        self.scheduler.step_size = cfg["lr_drop"]
-        self.scheduler.base_lrs = [g["initial_lr"] for g in groups]
-        for group, lr in zip(groups, self.scheduler._get_closed_form_lr(), strict=True):
+        scheduler = self.scheduler
+        scheduler.base_lrs = [g["initial_lr"] for g in groups]
+        scheduler.last_epoch = self.step if steps_each_step(cfg) else self.epoch
+        if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
+            scheduler.step_size = cfg["lr_drop"]
+            lrs = scheduler._get_closed_form_lr()
+        else:
+            lrs = [
+                base * fn(scheduler.last_epoch)
+                for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+            ]
+        for group, lr in zip(groups, lrs, strict=True):
             group["lr"] = lr
+        scheduler._last_lr = lrs
 
     def record_eval(self, ap: float, epoch: int) -> bool:
         """Note a val AP; True when it is the best so far."""
