@@ -5,7 +5,8 @@ of a shared machine hits both alike; each step is timed part by part (forward pa
 backward pass, optimiser) with ``ddetr_cli.train.timing.PartTimer``. Medians after warm-up.
 
 - ``--config shapes`` (default): the demo (``recipes/shapes.yaml``: the 5-block CNN trained from
-  scratch, d_model 128, 2 + 2 layers, 30 queries, 3 levels, two-stage with box refinement),
+  scratch, d_model 128, 1 + 2 layers, FFN 256, 30 queries, 3 levels, two-stage with box
+  refinement; overrides such as ``model.enc_layers=2`` change it for both),
   batches of 4 shapes pictures at 128x128. transformers builds no such CNN: its backbone module
   is replaced by ddetr's (same weights layout, trainable batch norm, as the recipe).
 - ``--config refine``: the paper's refine recipe (ResNet-50 with frozen batch norm and stem,
