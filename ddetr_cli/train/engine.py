@@ -315,8 +315,8 @@ class Trainer:
         self.train_loader, self.sampler, self.val_loader = build_loaders(
             self.splits, cfg, ctx, workers
         )
-        total_steps = total_optimizer_steps(cfg, len(self.sampler))
-        self.state = TrainState.create(self.bare, cfg, self.device, total_steps)
+        self.total_steps = total_optimizer_steps(cfg, len(self.sampler))
+        self.state = TrainState.create(self.bare, cfg, self.device, self.total_steps)
         if ckpt is not None:
             self.state.load(ckpt, self.bare, cfg, ctx.rank)
             self._seconds_before = self.state.seconds  # the run's time counts from its start
@@ -351,8 +351,7 @@ class Trainer:
     def _schedule_words(self) -> str:
         cfg = self.cfg
         if steps_each_step(cfg):
-            total = total_optimizer_steps(cfg, len(self.sampler))
-            return f"{cfg['lr_schedule']} decay to 0 over {total:,} steps"
+            return f"{cfg['lr_schedule']} decay to 0 over {self.total_steps:,} steps"
         if cfg["lr_drop"] >= cfg["epochs"]:
             return "constant (train.lr_drop after the last epoch)"
         return f"x0.1 every {cfg['lr_drop']} epochs"

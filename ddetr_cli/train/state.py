@@ -108,15 +108,15 @@ class TrainState:
             group["initial_lr"] = base["lr"]
         scheduler = self.scheduler
         scheduler.base_lrs = [g["initial_lr"] for g in groups]
-        scheduler.last_epoch = self.step if steps_each_step(cfg) else self.epoch
-        if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
-            scheduler.step_size = cfg["lr_drop"]
-            lrs = scheduler._get_closed_form_lr()
-        else:
+        if steps_each_step(cfg):  # LambdaLR
+            scheduler.last_epoch = self.step
             lrs = [
-                base * fn(scheduler.last_epoch)
+                base * fn(self.step)
                 for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
             ]
+        else:  # StepLR
+            scheduler.last_epoch, scheduler.step_size = self.epoch, cfg["lr_drop"]
+            lrs = scheduler._get_closed_form_lr()
         for group, lr in zip(groups, lrs, strict=True):
             group["lr"] = lr
         scheduler._last_lr = lrs
