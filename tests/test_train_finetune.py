@@ -76,6 +76,30 @@ def test_ema_warms_up_and_follows_the_weights():
     assert ema.current_decay() == pytest.approx(0.9998)
 
 
+def test_ema_follows_in_place_updates_and_copies_counters():
+    # Weights and BatchNorm statistics change in place between updates (optimiser, forward
+    # passes); every update averages their current values and copies the integer counter.
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = ModelEMA(model, 0.5, warmup_steps=0)
+    expected = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        model(torch.randn(8, 3)).square().sum().backward()
+        optimizer.step()
+        ema.update(model)
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                expected[key] = 0.5 * expected[key] + 0.5 * value
+            else:
+                expected[key] = value.clone()
+    for key, value in ema.module.state_dict().items():
+        assert torch.allclose(value, expected[key], atol=1e-6), key
+    assert int(ema.module[1].num_batches_tracked) == 3
+    other = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema.update(other)  # another model object is paired anew
+    assert torch.allclose(ema.module[0].weight, 0.5 * expected["0.weight"] + 0.5 * other[0].weight)
+
+
 def test_ema_warmup_comes_from_the_recipe():
     model = torch.nn.Linear(2, 2)
     assert ModelEMA(model, 0.99, warmup_steps=0).current_decay() == 0.99
