@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 WARMUP_STEPS = 2000  # train.ema_warmup's default
+
+
+class _Pairs(NamedTuple):
+    """A model's tensors paired with the average's: floats to average, integers to copy."""
+
+    model: nn.Module
+    averaged: list[Tensor]  # the average's floats
+    weights: list[Tensor]  # the model's, in the same order
+    counters: list[Tensor]  # the average's integer buffers (BatchNorm's num_batches_tracked)
+    counts: list[Tensor]  # the model's
 
 
 class ModelEMA:
@@ -27,7 +37,7 @@ class ModelEMA:
             param.requires_grad_(False)
         self.decay, self.warmup_steps = decay, warmup_steps
         self.updates = 0
-        self._pairs: tuple[nn.Module, tuple[list[Tensor], ...]] | None = None
+        self._pairs: _Pairs | None = None
 
     def current_decay(self) -> float:
         if self.warmup_steps == 0:
@@ -38,29 +48,28 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         """ema += (1 - d) * (weights - ema), for every float tensor in one foreach call."""
         self.updates += 1
-        averaged, weights, counters, counts = self._paired(model)
-        for counter, count in zip(counters, counts, strict=True):
+        pairs = self._paired(model)
+        for counter, count in zip(pairs.counters, pairs.counts, strict=True):
             counter.copy_(count)
-        torch._foreach_lerp_(averaged, weights, 1 - self.current_decay())
+        torch._foreach_lerp_(pairs.averaged, pairs.weights, 1 - self.current_decay())
 
-    def _paired(self, model: nn.Module) -> tuple[list[Tensor], ...]:
-        """The average's tensors beside the model's (floats to average, integer counters to
-        copy), paired by name once per model object: two ``state_dict()`` walks a step cost
-        ~1 ms of the demo's ~85. The optimiser, BatchNorm and ``load_state_dict`` update the
-        model's tensors in place, so the pairs hold for the run."""
-        if self._pairs is None or self._pairs[0] is not model:
+    def _paired(self, model: nn.Module) -> _Pairs:
+        """The average's tensors beside the model's, paired by name once per model object: two
+        ``state_dict()`` walks a step cost ~1 ms of the demo's ~85. The optimiser, BatchNorm and
+        ``load_state_dict`` update the model's tensors in place, so the pairs hold for the run."""
+        if self._pairs is None or self._pairs.model is not model:
             source = model.state_dict(keep_vars=True)
-            lists: tuple[list[Tensor], ...] = ([], [], [], [])
+            pairs = _Pairs(model, [], [], [], [])
             for key, value in self.module.state_dict(keep_vars=True).items():
                 new = source[key].detach()
                 if value.dtype.is_floating_point:
-                    lists[0].append(value)
-                    lists[1].append(new)
+                    pairs.averaged.append(value)
+                    pairs.weights.append(new)
                 else:
-                    lists[2].append(value)
-                    lists[3].append(new)
-            self._pairs = (model, lists)
-        return self._pairs[1]
+                    pairs.counters.append(value)
+                    pairs.counts.append(new)
+            self._pairs = pairs
+        return self._pairs
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.module.state_dict(), "updates": self.updates}
