@@ -79,7 +79,7 @@ def ddetr_run(args: argparse.Namespace):
     from ddetr_cli.recipe import load_recipe
     from ddetr_cli.runtime import Dist
     from ddetr_cli.train.criterion import build_criterion
-    from ddetr_cli.train.engine import build_loaders
+    from ddetr_cli.train.parts import build_loaders
     from ddetr_cli.train.state import TrainState
 
     name, overrides = CONFIGS[args.config]

@@ -96,9 +96,11 @@ class Version:
         self.state = part("train.state").TrainState.create(self.model, self.cfg, self.device)
         engine = part("train.engine")
         self.train_step = engine.train_step
-        compile_for_training = getattr(engine, "compile_for_training", lambda model, _: model)
+        # Older revisions built loaders (and compiled) in the engine, newer in train.parts.
+        home = engine if hasattr(engine, "build_loaders") else part("train.parts")
+        compile_for_training = getattr(home, "compile_for_training", lambda model, _: model)
         self.step_model = compile_for_training(self.model, self.cfg)
-        self.loader, self.sampler, _ = engine.build_loaders(
+        self.loader, self.sampler, _ = home.build_loaders(
             splits, self.cfg, part("runtime").Dist(), 0
         )
         self.epoch = 0

@@ -1,5 +1,5 @@
 """train.lr_schedule: the official step schedule, and cosine / linear decays to 0 over the run
-that move after every optimiser step and resume exactly."""
+that move after every optimiser step and resume exactly; train.warmup_steps on top of any."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ddetr_cli.model import build_model
 from ddetr_cli.recipe import load_recipe
 from ddetr_cli.train.checkpointing import find_resume
 from ddetr_cli.train.engine import Trainer, train
-from ddetr_cli.train.optim import decay_factor, total_optimizer_steps
+from ddetr_cli.train.optim import decay_factor, total_optimizer_steps, warmup_share
 from ddetr_cli.train.state import TrainState
 from ddetr_cli.weights import read_checkpoint
 
@@ -70,13 +70,14 @@ def test_the_step_schedule_moves_per_epoch(tmp_path, capsys):
     assert "x0.1 every 1 epochs" in capsys.readouterr().out
 
 
-def test_a_cosine_run_stopped_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
-    straight = train(_recipe("train.lr_schedule=cosine", f"train.output_dir={tmp_path / 'a'}"),
-                     progress=False)  # fmt: skip
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_a_cosine_run_stopped_mid_epoch_resumes_exactly(tmp_path, monkeypatch, warmup):
+    schedule = ["train.lr_schedule=cosine", f"train.warmup_steps={warmup}"]
+    straight = train(_recipe(*schedule, f"train.output_dir={tmp_path / 'a'}"), progress=False)
     assert straight.steps == 6
     # Stopped after 4 steps as SIGTERM would stop it: the recipe, and so the schedule, unchanged.
     monkeypatch.setattr(Trainer, "_stop_requested", lambda self: self.state.step == 4)
-    stopped = _recipe("train.lr_schedule=cosine", f"train.output_dir={tmp_path / 'b'}")
+    stopped = _recipe(*schedule, f"train.output_dir={tmp_path / 'b'}")
     with pytest.raises(Terminated):
         train(stopped, progress=False)
     monkeypatch.undo()
@@ -109,3 +110,38 @@ def test_loading_a_state_sets_the_rates_of_its_step():
     assert [g["lr"] for g in again.optimizer.param_groups] == [
         g["lr"] for g in state.optimizer.param_groups
     ]
+
+
+def test_warmup_shares():
+    assert [warmup_share(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_share(0, 0) == 1.0
+
+
+def test_a_warmed_up_step_is_a_step_at_the_smaller_rate(tmp_path):
+    """The first of 4 warm-up steps at lr equals a plain step at lr / 4, for every group (the
+    backbone's and the sampling offsets' too) and the weight decay; the stored rates stay the
+    scheduled ones."""
+    warmed = _recipe("train.warmup_steps=4", "train.lr=4e-4", "train.lr_backbone=4e-5",
+                     "train.max_steps=1", f"train.output_dir={tmp_path / 'a'}")  # fmt: skip
+    plain = _recipe("train.lr=1e-4", "train.lr_backbone=1e-5", "train.max_steps=1",
+                    f"train.output_dir={tmp_path / 'b'}")  # fmt: skip
+    train(warmed, progress=False)
+    train(plain, progress=False)
+    a = read_checkpoint(tmp_path / "a" / "checkpoint_last.pth")
+    b = read_checkpoint(tmp_path / "b" / "checkpoint_last.pth")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [4e-4, 4e-5, 4e-5]
+
+
+def test_warmup_rates_in_the_log_and_the_start_line(tmp_path, capsys):
+    train(_recipe("train.warmup_steps=4", "train.lr_drop=1", f"train.output_dir={tmp_path}"),
+          progress=False)  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # After step s the line holds step s+1's rate: warm to step 4, x0.1 after epoch 1's 3 steps.
+    assert [r["lr"] for r in lines if r["type"] == "step"] == pytest.approx(
+        [5e-4 * 0.5, 5e-4 * 0.75, 5e-4, 5e-5, 5e-5, 5e-5]
+    )
+    out = capsys.readouterr().out
+    assert "rest 5.00e-04" in out
+    assert "linear warm-up over 4 steps, then x0.1 every 1 epochs" in out

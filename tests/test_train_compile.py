@@ -15,7 +15,8 @@ from ddetr_cli.bench.train import TrainBenchOptions, run_train_bench
 from ddetr_cli.data import build_datasets, collate
 from ddetr_cli.model import build_model
 from ddetr_cli.recipe import load_recipe
-from ddetr_cli.train.engine import compile_for_training, train
+from ddetr_cli.train.engine import train
+from ddetr_cli.train.parts import compile_for_training
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [

@@ -83,28 +83,15 @@ class _Run:
     """What a training run is made of, built as the engine builds it, minus the run folder."""
 
     def __init__(self, recipe: dict[str, Any], device: torch.device) -> None:
-        from ddetr_cli.data import build_datasets
-        from ddetr_cli.model import build_model
-        from ddetr_cli.train.classes import resolve_classes
-        from ddetr_cli.train.criterion import build_criterion
-        from ddetr_cli.train.engine import build_loaders, compile_for_training
-        from ddetr_cli.train.optim import total_optimizer_steps
-        from ddetr_cli.train.state import TrainState
+        from ddetr_cli.train.parts import build_run_parts, seed_everything
 
         keep_freed_memory()  # as the engine's train() does
-        torch.manual_seed(recipe["train"]["seed"])
+        seed_everything(recipe["train"]["seed"])
         self.recipe, self.cfg, self.device = recipe, recipe["train"], device
-        self.splits = build_datasets(recipe)
-        resolve_classes(recipe, self.splits)
-        self.model = build_model(recipe).to(device)
-        self.step_model = compile_for_training(self.model, self.cfg)
-        self.criterion = build_criterion(recipe)
-        ctx = Dist(device=device)
-        self.loader, self.sampler, _ = build_loaders(
-            self.splits, self.cfg, ctx, recipe["data"]["num_workers"]
-        )
-        total_steps = total_optimizer_steps(self.cfg, len(self.sampler))
-        self.state = TrainState.create(self.model, self.cfg, device, total_steps)
+        parts = build_run_parts(recipe, Dist(device=device))
+        self.splits, self.model, self.step_model = parts.splits, parts.model, parts.step_model
+        self.criterion, self.state = parts.criterion, parts.state
+        self.loader, self.sampler = parts.train_loader, parts.sampler
         self.sampler.set_epoch(0)
 
     def step(self, batch, timer: PartTimer) -> None:

@@ -77,6 +77,9 @@ DEFAULTS: dict[str, Any] = {
         "lr_drop": 40,
         # step (official: lr x 0.1 after lr_drop epochs), cosine or linear (to 0 over the run)
         "lr_schedule": "step",
+        # optimiser steps over which every rate climbs linearly from lr/warmup_steps to lr
+        # (0: none, the official); it multiplies whatever lr_schedule gives
+        "warmup_steps": 0,
         "clip_max_norm": 0.1,
         "amp": "off",
         "seed": 42,
@@ -179,6 +182,7 @@ MINIMUM: dict[str, float] = {
     "data.shapes.seed": 0,
     "train.log_every": 1,
     "train.max_steps": 0,
+    "train.warmup_steps": 0,
     "train.accumulate": 1,
     "train.ema": 0,
     "train.ema_warmup": 0,

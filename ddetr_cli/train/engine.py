@@ -13,27 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from ddetr_cli import runtime
-from ddetr_cli.data import ResumableBatchSampler, Splits, build_datasets, collate
 from ddetr_cli.data.dataset import DetectionDataset
 from ddetr_cli.errors import DdetrError, Terminated
 from ddetr_cli.evaluation.coco import EvaluationRun, evaluate_coco
-from ddetr_cli.model import build_model
 from ddetr_cli.recipe import dump_recipe
 from ddetr_cli.runtime import amp_autocast
 from ddetr_cli.train.checkpointing import (
@@ -41,13 +36,13 @@ from ddetr_cli.train.checkpointing import (
     read_training_state,
     rng_state,
 )
-from ddetr_cli.train.classes import resolve_classes
-from ddetr_cli.train.criterion import SetCriterion, build_criterion
-from ddetr_cli.train.optim import steps_each_step, total_optimizer_steps
+from ddetr_cli.train.criterion import SetCriterion
+from ddetr_cli.train.optim import steps_each_step
+from ddetr_cli.train.parts import Batch, build_run_parts, seed_everything
 from ddetr_cli.train.plan import claim_folder, nothing_to_train
 from ddetr_cli.train.report import Reporter, duration, short_losses
 from ddetr_cli.train.state import TrainState
-from ddetr_cli.train.stopping import StopRequest, ignore_sigterm
+from ddetr_cli.train.stopping import StopRequest
 from ddetr_cli.train.timing import NO_TIMER, StepClock, Timer, timed_batches
 from ddetr_cli.weights import load_state_dict, save_checkpoint
 
@@ -112,12 +107,6 @@ def _already_done(recipe: dict[str, Any], ckpt: dict[str, Any]) -> TrainResult:
     )
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _claim(cfg: dict[str, Any], ctx: runtime.Dist, next_free: bool) -> tuple[Path, str | None]:
     """Process 0 picks the run folder; every process gets its choice (or its error)."""
     decided: tuple[str, str | None] | str = ""
@@ -131,50 +120,6 @@ def _claim(cfg: dict[str, Any], ctx: runtime.Dist, next_free: bool) -> tuple[Pat
     if isinstance(decided, str):
         raise DdetrError(decided)
     return Path(decided[0]), decided[1]
-
-
-Batch = tuple[list[Tensor], list[dict[str, Any]]]  # pictures and targets, as the loader gives
-
-
-def build_loaders(
-    splits: Splits, cfg: dict[str, Any], ctx: runtime.Dist, workers: int
-) -> tuple[DataLoader, ResumableBatchSampler, DataLoader | None]:
-    """(training loader, its resumable batch sampler, val loader or None)."""
-    sampler = ResumableBatchSampler(
-        splits.train, cfg["batch_size"], ctx.rank, ctx.world_size, shuffle=True, seed=cfg["seed"]
-    )
-    if len(sampler) == 0:
-        raise DdetrError(
-            f"the training set ({len(splits.train)} pictures) is smaller than one batch of "
-            f"{cfg['batch_size']} per process"
-        )
-    pin = ctx.device.type == "cuda"
-    loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps the global RNG untouched
-    train_loader = DataLoader(
-        splits.train,
-        batch_sampler=sampler,
-        collate_fn=collate,
-        num_workers=workers,
-        pin_memory=pin,
-        persistent_workers=workers > 0,
-        generator=loader_gen,
-        worker_init_fn=ignore_sigterm,
-    )
-    if splits.val is None:
-        return train_loader, sampler, None
-    val_sampler = (
-        DistributedSampler(splits.val, shuffle=False, drop_last=False) if ctx.enabled else None
-    )
-    val_loader = DataLoader(
-        splits.val,
-        batch_size=cfg["batch_size"],
-        sampler=val_sampler,
-        collate_fn=collate,
-        num_workers=workers,
-        pin_memory=pin,
-        worker_init_fn=ignore_sigterm,
-    )
-    return train_loader, sampler, val_loader
 
 
 def _to_device(
@@ -229,15 +174,6 @@ def train_step(
     return out
 
 
-def compile_for_training(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
-    """The module ``train_step`` calls: ``model`` itself, or with train.compile its
-    ``torch.compile`` form (the same parameters; Inductor fuses the forward pass and, through
-    AOTAutograd, the backward). Evaluation and checkpoints keep using ``model``."""
-    if not cfg["compile"]:
-        return model
-    return torch.compile(model)
-
-
 def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
     """Unscale, clip, step (skipped on non-finite gradients without a scaler); the norm."""
     scaler, optimizer = state.scaler, state.optimizer
@@ -247,7 +183,8 @@ def _optimizer_step(state: TrainState, cfg: dict[str, Any]) -> float:
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))  # the one host sync
     # Gradients are already averaged over processes, so every process makes the same choice.
     if scaler.is_enabled() or math.isfinite(grad_norm):
-        scaler.step(optimizer)
+        with state.warmed_up():
+            scaler.step(optimizer)
     else:
         log.warning("non-finite gradients: step skipped")
     scaler.update()
@@ -301,22 +238,20 @@ class Trainer:
         self.clock = StepClock()
         self._t0, self._seconds_before = time.perf_counter(), 0.0
         cfg = self.cfg
-        _seed_everything(cfg["seed"] + ctx.rank)
+        seed_everything(cfg["seed"] + ctx.rank)
         if ckpt is None:
             folder, note = _claim(cfg, ctx, next_free)
             cfg["output_dir"] = str(folder)
             self.notes += [note] if note else []
         self.output_dir = Path(cfg["output_dir"])
-        self.splits = build_datasets(recipe)
-        resolve_classes(recipe, self.splits)
-        self._build_model(ckpt, resume, weights)
-        self.criterion = build_criterion(recipe)
-        workers = recipe["data"]["num_workers"]
-        self.train_loader, self.sampler, self.val_loader = build_loaders(
-            self.splits, cfg, ctx, workers
-        )
-        self.total_steps = total_optimizer_steps(cfg, len(self.sampler))
-        self.state = TrainState.create(self.bare, cfg, self.device, self.total_steps)
+        if cfg["amp"] == "fp16" and self.device.type == "cpu":
+            log.warning("train.amp=fp16 on CPU is slow and rarely useful; consider bf16")
+        load = functools.partial(self._load_weights, ckpt=ckpt, resume=resume, weights=weights)
+        parts = build_run_parts(recipe, ctx, load)
+        self.splits, self.bare, self.model = parts.splits, parts.model, parts.step_model
+        self.criterion, self.state = parts.criterion, parts.state
+        self.train_loader, self.sampler = parts.train_loader, parts.sampler
+        self.val_loader, self.total_steps = parts.val_loader, parts.total_steps
         if ckpt is not None:
             self.state.load(ckpt, self.bare, cfg, ctx.rank)
             self._seconds_before = self.state.seconds  # the run's time counts from its start
@@ -328,33 +263,29 @@ class Trainer:
             self.reporter.forget_after(self.state.step)
         self._report_start(ckpt, resume)
 
-    def _build_model(
-        self, ckpt: dict[str, Any] | None, resume: str | Path | None, weights: str | Path | None
+    def _load_weights(
+        self,
+        model: nn.Module,
+        ckpt: dict[str, Any] | None,
+        resume: str | Path | None,
+        weights: str | Path | None,
     ) -> None:
-        if self.cfg["amp"] == "fp16" and self.device.type == "cpu":
-            log.warning("train.amp=fp16 on CPU is slow and rarely useful; consider bf16")
-        model = build_model(self.recipe).to(self.device)
+        """The resumed checkpoint's weights, or the initial ones of ``--weights`` (noted)."""
         if ckpt is not None:
             load_state_dict(model, ckpt["model"], str(resume))
         elif weights is not None:
             self.notes.append(load_initial_weights(model, weights))
-        self.bare = self.model = model
-        if self.ctx.enabled:
-            # Without auxiliary losses the intermediate refine heads get no gradient.
-            self.model = DistributedDataParallel(
-                model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=not self.recipe["model"]["aux_loss"],
-            )
-        self.model = compile_for_training(self.model, self.cfg)
 
     def _schedule_words(self) -> str:
         cfg = self.cfg
+        warmup = f"linear warm-up over {cfg['warmup_steps']:,} steps, then " * bool(
+            cfg["warmup_steps"]
+        )
         if steps_each_step(cfg):
-            return f"{cfg['lr_schedule']} decay to 0 over {self.total_steps:,} steps"
+            return f"{warmup}{cfg['lr_schedule']} decay to 0 over {self.total_steps:,} steps"
         if cfg["lr_drop"] >= cfg["epochs"]:
-            return "constant (train.lr_drop after the last epoch)"
-        return f"x0.1 every {cfg['lr_drop']} epochs"
+            return f"{warmup}constant (train.lr_drop after the last epoch)"
+        return f"{warmup}x0.1 every {cfg['lr_drop']} epochs"
 
     def _report_start(self, ckpt: dict[str, Any] | None, resume: str | Path | None) -> None:
         cfg, splits, say = self.cfg, self.splits, self.reporter.line
@@ -374,7 +305,7 @@ class Trainer:
             f"batch {b * a * w} per optimiser step = {b} pictures x {a} accumulated x {w} "
             f"process{'es' if w > 1 else ''}"
         )
-        lrs = ", ".join(f"{k} {v:.2e}" for k, v in self.state.learning_rates().items())
+        lrs = ", ".join(f"{k} {v:.2e}" for k, v in self.state.learning_rates(warm_up=False).items())
         ema = f"; EMA decay {cfg['ema']}" if cfg["ema"] > 0 else ""
         say(f"learning rates: {lrs}; {self._schedule_words()}{ema}")
         building = _kernel_build_line(self.recipe, self.device)
@@ -498,15 +429,16 @@ class Trainer:
             st.loss_sums[key] = st.loss_sums.get(key, 0.0) + value
         self.reporter.advance(batches, losses)
         if st.step % self.cfg["log_every"] == 0:
+            rates = st.learning_rates()
             record = {
                 "type": "step",
                 "epoch": st.epoch,
                 "step": st.step,
-                "lr": st.optimizer.param_groups[0]["lr"],
+                "lr": next(iter(rates.values())),
                 "time": self._elapsed(),
                 **losses,
             }
-            self.reporter.write(record, st.learning_rates())
+            self.reporter.write(record, rates)
 
     def _elapsed(self) -> float:
         """Seconds of the whole run: this process's and those of the runs it resumes."""
@@ -522,7 +454,7 @@ class Trainer:
             "type": "epoch",
             "epoch": st.epoch - 1,
             "step": st.step,
-            "lr": st.optimizer.param_groups[0]["lr"],
+            "lr": next(iter(st.learning_rates().values())),
             "time": self._elapsed(),
             **{k: v / max(st.loss_steps, 1) for k, v in st.loss_sums.items()},
             **self.clock.epoch_medians(),

@@ -3,8 +3,10 @@ schedule, or a cosine or linear decay over the run (docs/design.md#optimiser).""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -68,6 +70,32 @@ def build_scheduler(
         raise ValueError(f"lr_schedule {train['lr_schedule']!r} needs the run's total steps")
     decay = functools.partial(decay_factor, train["lr_schedule"], total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+
+
+def warmup_share(step: int, warmup_steps: int) -> float:
+    """The share of the scheduled rates that optimiser step ``step`` (0 first) takes during
+    train.warmup_steps: a straight line from 1/warmup_steps up to 1, then 1."""
+    if step >= warmup_steps:
+        return 1.0
+    return (step + 1) / warmup_steps
+
+
+@contextlib.contextmanager
+def warmed_up(optimizer: torch.optim.Optimizer, share: float) -> Iterator[None]:
+    """Every group's rate times ``share`` for one optimiser step, put back afterwards, so the
+    schedulers, checkpoints and resume only ever see the scheduled rates (the warm-up is a
+    function of the step count alone and composes with any schedule)."""
+    if share == 1.0:
+        yield
+        return
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = lr * share
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr
 
 
 def steps_each_step(train: dict[str, Any]) -> bool:

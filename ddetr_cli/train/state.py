@@ -4,6 +4,7 @@ the EMA weights and (through checkpoints) every process's RNG state."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ from ddetr_cli.train.optim import (
     build_scheduler,
     param_groups,
     steps_each_step,
+    warmed_up,
+    warmup_share,
 )
 
 
@@ -38,6 +41,7 @@ class TrainState:
     # epoch interrupted and resumed reports what it would have without the interruption.
     loss_sums: dict[str, float] = field(default_factory=dict)
     loss_steps: int = 0
+    warmup_steps: int = 0  # train.warmup_steps (the recipe's, not the checkpoint's)
 
     @classmethod
     def create(
@@ -55,6 +59,7 @@ class TrainState:
             scheduler=build_scheduler(optimizer, cfg, total_steps),
             scaler=torch.amp.GradScaler(device.type, enabled=cfg["amp"] == "fp16"),
             ema=ModelEMA(model, cfg["ema"], cfg["ema_warmup"]) if cfg["ema"] > 0 else None,
+            warmup_steps=cfg["warmup_steps"],
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -129,5 +134,16 @@ class TrainState:
         self.evals_since_best += 1
         return False
 
-    def learning_rates(self) -> dict[str, float]:
-        return {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+    def learning_rates(self, warm_up: bool = True) -> dict[str, float]:
+        """Each group's rate for the next optimiser step; without ``warm_up`` the schedule's
+        rate, which the warm-up (while there is one) scales down."""
+        share = warmup_share(self.step, self.warmup_steps) if warm_up else 1.0
+        return {
+            g.get("name", str(i)): g["lr"] * share
+            for i, g in enumerate(self.optimizer.param_groups)
+        }
+
+    def warmed_up(self) -> contextlib.AbstractContextManager[None]:
+        """The rates of the next optimiser step: the scheduled ones, warmed up while
+        ``step`` < train.warmup_steps."""
+        return warmed_up(self.optimizer, warmup_share(self.step, self.warmup_steps))
