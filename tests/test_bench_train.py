@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import TINY_MODEL
 from typer.testing import CliRunner
 
 from ddetr_cli.bench.train import PARTS, TrainBenchOptions, run_train_bench
@@ -13,18 +14,9 @@ from ddetr_cli.recipe import load_recipe
 
 # Three batches of 2 pictures: 1 warm-up step and 2 timed ones.
 TINY = [
-    "model.hidden_dim=32",
-    "model.nheads=4",
-    "model.enc_layers=1",
-    "model.dec_layers=2",
-    "model.dim_feedforward=64",
-    "model.num_queries=6",
-    "model.num_feature_levels=2",
-    "data.shapes.train_images=6",
-    "data.shapes.val_images=3",
-    "train.batch_size=2",
+    *TINY_MODEL, "data.shapes.train_images=6", "data.shapes.val_images=3", "train.batch_size=2",
     "model.attention_backend=reference",
-]
+]  # fmt: skip
 runner = CliRunner()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_datasets import ultralytics_yolo
+from tiny import TINY_MODEL
 from typer.testing import CliRunner
 
 from ddetr_cli.cli import app
@@ -141,9 +142,7 @@ def test_defaults_and_the_shapes_settings_are_not_refused(tmp_path):
 # --- a run from any folder ---------------------------------------------------------------------
 
 TINY = [
-    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
-    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
-    "train.batch_size=2", "model.attention_backend=reference", "train.epochs=1",
+    *TINY_MODEL, "train.batch_size=2", "model.attention_backend=reference", "train.epochs=1",
     "data.eval_min_size=64", "data.eval_max_size=64",
 ]  # fmt: skip
 

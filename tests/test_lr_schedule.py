@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_MODEL
 
 from ddetr_cli.errors import Terminated
 from ddetr_cli.model import build_model
@@ -22,9 +23,7 @@ from ddetr_cli.weights import read_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 # 6 pictures at batch 2: 3 optimiser steps per epoch, 6 in the run.
 TINY = [
-    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
-    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
-    "data.shapes.train_images=6", "data.shapes.val_images=2", "train.batch_size=2",
+    *TINY_MODEL, "data.shapes.train_images=6", "data.shapes.val_images=2", "train.batch_size=2",
     "train.epochs=2", "train.log_every=1", "model.attention_backend=reference",
 ]  # fmt: skip
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from ports import free_port
+from tiny import TINY_MODEL
 
 from ddetr_cli.model import build_model
 from ddetr_cli.recipe import load_recipe
@@ -23,9 +24,7 @@ from ddetr_cli.weights import read_checkpoint, save_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 # A tiny two-stage model on 6 built-in shapes pictures: 3 steps per epoch at batch 2.
 TINY = [
-    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
-    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
-    "data.shapes.train_images=6", "data.shapes.val_images=2", "train.batch_size=2",
+    *TINY_MODEL, "data.shapes.train_images=6", "data.shapes.val_images=2", "train.batch_size=2",
     "train.epochs=2", "train.log_every=1", "train.lr_drop=1", "model.attention_backend=reference",
 ]  # fmt: skip
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_MODEL
 
 from ddetr_cli.bench.train import TrainBenchOptions, run_train_bench
 from ddetr_cli.data import build_datasets, collate
@@ -20,19 +21,9 @@ from ddetr_cli.train.parts import compile_for_training
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
-    "model.hidden_dim=32",
-    "model.nheads=4",
-    "model.enc_layers=1",
-    "model.dec_layers=2",
-    "model.dim_feedforward=64",
-    "model.num_queries=6",
-    "model.num_feature_levels=2",
-    "data.shapes.train_images=4",
-    "data.shapes.val_images=2",
-    "train.batch_size=2",
-    "train.epochs=1",
-    "train.log_every=1",
-]
+    *TINY_MODEL, "data.shapes.train_images=4", "data.shapes.val_images=2", "train.batch_size=2",
+    "train.epochs=1", "train.log_every=1",
+]  # fmt: skip
 
 
 def _recipe(*extra: str) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_MODEL
 
 from ddetr_cli.data import ShapesDataset, collate
 from ddetr_cli.model import build_model
@@ -24,9 +25,7 @@ from ddetr_cli.weights import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
-    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
-    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
-    "data.shapes.train_images=4", "data.shapes.val_images=1", "train.batch_size=1",
+    *TINY_MODEL, "data.shapes.train_images=4", "data.shapes.val_images=1", "train.batch_size=1",
     "train.log_every=1", "model.attention_backend=reference",
 ]  # fmt: skip
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from tiny import TINY_MODEL
 from typer.testing import CliRunner
 
 from ddetr_cli.cli import app
@@ -26,9 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "shapes.yaml"
 # One optimiser step per epoch: 2 pictures at batch 2; 1 val picture.
 TINY = [
-    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
-    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
-    "data.shapes.train_images=2", "data.shapes.val_images=1", "train.batch_size=2",
+    *TINY_MODEL, "data.shapes.train_images=2", "data.shapes.val_images=1", "train.batch_size=2",
     "model.attention_backend=reference",
 ]  # fmt: skip
 ARGS = [str(RECIPE), *TINY, "train.epochs=1", "--device", "cpu"]

@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 from ports import free_port
+from tiny import TINY_MODEL
 
 from ddetr_cli.weights import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 # A tiny model, 24 steps per epoch (batch 1), a data loader worker process.
 TINY = [
-    "model.hidden_dim=32", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
-    "model.dim_feedforward=64", "model.num_queries=6", "model.num_feature_levels=2",
-    "model.attention_backend=reference", "data.shapes.train_images=24", "data.shapes.val_images=2",
-    "data.num_workers=1", "train.batch_size=1", "train.epochs=2", "train.log_every=1",
+    *TINY_MODEL, "model.attention_backend=reference", "data.shapes.train_images=24",
+    "data.shapes.val_images=2", "data.num_workers=1", "train.batch_size=1", "train.epochs=2",
+    "train.log_every=1",
 ]  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 

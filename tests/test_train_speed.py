@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import TINY_MODEL
 
 from ddetr_cli.data.dataset import sample_seed
 from ddetr_cli.data.shapes_dataset import ShapesDataset
@@ -23,20 +24,9 @@ from ddetr_cli.train.timing import PartTimer, StepClock, step_times_line
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
-    "model.hidden_dim=32",
-    "model.nheads=4",
-    "model.enc_layers=1",
-    "model.dec_layers=2",
-    "model.dim_feedforward=64",
-    "model.num_queries=6",
-    "model.num_feature_levels=2",
-    "data.shapes.train_images=6",
-    "data.shapes.val_images=2",
-    "train.batch_size=2",
-    "train.epochs=2",
-    "train.log_every=1",
-    "model.attention_backend=reference",
-]
+    *TINY_MODEL, "data.shapes.train_images=6", "data.shapes.val_images=2", "train.batch_size=2",
+    "train.epochs=2", "train.log_every=1", "model.attention_backend=reference",
+]  # fmt: skip
 
 
 def _recipe(*extra: str) -> dict:
