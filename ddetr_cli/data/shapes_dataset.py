@@ -57,8 +57,8 @@ class ShapesDataset(DetectionDataset):
 
 
 # Pictures kept once made (by each loader process): making one takes 1-3 ms, a tenth of the
-# demo's training step when every epoch makes them again. At 49 KB a picture the demo's 4,200
-# (train and val) take 206 MB and the most kept 400 MB; fewer kept than an epoch reads would
+# demo's training step when every epoch makes them again. At 49 KB a picture the demo's 4,600
+# (train and val) take 226 MB and the most kept 400 MB; fewer kept than an epoch reads would
 # make the LRU evict pictures the same epoch reads again.
 KEPT_PICTURES = 8192
 
