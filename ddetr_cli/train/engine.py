@@ -278,9 +278,8 @@ class Trainer:
 
     def _schedule_words(self) -> str:
         cfg = self.cfg
-        warmup = f"linear warm-up over {cfg['warmup_steps']:,} steps, then " * bool(
-            cfg["warmup_steps"]
-        )
+        steps = cfg["warmup_steps"]
+        warmup = f"linear warm-up over {steps:,} steps, then " if steps else ""
         if steps_each_step(cfg):
             return f"{warmup}{cfg['lr_schedule']} decay to 0 over {self.total_steps:,} steps"
         if cfg["lr_drop"] >= cfg["epochs"]:

@@ -1,5 +1,6 @@
 """AdamW with the official parameter groups, and the learning-rate schedules: the official step
-schedule, or a cosine or linear decay over the run (docs/design.md#optimiser)."""
+schedule, or a cosine or linear decay over the run, with an optional linear warm-up on top
+(docs/design.md#optimiser)."""
 
 from __future__ import annotations
 
