@@ -5,6 +5,7 @@ signal as `timeout` and SLURM send it: to every process of the job (its process 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,18 +48,37 @@ def _steps_logged(run: Path) -> int:
     return max((r["step"] for r in lines), default=0)
 
 
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` to its end in its own process group; on a timeout the whole group is
+    killed (torchrun's children too, which `subprocess.run` would leave behind)."""
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{command[:6]} ran past 300 s; its output ended: {stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def _terminated_run(command: list[str], run: Path, after_steps: int) -> subprocess.CompletedProcess:
     """Start `command` in its own process group; SIGTERM the group once `after_steps` steps
     are logged."""
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 240
-    while _steps_logged(run) < after_steps:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the run did not get going"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=240)
+    try:
+        while _steps_logged(run) < after_steps:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the run did not get going"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=240)
+    except BaseException:  # a failed test leaves no process of the run behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
@@ -83,8 +103,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 @pytest.mark.slow
 def test_sigterm_saves_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path):
-    straight = subprocess.run(_train_command(tmp_path / "straight"), env=ENV,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    straight = _run(_train_command(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     cut = tmp_path / "cut"
@@ -98,10 +117,9 @@ def test_sigterm_saves_and_the_resumed_run_ends_as_an_uninterrupted_one(tmp_path
     assert ckpt["step"] == ckpt["batch"] == _steps_logged(cut)  # the last step it logged
     assert not [p.name for p in cut.iterdir() if p.name.endswith(".tmp")]  # written atomically
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "ddetr_cli", "train", "--resume", str(cut), "--no-progress"],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    resumed = _run(
+        [sys.executable, "-m", "ddetr_cli", "train", "--resume", str(cut), "--no-progress"]
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(straight_run := tmp_path / "straight", cut)
     assert read_checkpoint(straight_run / "checkpoint_last.pth")["step"] == 48
@@ -112,8 +130,7 @@ def test_sigterm_under_torchrun_stops_every_process_after_the_same_step(tmp_path
     """Every process gets the signal (torchrun forwards it; SLURM signals them all); they agree
     on the step to stop after, and process 0 alone writes the checkpoint, with the RNG state of
     both processes, from which the run resumes exactly."""
-    straight = subprocess.run(_train_command(tmp_path / "straight", processes=2), env=ENV,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    straight = _run(_train_command(tmp_path / "straight", processes=2))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     cut = tmp_path / "cut"
@@ -125,6 +142,6 @@ def test_sigterm_under_torchrun_stops_every_process_after_the_same_step(tmp_path
 
     resume = _train_command(cut, processes=2)[:7] + [
         "-m", "ddetr_cli", "train", "--resume", str(cut), "--no-progress"]  # fmt: skip
-    resumed = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
+    resumed = _run(resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(tmp_path / "straight", cut)
