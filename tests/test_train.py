@@ -14,11 +14,14 @@ import torch
 from ports import free_port
 from tiny import TINY_MODEL
 
+from ddetr_cli.data import build_datasets
 from ddetr_cli.model import build_model
 from ddetr_cli.recipe import load_recipe
+from ddetr_cli.runtime import Dist
 from ddetr_cli.train.checkpointing import find_resume, load_initial_weights
 from ddetr_cli.train.engine import train
 from ddetr_cli.train.optim import build_optimizer
+from ddetr_cli.train.parts import build_loaders, worker_context
 from ddetr_cli.weights import read_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,3 +163,24 @@ def test_checkpoints_say_what_their_numbers_depend_on(tmp_path):
         "device": "cpu",
         "attention_backend": "reference",
     }
+
+
+def test_loader_workers_start_from_a_fork_server_and_val_workers_stay():
+    """A worker forked from the training process copies the locks its threads hold (a val
+    worker hung so at an evaluation); workers come from a fork server instead, the val ones
+    once per run, and give the same batches."""
+    recipe = load_recipe(ROOT / "recipes" / "shapes.yaml", [*TINY, "data.num_workers=1"])
+    splits = build_datasets(recipe)
+    train_loader, sampler, val_loader = build_loaders(splits, recipe["train"], Dist(), 1)
+    assert worker_context(0) is None
+    for loader in (train_loader, val_loader):
+        assert loader.multiprocessing_context.get_start_method() == "forkserver"
+        assert loader.persistent_workers
+    sampler.set_epoch(0)
+    in_workers = [next(iter(train_loader)), next(iter(val_loader))]
+    sampler.set_epoch(0)
+    plain = build_loaders(splits, recipe["train"], Dist(), 0)
+    in_process = [next(iter(plain[0])), next(iter(plain[2]))]
+    for (images, targets), (images0, targets0) in zip(in_workers, in_process, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(images, images0, strict=True))
+        assert [t["boxes"].tolist() for t in targets] == [t["boxes"].tolist() for t in targets0]

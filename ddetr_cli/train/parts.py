@@ -5,9 +5,11 @@ piece, so a run and its benchmark start from the same model and batches."""
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import numpy as np
@@ -114,6 +116,7 @@ def build_loaders(
         persistent_workers=workers > 0,
         generator=loader_gen,
         worker_init_fn=ignore_sigterm,
+        multiprocessing_context=worker_context(workers),
     )
     if splits.val is None:
         return train_loader, sampler, None
@@ -127,6 +130,22 @@ def build_loaders(
         collate_fn=collate,
         num_workers=workers,
         pin_memory=pin,
+        persistent_workers=workers > 0,  # started once, not at every evaluation
         worker_init_fn=ignore_sigterm,
+        multiprocessing_context=worker_context(workers),
     )
     return train_loader, sampler, val_loader
+
+
+def worker_context(workers: int) -> BaseContext | None:
+    """How loader workers start: from a fork server, not as forks of the training process.
+    That process has threads (a loader's queue feeder, gloo's), and a fork copies any lock one
+    of them holds into the child still held: a val worker forked at an evaluation hung so in
+    CPython's after-fork code. None (the platform's default start) without workers or where
+    there is no fork server (Windows)."""
+    if workers == 0 or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    # Imported once by the server, inherited by every worker it forks (it has no threads).
+    context.set_forkserver_preload(["ddetr_cli.data"])
+    return context
