@@ -74,25 +74,19 @@ def parse_args() -> argparse.Namespace:
 
 def ddetr_run(args: argparse.Namespace):
     """ddetr's model, criterion, optimiser state and recipe, and the batches both train on."""
-    from ddetr_cli.data import build_datasets
-    from ddetr_cli.model import build_model
     from ddetr_cli.recipe import load_recipe
     from ddetr_cli.runtime import Dist
-    from ddetr_cli.train.criterion import build_criterion
-    from ddetr_cli.train.parts import build_loaders
-    from ddetr_cli.train.state import TrainState
+    from ddetr_cli.train.parts import build_run_parts, seed_everything
 
     name, overrides = CONFIGS[args.config]
     batch = args.batch_size or (4 if args.config == "shapes" else 1)
     recipe = load_recipe(
         name, [*overrides, f"train.batch_size={batch}", "data.num_workers=0", *args.overrides]
     )
-    torch.manual_seed(recipe["train"]["seed"])
-    model = build_model(recipe)
-    state = TrainState.create(model, recipe["train"], torch.device("cpu"))
-    loader, sampler, _ = build_loaders(build_datasets(recipe), recipe["train"], Dist(), 0)
-    sampler.set_epoch(0)
-    batches, loaded = [], iter(loader)
+    seed_everything(recipe["train"]["seed"])
+    parts = build_run_parts(recipe, Dist())  # as a training run builds them
+    parts.sampler.set_epoch(0)
+    batches, loaded = [], iter(parts.train_loader)
     for _ in range(args.warmup + args.steps):
         images, targets = next(loaded)
         if args.config == "refine":
@@ -100,7 +94,7 @@ def ddetr_run(args: argparse.Namespace):
                 F.interpolate(i[None], size=tuple(args.size), mode="bilinear")[0] for i in images
             ]
         batches.append((images, targets))
-    return recipe, model, build_criterion(recipe), state, batches
+    return recipe, parts.model, parts.criterion, parts.state, batches
 
 
 def hf_model(recipe: dict[str, Any], ddetr_model: torch.nn.Module) -> torch.nn.Module:

@@ -105,7 +105,7 @@ def build_loaders(
             f"the training set ({len(splits.train)} pictures) is smaller than one batch of "
             f"{cfg['batch_size']} per process"
         )
-    pin = ctx.device.type == "cuda"
+    pin, context = ctx.device.type == "cuda", worker_context(workers)
     loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps the global RNG untouched
     train_loader = DataLoader(
         splits.train,
@@ -116,7 +116,7 @@ def build_loaders(
         persistent_workers=workers > 0,
         generator=loader_gen,
         worker_init_fn=ignore_sigterm,
-        multiprocessing_context=worker_context(workers),
+        multiprocessing_context=context,
     )
     if splits.val is None:
         return train_loader, sampler, None
@@ -132,7 +132,7 @@ def build_loaders(
         pin_memory=pin,
         persistent_workers=workers > 0,  # started once, not at every evaluation
         worker_init_fn=ignore_sigterm,
-        multiprocessing_context=worker_context(workers),
+        multiprocessing_context=context,
     )
     return train_loader, sampler, val_loader
 
