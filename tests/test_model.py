@@ -215,7 +215,8 @@ def test_two_stage_proposals_are_invalid_on_padding():
     mask = torch.zeros(1, s, dtype=torch.bool)
     mask[0, 5] = True  # row 0, column 5 of level 0 is padding
     with torch.no_grad():
-        out_memory, proposals = transformer.encoder_proposals(memory, mask, shapes)
+        boxes = transformer.proposal_boxes(mask, shapes)
+        out_memory, proposals = transformer.encoder_proposals(memory, boxes)
     assert torch.isinf(proposals[0, 5]).all()
     # Level-0 box sides are 0.05, as logits; the centre of (0, 0) is 0.5 / valid size.
     torch.testing.assert_close(proposals[0, 0, 2:], torch.logit(torch.tensor([0.05, 0.05])))

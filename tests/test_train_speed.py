@@ -246,6 +246,73 @@ def test_no_padding_no_masking_the_same_outputs():
     assert all(a is b is None or torch.equal(a, b) for a, b in zip(ours, masked, strict=True))
 
 
+def _outputs_and_grads(model, images) -> list:
+    model.zero_grad()
+    out = model(images)
+    (
+        out["pred_logits"].sum() + out["pred_boxes"].sum() + out["enc_outputs"]["pred_boxes"].sum()
+    ).backward()
+    return [out["pred_logits"], out["pred_boxes"], *(p.grad for p in model.parameters())]
+
+
+def test_unpadded_batches_keep_what_the_sizes_decide_and_compute_the_same(monkeypatch):
+    """Same-size pictures on a CPU: position encodings, reference points and two-stage
+    proposals are computed once per size and kept; outputs and gradients are those the model
+    gives when it computes them at every call, to the bit."""
+    from ddetr_cli.model import unpadded
+
+    torch.manual_seed(0)
+    model = build_model(_recipe("model.two_stage=true", "model.with_box_refine=true")).train()
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, 64, 80, generator=gen)
+    # Another batch of the same size, another size: each its own.
+    others = [torch.randn(3, 3, 64, 80, generator=gen), torch.randn(1, 3, 48, 64, generator=gen)]
+    unpadded.forget()
+    first = _outputs_and_grads(model, images)
+    kept = dict(unpadded._kept)
+    assert [key[0] for key in kept] == ["position", "geometry"]
+    second = _outputs_and_grads(model, images)
+    assert all(a is b for a, b in zip(kept.values(), unpadded._kept.values(), strict=True))
+    from_kept = [first, second, *(_outputs_and_grads(model, x) for x in others)]
+    assert len(unpadded._kept) == 6
+    monkeypatch.setattr(unpadded, "remembered", lambda key, compute: compute())
+    computed = [_outputs_and_grads(model, x) for x in (images, images, *others)]
+    assert sum(a is not None for a in first) > 100
+    for ours, theirs in zip(from_kept, computed, strict=True):
+        assert all(a is b is None or torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_padded_batches_and_inference_mode_are_not_served_what_was_kept():
+    from ddetr_cli.model import unpadded
+
+    torch.manual_seed(0)
+    model = build_model(_recipe("model.two_stage=true", "model.with_box_refine=true")).eval()
+    unpadded.forget()
+    with torch.no_grad():
+        model([torch.randn(3, 64, 80), torch.randn(3, 48, 80)])  # padded: nothing kept
+    assert not unpadded._kept
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 64, 80))
+    # Tensors made under inference_mode cannot be saved for a backward pass: a training step
+    # of the same size computes its own.
+    model.train()
+    _outputs_and_grads(model, torch.randn(1, 3, 64, 80))
+    assert sorted(key[-1] for key in unpadded._kept) == [False, False, True, True]
+
+
+def test_only_the_last_sizes_are_kept():
+    from ddetr_cli.model import unpadded
+
+    unpadded.forget()
+    for i in range(unpadded.KEPT_SIZES + 3):
+        assert unpadded.remembered(("size", i), lambda i=i: i) == i
+    assert len(unpadded._kept) == unpadded.KEPT_SIZES
+    assert ("size", 0, False) not in unpadded._kept
+    calls = []
+    unpadded.remembered(("size", 10), lambda: calls.append(1))
+    assert not calls  # still kept: not computed again
+
+
 def test_the_optimiser_step_skips_non_finite_gradients_and_says_the_norm():
     import math
 

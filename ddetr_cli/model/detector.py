@@ -13,6 +13,7 @@ from ddetr_cli.model.attention import MSDeformAttn
 from ddetr_cli.model.backbone import Backbone, ConvNetBackbone
 from ddetr_cli.model.position_encoding import PositionEmbeddingSine
 from ddetr_cli.model.transformer import DeformableTransformer, refine_boxes
+from ddetr_cli.model.unpadded import nothing_padded, remembered
 from ddetr_cli.model.utils import clones, pad_images
 
 
@@ -154,9 +155,17 @@ class DeformableDETR(nn.Module):
             # (docs/design.md#padding-mask).
             masks.append(F.interpolate(mask[None].float(), size=src.shape[-2:])[0].bool())
             srcs.append(src)
-        for src, level_mask in zip(srcs, masks, strict=True):
-            pos.append(self.position_encoding(level_mask).to(src.dtype))
-        return srcs, masks, pos
+        pos = self._position_encodings(mask, masks)
+        return srcs, masks, [p.to(src.dtype) for p, src in zip(pos, srcs, strict=True)]
+
+    def _position_encodings(self, mask: Tensor, masks: list[Tensor]) -> list[Tensor]:
+        """Every level's sine encoding (float32); kept between calls when the image mask pads
+        nothing (model.unpadded)."""
+        encode = self.position_encoding
+        if not nothing_padded(mask):
+            return [encode(level_mask) for level_mask in masks]
+        key = ("position", encode.num_feats, encode.temperature, *(m.shape for m in masks))
+        return remembered(key, lambda: [encode(level_mask) for level_mask in masks])
 
     def forward(self, images: list[Tensor] | Tensor) -> dict[str, Any]:
         """images: normalised CHW tensors of any sizes (or one BCHW batch, unpadded)."""

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ddetr_cli.model.attention import MSDeformAttn
 from ddetr_cli.model.position_encoding import proposal_pos_embed
+from ddetr_cli.model.unpadded import remembered
 from ddetr_cli.model.utils import clones, inverse_sigmoid, is_eager
 
 
@@ -99,14 +100,13 @@ class Encoder(nn.Module):
     def forward(
         self,
         src: Tensor,
-        shapes: list[tuple[int, int]],
+        reference_points: Tensor,
         spatial_shapes: Tensor,
         level_start_index: Tensor,
-        valid_ratios: Tensor,
         pos: Tensor,
         padding_mask: Tensor | None,
     ) -> Tensor:
-        reference_points = self.reference_points(shapes, valid_ratios, src.device)
+        """reference_points: ``Encoder.reference_points`` of the feature maps."""
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src
@@ -260,21 +260,21 @@ class DeformableTransformer(nn.Module):
             nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embed)
 
-    def encoder_proposals(
-        self, memory: Tensor, padding_mask: Tensor, shapes: list[tuple[int, int]]
+    def proposal_boxes(
+        self, padding_mask: Tensor, shapes: list[tuple[int, int]]
     ) -> tuple[Tensor, Tensor]:
-        """One proposal per encoder position: its pixel centre with a level-sized box; returns
-        the projected memory and the proposals as logits, +inf where invalid (paper appendix A.5;
-        docs/design.md#two-stage)."""
-        n = memory.shape[0]
+        """One proposal per encoder position: its pixel centre with a level-sized box, as
+        logits (B, S, 4), +inf where invalid; and the (B, S, 1) invalid positions (paper
+        appendix A.5; docs/design.md#two-stage)."""
+        n = padding_mask.shape[0]
         proposals, start = [], 0
         for lvl, (h, w) in enumerate(shapes):
             level_mask = padding_mask[:, start : start + h * w].view(n, h, w)
             valid_h = torch.sum(~level_mask[:, :, 0], 1)
             valid_w = torch.sum(~level_mask[:, 0, :], 1)
             grid_y, grid_x = torch.meshgrid(
-                torch.arange(h, dtype=torch.float32, device=memory.device),
-                torch.arange(w, dtype=torch.float32, device=memory.device),
+                torch.arange(h, dtype=torch.float32, device=padding_mask.device),
+                torch.arange(w, dtype=torch.float32, device=padding_mask.device),
                 indexing="ij",
             )
             grid = torch.stack([grid_x, grid_y], -1)
@@ -287,6 +287,14 @@ class DeformableTransformer(nn.Module):
         valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
         invalid = padding_mask.unsqueeze(-1) | ~valid
         proposals = torch.log(proposals / (1 - proposals)).masked_fill(invalid, float("inf"))
+        return proposals, invalid
+
+    def encoder_proposals(
+        self, memory: Tensor, boxes: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """The projected memory, zero at invalid positions, and the proposals: ``boxes`` is
+        ``proposal_boxes``' (proposals, invalid)."""
+        proposals, invalid = boxes
         output_memory = memory.masked_fill(invalid, 0.0)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         return output_memory, proposals
@@ -317,6 +325,29 @@ class DeformableTransformer(nn.Module):
         query_pos, tgt = torch.split(pos_trans, self.d_model, dim=2)
         return enc_class, enc_coord_unact, reference_points, query_pos, tgt
 
+    def _geometry(
+        self, shapes: list[tuple[int, int]], masks: list[Tensor], mask_flatten: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """What the sizes and padding masks decide: spatial shapes (L, 2), level start
+        indices (L,), valid ratios (B, L, 2), the encoder's reference points and, for two-stage,
+        ``proposal_boxes``."""
+        device = mask_flatten.device
+        # Stacked from the sizes, not as_tensor(shapes): an exported graph then keeps them
+        # symbolic instead of recording the example's sizes as a constant.
+        spatial_shapes = torch.stack(
+            [
+                torch.stack([torch.full((), s, dtype=torch.long, device=device) for s in hw])
+                for hw in shapes
+            ]
+        )
+        level_start_index = torch.cat(
+            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
+        )
+        valid_ratios = torch.stack([_valid_ratios(m) for m in masks], 1)
+        references = self.encoder.reference_points(shapes, valid_ratios, device)
+        boxes = self.proposal_boxes(mask_flatten, shapes) if self.two_stage else None
+        return spatial_shapes, level_start_index, valid_ratios, references, boxes
+
     def forward(
         self,
         srcs: list[Tensor],
@@ -334,33 +365,25 @@ class DeformableTransformer(nn.Module):
             ],
             1,
         )
-        device = src_flatten.device
-        # Stacked from the sizes, not as_tensor(shapes): an exported graph then keeps them
-        # symbolic instead of recording the example's sizes as a constant.
-        spatial_shapes = torch.stack(
-            [
-                torch.stack([torch.full((), s, dtype=torch.long, device=device) for s in hw])
-                for hw in shapes
-            ]
-        )
-        level_start_index = torch.cat(
-            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
-        )
-        valid_ratios = torch.stack([_valid_ratios(m) for m in masks], 1)
         attention_mask = _padding_or_none(mask_flatten)
+        if attention_mask is None:  # same-size pictures on a CPU: sizes decide (model.unpadded)
+            key = ("geometry", *shapes, mask_flatten.shape[0], self.two_stage)
+            geometry = remembered(key, lambda: self._geometry(shapes, masks, mask_flatten))
+        else:
+            geometry = self._geometry(shapes, masks, mask_flatten)
+        spatial_shapes, level_start_index, valid_ratios, encoder_references, boxes = geometry
         memory = self.encoder(
             src_flatten,
-            shapes,
+            encoder_references,
             spatial_shapes,
             level_start_index,
-            valid_ratios,
             pos_flatten,
             attention_mask,
         )
 
         enc_class = enc_coord_unact = None
         if self.two_stage:
-            output_memory, proposals = self.encoder_proposals(memory, mask_flatten, shapes)
+            output_memory, proposals = self.encoder_proposals(memory, boxes)
             enc_class, enc_coord_unact, reference_points, query_pos, tgt = self.select_proposals(
                 output_memory, proposals
             )
