@@ -12,6 +12,7 @@ for the data loader, and where their losses part (exact changes keep them equal)
     python benchmarks/train_ab.py model.num_queries=100 --recipe recipes/shapes.yaml
     python benchmarks/train_ab.py data.shapes.train_images=40   # data after the first epoch
     python benchmarks/train_ab.py --base b3b08a4 --this train.compile=true --warmup 10
+    python benchmarks/train_ab.py --base b3b08a4 --alone base   # then --alone this, in turn
 
 Each step is timed as ``engine.train_step`` (forward, losses, backward, optimiser), which both
 versions have; wall seconds and this process's CPU seconds are both reported (on a shared
@@ -52,6 +53,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="timed steps of each (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument(
+        "--alone",
+        choices=("base", "this"),
+        help="time one version in this process (this one keeps freed memory, as train() does: "
+        "what one process cannot alternate); run it for each in turn, a few rounds",
+    )
     p.add_argument("--json", type=Path, help="also write the result here")
     return p.parse_args()
 
@@ -157,9 +164,29 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def time_alone(args: argparse.Namespace) -> dict[str, Any]:
+    """One version's medians, timed in a process of its own, as a user's run would be."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="ddetr-ab-") as folder:
+        if args.alone == "base":
+            load_base(args.base, Path(folder))
+            version = Version("ddetr_base", args.recipe, args.overrides)
+        else:
+            from ddetr_cli.runtime import keep_freed_memory
+
+            keep_freed_memory()
+            version = Version("ddetr_cli", args.recipe, [*args.overrides, *args.this])
+        for i in range(args.warmup + args.steps):
+            version.step(timed=i >= args.warmup)
+    medians = {key: statistics.median(values) for key, values in version.times.items()}
+    return {args.alone: medians, "last_loss": version.losses[-1]}
+
+
 def main() -> int:
     args = parse_args()
-    result = compare(args)
+    result = compare(args) if args.alone is None else time_alone(args)
     argv = " ".join(re.sub(r"^/\S*/", "", a) if a.startswith("/") else a for a in sys.argv[1:])
     result["command"] = f"python benchmarks/train_ab.py {argv}".strip()
     result["threads"] = args.threads
