@@ -304,9 +304,9 @@ def test_only_the_last_sizes_are_kept():
     from ddetr_cli.model import unpadded
 
     unpadded.forget()
-    for i in range(unpadded.KEPT_SIZES + 3):
+    for i in range(unpadded.KEPT_ENTRIES + 3):
         assert unpadded.remembered(("size", i), lambda i=i: i) == i
-    assert len(unpadded._kept) == unpadded.KEPT_SIZES
+    assert len(unpadded._kept) == unpadded.KEPT_ENTRIES
     assert ("size", 0, False) not in unpadded._kept
     calls = []
     unpadded.remembered(("size", 10), lambda: calls.append(1))

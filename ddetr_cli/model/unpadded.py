@@ -3,9 +3,9 @@
 Position encodings, valid ratios, the encoder's reference points and the two-stage proposal
 boxes depend on the padding mask and the feature maps' sizes alone. A batch of same-size
 pictures (the shapes demo, fixed-size training, one picture at a time) has no padding, so they
-come out the same at every step: some 60 small operations, about 4 ms of the demo's CPU step
-(benchmarks/train_cpu.md). They are computed once per size, the way they always are, and the
-same tensors are handed out again; the few sizes used last are kept.
+come out the same at every step: some 340 of the demo's forward pass's 916 operations, about
+4 ms of its CPU step (benchmarks/train_cpu.md). They are computed once per size, the way they
+always are, and the same tensors are handed out again; the sizes used last are kept.
 
 Only in eager runs on a CPU, where learning that nothing is padded costs no host sync and the
 small operations' overhead is what a step pays for; exported and compiled graphs compute them.
@@ -26,9 +26,10 @@ from ddetr_cli.model.utils import is_eager
 
 T = TypeVar("T")
 
-# A training run uses two or three sizes (its batch, the evaluation's batch, a last smaller
-# batch); more would only hold memory (an 800 px picture's encodings take ~20 MB).
-KEPT_SIZES = 8
+# Two entries a size (the encodings, the rest): 4 sizes. A training run uses two or three (its
+# batch, the evaluation's, a last smaller one); more would only hold memory (an 800 px
+# picture's encodings take ~20 MB).
+KEPT_ENTRIES = 8
 
 _kept: OrderedDict[Hashable, object] = OrderedDict()
 _lock = threading.Lock()
@@ -43,7 +44,7 @@ def nothing_padded(mask: Tensor) -> bool:
 def remembered(key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
     """``compute()``'s result for ``key``, computed on its first use and kept.
 
-    The key must hold everything the result depends on; the grad and inference modes are added
+    The key must hold everything the result depends on; whether inference mode is on is added
     here (a tensor made under inference_mode cannot be saved for a backward pass)."""
     key = (*key, torch.is_inference_mode_enabled())
     with _lock:
@@ -53,7 +54,7 @@ def remembered(key: tuple[Hashable, ...], compute: Callable[[], T]) -> T:
     value = compute()
     with _lock:
         _kept[key] = value
-        while len(_kept) > KEPT_SIZES:
+        while len(_kept) > KEPT_ENTRIES:
             _kept.popitem(last=False)
     return value
 
