@@ -137,24 +137,31 @@ class Version:
             for key, value in (("step_s", step_s), ("cpu_s", cpu_s), ("data_s", data_s)):
                 self.times[key].append(value)
 
+    def medians(self) -> dict[str, float]:
+        return {key: statistics.median(values) for key, values in self.times.items()}
+
+
+def build_version(name: str, args: argparse.Namespace, folder: Path) -> Version:
+    """``base`` (the revision, unpacked into ``folder``) or ``this`` (this checkout)."""
+    if name == "base":
+        load_base(args.base, folder)
+        return Version("ddetr_base", args.recipe, args.overrides)
+    return Version("ddetr_cli", args.recipe, [*args.overrides, *args.this])
+
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="ddetr-ab-") as folder:
-        load_base(args.base, Path(folder))
-        versions = {
-            "base": Version("ddetr_base", args.recipe, args.overrides),
-            "this": Version("ddetr_cli", args.recipe, [*args.overrides, *args.this]),
-        }
+        versions = {name: build_version(name, args, Path(folder)) for name in ("base", "this")}
         for i in range(args.warmup + args.steps):
             order = ("base", "this") if i % 2 == 0 else ("this", "base")
             for name in order:
                 versions[name].step(timed=i >= args.warmup)
     out: dict[str, Any] = {}
     for name, version in versions.items():
-        out[name] = {key: statistics.median(values) for key, values in version.times.items()}
+        out[name] = version.medians()
     for key in ("step_s", "cpu_s", "data_s"):
         out[f"speedup_{key.removesuffix('_s')}"] = out["base"][key] / out["this"][key]
     base, this = versions["base"].losses, versions["this"].losses
@@ -169,19 +176,15 @@ def time_alone(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="ddetr-ab-") as folder:
-        if args.alone == "base":
-            load_base(args.base, Path(folder))
-            version = Version("ddetr_base", args.recipe, args.overrides)
-        else:
-            from ddetr_cli.runtime import keep_freed_memory
+    if args.alone == "this":
+        from ddetr_cli.runtime import keep_freed_memory
 
-            keep_freed_memory()
-            version = Version("ddetr_cli", args.recipe, [*args.overrides, *args.this])
+        keep_freed_memory()
+    with tempfile.TemporaryDirectory(prefix="ddetr-ab-") as folder:
+        version = build_version(args.alone, args, Path(folder))
         for i in range(args.warmup + args.steps):
             version.step(timed=i >= args.warmup)
-    medians = {key: statistics.median(values) for key, values in version.times.items()}
-    return {args.alone: medians, "last_loss": version.losses[-1]}
+    return {args.alone: version.medians(), "last_loss": version.losses[-1]}
 
 
 def main() -> int:

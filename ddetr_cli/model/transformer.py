@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from ddetr_cli.model.attention import MSDeformAttn
 from ddetr_cli.model.position_encoding import proposal_pos_embed
-from ddetr_cli.model.unpadded import remembered
-from ddetr_cli.model.utils import clones, inverse_sigmoid, is_eager
+from ddetr_cli.model.unpadded import nothing_padded, remembered
+from ddetr_cli.model.utils import clones, inverse_sigmoid
 
 
 def _padding_or_none(mask_flatten: Tensor) -> Tensor | None:
@@ -19,9 +19,7 @@ def _padding_or_none(mask_flatten: Tensor) -> Tensor | None:
     same-size pictures on a CPU, as the shapes demo's): zeroing no value costs a copy of the
     value and of its gradient in every attention call. Kept on a GPU (the check would be a host
     sync) and when exporting or compiling."""
-    if mask_flatten.device.type == "cpu" and is_eager() and not bool(mask_flatten.any()):
-        return None
-    return mask_flatten
+    return None if nothing_padded(mask_flatten) else mask_flatten
 
 
 def _valid_ratios(mask: Tensor) -> Tensor:
