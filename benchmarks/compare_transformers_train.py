@@ -6,9 +6,10 @@ backward pass, optimiser) with ``ddetr_cli.train.timing.PartTimer``. Medians aft
 
 - ``--config shapes`` (default): the demo (``recipes/shapes.yaml``: the 5-block CNN trained from
   scratch, d_model 128, 1 + 2 layers, FFN 256, 30 queries, 3 levels, two-stage with box
-  refinement; overrides such as ``model.enc_layers=2`` change it for both),
-  batches of 4 shapes pictures at 128x128. transformers builds no such CNN: its backbone module
-  is replaced by ddetr's (same weights layout, trainable batch norm, as the recipe).
+  refinement; overrides such as ``model.enc_layers=2`` change it for both), batches of the
+  recipe's 8 shapes pictures at 128x128 (``-b`` another). transformers builds no such CNN:
+  its backbone module is replaced by ddetr's (same weights layout, trainable batch norm, as
+  the recipe).
 - ``--config refine``: the paper's refine recipe (ResNet-50 with frozen batch norm and stem,
   4 levels, 300 queries, 91 classes, box refinement), random weights, shapes pictures resized
   to ``--size`` (800 x 1067), batch ``-b`` (1). transformers uses its own ResNet-50.
@@ -63,7 +64,7 @@ def parse_args() -> argparse.Namespace:
         help="refine: picture size (default 800 1067)",
     )
     p.add_argument(
-        "-b", "--batch-size", type=int, help="pictures per step (default: shapes 4, refine 1)"
+        "-b", "--batch-size", type=int, help="pictures per step (default: the recipe's; refine 1)"
     )
     p.add_argument("--steps", type=int, default=20, help="timed steps of each (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
@@ -79,10 +80,9 @@ def ddetr_run(args: argparse.Namespace):
     from ddetr_cli.train.parts import build_run_parts, seed_everything
 
     name, overrides = CONFIGS[args.config]
-    batch = args.batch_size or (4 if args.config == "shapes" else 1)
-    recipe = load_recipe(
-        name, [*overrides, f"train.batch_size={batch}", "data.num_workers=0", *args.overrides]
-    )
+    batch = args.batch_size or (None if args.config == "shapes" else 1)
+    sized = [f"train.batch_size={batch}"] if batch else []  # shapes: the demo's own batch
+    recipe = load_recipe(name, [*overrides, *sized, "data.num_workers=0", *args.overrides])
     seed_everything(recipe["train"]["seed"])
     parts = build_run_parts(recipe, Dist())  # as a training run builds them
     parts.sampler.set_epoch(0)

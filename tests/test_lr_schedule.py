@@ -21,10 +21,11 @@ from ddetr_cli.train.state import TrainState
 from ddetr_cli.weights import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-# 6 pictures at batch 2: 3 optimiser steps per epoch, 6 in the run.
+# 6 pictures at batch 2: 3 optimiser steps per epoch, 6 in the run; the rates the tests assert.
 TINY = [
     *TINY_MODEL, "data.shapes.train_images=6", "data.shapes.val_images=2", "train.batch_size=2",
     "train.epochs=2", "train.log_every=1", "model.attention_backend=reference",
+    "train.lr=5.0e-4", "train.lr_backbone=5.0e-4",
 ]  # fmt: skip
 
 

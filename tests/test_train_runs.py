@@ -67,7 +67,8 @@ def test_device_option_and_one_plain_line_per_epoch(first_run):
     assert "data: train 2 pictures; val 1 pictures" in output
     assert "3 classes (circle, rectangle, triangle)" in output
     assert "batch 2 per optimiser step = 2 pictures x 1 accumulated x 1 process" in output
-    assert re.search(r"learning rates: rest 5\.00e-04, backbone 5\.00e-04", output)
+    rates = load_recipe(RECIPE)["train"]
+    assert f"learning rates: rest {rates['lr']:.2e}, backbone {rates['lr_backbone']:.2e}" in output
 
 
 @pytest.mark.slow
