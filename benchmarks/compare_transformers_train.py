@@ -46,7 +46,10 @@ from ddetr_cli.train.timing import PartTimer  # noqa: E402
 
 CONFIGS = {
     "shapes": ["shapes", []],
-    "refine": ["refine", ["model.pretrained_backbone=false", "data.format=shapes"]],
+    "refine": [
+        "refine",
+        ["model.pretrained_backbone=false", "data.format=shapes", "train.batch_size=1"],
+    ],
 }
 PARTS = ("forward", "losses", "backward", "optimizer", "step")
 
@@ -64,7 +67,10 @@ def parse_args() -> argparse.Namespace:
         help="refine: picture size (default 800 1067)",
     )
     p.add_argument(
-        "-b", "--batch-size", type=int, help="pictures per step (default: the recipe's; refine 1)"
+        "-b",
+        "--batch-size",
+        type=int,
+        help="pictures per step (default: shapes the recipe's, refine 1)",
     )
     p.add_argument("--steps", type=int, default=20, help="timed steps of each (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
@@ -80,8 +86,7 @@ def ddetr_run(args: argparse.Namespace):
     from ddetr_cli.train.parts import build_run_parts, seed_everything
 
     name, overrides = CONFIGS[args.config]
-    batch = args.batch_size or (None if args.config == "shapes" else 1)
-    sized = [f"train.batch_size={batch}"] if batch else []  # shapes: the demo's own batch
+    sized = [f"train.batch_size={args.batch_size}"] if args.batch_size else []
     recipe = load_recipe(name, [*overrides, *sized, "data.num_workers=0", *args.overrides])
     seed_everything(recipe["train"]["seed"])
     parts = build_run_parts(recipe, Dist())  # as a training run builds them
