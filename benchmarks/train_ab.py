@@ -99,6 +99,8 @@ class Version:
         torch.manual_seed(self.cfg["seed"])
         splits = part("data").build_datasets(recipe)
         self.model = part("model").build_model(recipe)
+        # As train.parts.build_run_parts sets it, in revisions that have the key.
+        self.model.channels_last = self.cfg.get("channels_last", False)
         self.criterion = part("train.criterion").build_criterion(recipe)
         self.state = part("train.state").TrainState.create(self.model, self.cfg, self.device)
         engine = part("train.engine")

@@ -388,3 +388,86 @@ def test_every_epoch_says_its_step_and_data_time(tmp_path):
         assert 0 < record["train_s_per_step"] < 60 and 0 <= record["data_s_per_step"] < 60
     assert set(result.step_times) == {"train_s_per_step", "data_s_per_step"}
     assert 0 < result.step_times["train_s_per_step"] < 60
+
+
+def _random_xyxy(count: int, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    from torchvision.ops import box_convert
+
+    cxcywh = torch.rand(count, 4, generator=g, dtype=dtype) * 0.5 + 0.1
+    return box_convert(cxcywh, "cxcywh", "xyxy")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_giou_costs_and_losses_are_torchvisions_bit_for_bit(dtype):
+    from torchvision.ops import generalized_box_iou
+
+    from ddetr_cli.train.criterion import _paired_giou
+    from ddetr_cli.train.matcher import _pairwise_giou
+
+    g = torch.Generator().manual_seed(0)
+    for rows, cols in ((300, 22), (7, 1), (0, 3), (4, 0)):
+        a, b = _random_xyxy(rows, g, dtype), _random_xyxy(cols, g, dtype)
+        assert torch.equal(_pairwise_giou(a, b), generalized_box_iou(a, b))
+    a, b = _random_xyxy(50, g, dtype), _random_xyxy(50, g, dtype)
+    assert torch.equal(_paired_giou(a, b), torch.diag(generalized_box_iou(a, b)))
+
+
+def test_the_decoder_layers_losses_stacked_are_each_layers_alone():
+    """The criterion computes every decoder layer's losses on the layers stacked; each equals
+    the losses of that layer given alone (matched alone), and the gradients flow to each."""
+    from ddetr_cli.train.criterion import build_criterion
+
+    recipe = load_recipe(None, ["model.num_classes=3", "model.dec_layers=3"])
+    criterion = build_criterion(recipe)
+    g = torch.Generator().manual_seed(0)
+
+    def level() -> dict[str, torch.Tensor]:
+        logits = torch.randn(3, 7, 3, generator=g, dtype=torch.float64).requires_grad_()
+        boxes = (torch.rand(3, 7, 4, generator=g, dtype=torch.float64) * 0.5 + 0.2).requires_grad_()
+        return {"pred_logits": logits, "pred_boxes": boxes}
+
+    layers = [level() for _ in range(3)]
+    targets = [
+        {
+            "labels": torch.randint(0, 3, (n,), generator=g),
+            "boxes": torch.rand(n, 4, generator=g, dtype=torch.float64) * 0.5 + 0.2,
+        }
+        for n in (2, 0, 4)
+    ]
+    losses = criterion({**layers[-1], "aux_outputs": layers[:-1]}, targets, num_boxes=6.0)
+    criterion.total(losses).backward()
+    for suffix, layer in zip(("_0", "_1", ""), layers, strict=True):
+        alone = criterion({k: v.detach() for k, v in layer.items()}, targets, num_boxes=6.0)
+        for name in ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error"):
+            torch.testing.assert_close(losses[name + suffix], alone[name], rtol=1e-12, atol=0)
+        assert all(layer[key].grad.abs().sum() > 0 for key in ("pred_logits", "pred_boxes"))
+    assert "class_error" in losses and "class_error_0" not in losses
+
+
+def test_training_runs_the_convolutions_channels_last_and_keeps_the_weights_as_they_were():
+    """train.channels_last (the default) feeds NHWC pictures to the CNN: the same outputs and
+    gradients to float rounding, and the weights, their gradients and so the checkpoints keep
+    torch's usual layout."""
+    from ddetr_cli.data import build_datasets, collate
+    from ddetr_cli.runtime import Dist
+    from ddetr_cli.train.parts import build_run_parts
+
+    recipe = _recipe()
+    assert recipe["train"]["channels_last"] is True
+    model = build_run_parts(recipe, Dist(device=torch.device("cpu"))).model
+    assert model.channels_last is True
+    images, _ = collate([build_datasets(recipe).train[i] for i in range(2)])
+    results = []
+    for channels_last in (False, True):
+        model.channels_last = channels_last
+        model.zero_grad(set_to_none=True)
+        out = model(images)
+        (out["pred_logits"].sigmoid().sum() + out["pred_boxes"].sum()).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((out["pred_logits"].detach(), grads))
+    (logits, grads), (cl_logits, cl_grads) = results
+    torch.testing.assert_close(cl_logits, logits, rtol=1e-4, atol=1e-5)
+    for cl_grad, grad in zip(cl_grads, grads, strict=True):
+        torch.testing.assert_close(cl_grad, grad, rtol=1e-3, atol=1e-4)
+        assert cl_grad.is_contiguous()
+    assert all(p.is_contiguous() for p in model.parameters())

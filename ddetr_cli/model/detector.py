@@ -69,7 +69,8 @@ class DeformableDETR(nn.Module):
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
-        self.channels_last = False  # set by optimize_for_inference
+        # NHWC pictures into the convolutions: optimize_for_inference, train.channels_last
+        self.channels_last = False
         self.transformer = transformer
         class_embed = nn.Linear(hidden_dim, num_classes)
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)

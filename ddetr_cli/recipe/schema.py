@@ -95,6 +95,9 @@ DEFAULTS: dict[str, Any] = {
         # torch.compile the model for training steps (Inductor): faster steps after a compile
         # that takes minutes the first time (docs/design.md#compiled-training-steps).
         "compile": False,
+        # convolutions on channels-last (NHWC) activations: the same values to float rounding,
+        # the backbone's steps cheaper (docs/design.md#channels-last)
+        "channels_last": True,
         "patience": 0,  # stop after this many evaluations without a better val AP (0: off)
         "tensorboard": False,  # TensorBoard event files in the run folder
     },

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import box_convert, sigmoid_focal_loss
 
 from ddetr_cli.train.matcher import HungarianMatcher, build_matcher
 from ddetr_cli.train.timing import NO_TIMER
@@ -21,18 +21,56 @@ Targets = list[dict[str, Tensor]]
 Matches = list[tuple[Tensor, Tensor]]
 
 
-def _matched(matches: Matches) -> tuple[Tensor, Tensor]:
-    """(batch index, query index) of every matched prediction, image by image."""
-    batch = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(matches)])
-    query = torch.cat([q for q, _ in matches])
-    return batch, query
+class _Pairs:
+    """Every matched (prediction, target) pair of L levels of predictions of one batch, level
+    after level and image after image in each level, in the matcher's order within an image: the
+    order in which the official criterion gathers one level's pairs, so that each level's sums
+    add the same numbers in the same order."""
+
+    def __init__(self, matches: list[Matches], sizes: list[int]) -> None:
+        per_image = [pair for level in matches for pair in level]
+        counts = torch.tensor([len(query) for query, _ in per_image])
+        images = torch.arange(len(sizes)).repeat(len(matches))
+        # Each target's index in the batch's concatenated targets: its image's offset + its own.
+        offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).repeat(len(matches))
+        self.level_counts = counts.view(len(matches), len(sizes)).sum(1).tolist()
+        self.batch = images.repeat_interleave(counts)
+        self.query = torch.cat([query for query, _ in per_image])
+        self.target = torch.cat([target for _, target in per_image])
+        self.target += offsets.repeat_interleave(counts)
+        self.level = torch.arange(len(matches)).repeat_interleave(torch.tensor(self.level_counts))
+
+
+def _level_sums(values: Tensor, counts: list[int]) -> Tensor:
+    """(L,) sums of the consecutive runs of ``counts`` rows of ``values``: each level's sum of
+    all its numbers, as ``values[rows].sum()`` adds them."""
+    return torch.stack([run.sum() for run in values.split(counts)])
+
+
+def _paired_giou(a: Tensor, b: Tensor) -> Tensor:
+    """GIoU of each xyxy box of ``a`` with the box of ``b`` in the same row: the diagonal of
+    torchvision's ``generalized_box_iou(a, b)``, computed by the same operations element by
+    element (the same numbers) without the N x N matrix around it."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    inter_wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
+    inter = inter_wh[:, 0] * inter_wh[:, 1]
+    union = area_a + area_b - inter
+    hull_wh = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0)
+    hull = hull_wh[:, 0] * hull_wh[:, 1]
+    return inter / union - (hull - union) / hull
 
 
 class SetCriterion(nn.Module):
     """Focal classification, L1 and GIoU box losses on Hungarian-matched queries, for the
     final decoder layer, every auxiliary layer (suffix ``_i``) and the two-stage encoder
     proposals (suffix ``_enc``, binary targets). ``weight_dict`` holds the official weights;
-    the total loss is ``sum(losses[k] * weight_dict[k] for k in weight_dict)``."""
+    the total loss is ``sum(losses[k] * weight_dict[k] for k in weight_dict)``.
+
+    The decoder's layers are matched in one computation and their losses computed on the layers
+    stacked (each term once for all layers, not once per layer: a few hundred small operations
+    fewer a step); each layer's loss adds the same numbers in the same order as the official
+    criterion of that layer alone."""
 
     def __init__(
         self,
@@ -49,73 +87,91 @@ class SetCriterion(nn.Module):
         self.timer = NO_TIMER  # a timing.PartTimer: the matcher and each loss (ddetr bench --train)
 
     def loss_labels(
-        self, logits: Tensor, targets: Targets, matches: Matches, num_boxes: float, log: bool
+        self, logits: Tensor, labels: Tensor, pairs: _Pairs, num_boxes: float, log: bool
     ) -> dict[str, Tensor]:
-        batch, query = _matched(matches)
-        matched_labels = torch.cat(
-            [t["labels"][j] for t, (_, j) in zip(targets, matches, strict=True)]
-        )
+        """Focal loss of (L, B, Q, C) logits: {"loss_ce": (L,)} and, with ``log``, the first
+        level's "class_error"."""
+        matched_labels = labels[pairs.target]
         # One-hot over the real classes: unmatched queries have an all-zero target (no
         # "no-object" logit in the sigmoid formulation).
         onehot = torch.zeros_like(logits)
-        onehot[batch, query, matched_labels] = 1
+        onehot[pairs.level, pairs.batch, pairs.query, matched_labels] = 1
         focal = sigmoid_focal_loss(logits, onehot, alpha=self.focal_alpha, gamma=2.0)
-        # Official: mean over queries, sum, / num_boxes, * num_queries.
-        loss_ce = focal.mean(1).sum() / num_boxes * logits.shape[1]
+        # Official, per level: mean over queries, sum, / num_boxes, * num_queries.
+        loss_ce = focal.mean(2).sum((1, 2)) / num_boxes * logits.shape[2]
         out = {"loss_ce": loss_ce}
         if log:
             with torch.no_grad():
-                if len(matched_labels):
-                    hit = logits[batch, query].argmax(-1) == matched_labels
+                first = pairs.level_counts[0]
+                if first:
+                    batch, query = pairs.batch[:first], pairs.query[:first]
+                    hit = logits[0, batch, query].argmax(-1) == matched_labels[:first]
                     out["class_error"] = 100 - 100 * hit.to(logits.dtype).mean()
                 else:
                     out["class_error"] = logits.new_tensor(100.0)
         return out
 
     def loss_boxes(
-        self, boxes: Tensor, targets: Targets, matches: Matches, num_boxes: float
+        self, boxes: Tensor, target_boxes: Tensor, pairs: _Pairs, num_boxes: float
     ) -> dict[str, Tensor]:
-        batch, query = _matched(matches)
-        src = boxes[batch, query]
-        tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, matches, strict=True)]).to(
-            src.dtype
-        )
-        loss_bbox = F.l1_loss(src, tgt, reduction="none").sum() / num_boxes
-        giou = generalized_box_iou(
-            box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy")
-        )
-        loss_giou = (1 - torch.diag(giou)).sum() / num_boxes
+        """L1 and GIoU losses of (L, B, Q, 4) boxes: {"loss_bbox": (L,), "loss_giou": (L,)}."""
+        src = boxes[pairs.level, pairs.batch, pairs.query]
+        tgt = target_boxes[pairs.target].to(src.dtype)
+        counts = pairs.level_counts
+        loss_bbox = _level_sums(F.l1_loss(src, tgt, reduction="none"), counts) / num_boxes
+        giou = _paired_giou(box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"))
+        loss_giou = _level_sums(1 - giou, counts) / num_boxes
         return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     @torch.no_grad()
-    def cardinality_error(self, logits: Tensor, targets: Targets) -> Tensor:
-        """Logged only: |#queries whose best class is not the last one - #targets|, as the
-        official (a leftover of softmax DETR, kept so the logs compare)."""
-        count = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).to(logits.dtype)
-        sizes = torch.as_tensor([len(t["labels"]) for t in targets], dtype=logits.dtype)
-        return F.l1_loss(count, sizes.to(count.device))
+    def cardinality_error(self, logits: Tensor, sizes: list[int]) -> Tensor:
+        """Logged only, (L,): |#queries whose best class is not the last one - #targets|,
+        averaged over the images, as the official (a leftover of softmax DETR, kept so the logs
+        compare)."""
+        count = (logits.argmax(-1) != logits.shape[-1] - 1).sum(2).to(logits.dtype)
+        sizes_t = torch.as_tensor(sizes, dtype=logits.dtype, device=logits.device)
+        return (count - sizes_t).abs().mean(1)
+
+    def _levels(
+        self,
+        levels: list[tuple[Tensor, Tensor]],
+        targets: Targets,
+        matches: list[Matches],
+        num_boxes: float,
+        suffixes: list[str],
+        log: bool,
+    ) -> dict[str, Tensor]:
+        """The losses of levels of (logits, boxes) of one shape, stacked, each level's under
+        its suffix."""
+        sizes = [len(t["labels"]) for t in targets]
+        pairs = _Pairs(matches, sizes)
+        logits = torch.stack([level[0] for level in levels])
+        boxes = torch.stack([level[1] for level in levels])
+        with self.timer("loss_labels"):
+            losses = self.loss_labels(
+                logits, torch.cat([t["labels"] for t in targets]), pairs, num_boxes, log
+            )
+        with self.timer("loss_boxes"):
+            target_boxes = torch.cat([t["boxes"] for t in targets])
+            losses.update(self.loss_boxes(boxes, target_boxes, pairs, num_boxes))
+        with self.timer("cardinality_error"):
+            losses["cardinality_error"] = self.cardinality_error(logits, sizes)
+        # (L,) values: one per level; the 0-d class_error is the first level's alone.
+        return {
+            f"{name}{suffix}": value if value.dim() == 0 else value[i]
+            for i, suffix in enumerate(suffixes)
+            for name, value in losses.items()
+            if value.dim() == 1 or i == 0
+        }
 
     def _one_level(
-        self,
-        out: dict[str, Tensor],
-        targets: Targets,
-        num_boxes: float,
-        suffix: str,
-        log: bool,
-        matches: Matches | None = None,
+        self, out: dict[str, Tensor], targets: Targets, num_boxes: float, suffix: str, log: bool
     ) -> dict[str, Tensor]:
-        """The losses of one level of predictions, matched here unless ``matches`` are given."""
+        """The losses of one level of predictions (the two-stage proposals), matched here."""
         logits, boxes = _fp32(out)
-        if matches is None:
-            with self.timer("matcher"):
-                matches = self.matcher({"pred_logits": logits, "pred_boxes": boxes}, targets)
-        with self.timer("loss_labels"):
-            losses = self.loss_labels(logits, targets, matches, num_boxes, log)
-        with self.timer("loss_boxes"):
-            losses.update(self.loss_boxes(boxes, targets, matches, num_boxes))
-        with self.timer("cardinality_error"):
-            losses["cardinality_error"] = self.cardinality_error(logits, targets)
-        return {f"{k}{suffix}": v for k, v in losses.items()}
+        with self.timer("matcher"):
+            matches = self.matcher({"pred_logits": logits, "pred_boxes": boxes}, targets)
+        return self._levels([(logits, boxes)], targets, [matches], num_boxes, [suffix], log)
 
     def forward(
         self, outputs: dict[str, Any], targets: Targets, num_boxes: float | None = None
@@ -125,17 +181,11 @@ class SetCriterion(nn.Module):
         if num_boxes is None:
             num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
         # The decoder's layers (the last, then the auxiliary ones) are matched in one go.
-        levels = [outputs, *outputs.get("aux_outputs", ())]
+        levels = [_fp32(level) for level in [outputs, *outputs.get("aux_outputs", ())]]
         with self.timer("matcher"):
-            matches = self.matcher.match_levels([_fp32(level) for level in levels], targets)
-        losses: dict[str, Tensor] = {}
-        for i, (level, level_matches) in enumerate(zip(levels, matches, strict=True)):
-            suffix = f"_{i - 1}" if i else ""
-            losses.update(
-                self._one_level(
-                    level, targets, num_boxes, suffix, log=i == 0, matches=level_matches
-                )
-            )
+            matches = self.matcher.match_levels(levels, targets)
+        suffixes = ["", *(f"_{i}" for i in range(len(levels) - 1))]
+        losses = self._levels(levels, targets, matches, num_boxes, suffixes, log=True)
         if "enc_outputs" in outputs:
             # Two-stage proposals are class-agnostic: every target is class 0
             # (docs/design.md#losses).

@@ -62,6 +62,7 @@ def build_run_parts(
     splits = build_datasets(recipe)
     resolve_classes(recipe, splits)
     model = build_model(recipe).to(ctx.device)
+    model.channels_last = cfg["channels_last"]
     if load_weights is not None:
         load_weights(model)
     step_model: nn.Module = model
