@@ -401,15 +401,14 @@ def _random_xyxy(count: int, g: torch.Generator, dtype: torch.dtype) -> torch.Te
 def test_the_giou_costs_and_losses_are_torchvisions_bit_for_bit(dtype):
     from torchvision.ops import generalized_box_iou
 
-    from ddetr_cli.train.criterion import _paired_giou
-    from ddetr_cli.train.matcher import _pairwise_giou
+    from ddetr_cli.train.giou import broadcast_giou
 
     g = torch.Generator().manual_seed(0)
     for rows, cols in ((300, 22), (7, 1), (0, 3), (4, 0)):
         a, b = _random_xyxy(rows, g, dtype), _random_xyxy(cols, g, dtype)
-        assert torch.equal(_pairwise_giou(a, b), generalized_box_iou(a, b))
+        assert torch.equal(broadcast_giou(a[:, None], b[None]), generalized_box_iou(a, b))
     a, b = _random_xyxy(50, g, dtype), _random_xyxy(50, g, dtype)
-    assert torch.equal(_paired_giou(a, b), torch.diag(generalized_box_iou(a, b)))
+    assert torch.equal(broadcast_giou(a, b), torch.diag(generalized_box_iou(a, b)))
 
 
 def test_the_decoder_layers_losses_stacked_are_each_layers_alone():

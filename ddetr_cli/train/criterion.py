@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, sigmoid_focal_loss
 
+from ddetr_cli.train.giou import broadcast_giou
 from ddetr_cli.train.matcher import HungarianMatcher, build_matcher
 from ddetr_cli.train.timing import NO_TIMER
 
@@ -45,20 +46,6 @@ def _level_sums(values: Tensor, counts: list[int]) -> Tensor:
     """(L,) sums of the consecutive runs of ``counts`` rows of ``values``: each level's sum of
     all its numbers, as ``values[rows].sum()`` adds them."""
     return torch.stack([run.sum() for run in values.split(counts)])
-
-
-def _paired_giou(a: Tensor, b: Tensor) -> Tensor:
-    """GIoU of each xyxy box of ``a`` with the box of ``b`` in the same row: the diagonal of
-    torchvision's ``generalized_box_iou(a, b)``, computed by the same operations element by
-    element (the same numbers) without the N x N matrix around it."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    inter_wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = inter_wh[:, 0] * inter_wh[:, 1]
-    union = area_a + area_b - inter
-    hull_wh = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0)
-    hull = hull_wh[:, 0] * hull_wh[:, 1]
-    return inter / union - (hull - union) / hull
 
 
 class SetCriterion(nn.Module):
@@ -119,7 +106,9 @@ class SetCriterion(nn.Module):
         tgt = target_boxes[pairs.target].to(src.dtype)
         counts = pairs.level_counts
         loss_bbox = _level_sums(F.l1_loss(src, tgt, reduction="none"), counts) / num_boxes
-        giou = _paired_giou(box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"))
+        giou = broadcast_giou(
+            box_convert(src, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy")
+        )
         loss_giou = _level_sums(1 - giou, counts) / num_boxes
         return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
