@@ -34,12 +34,13 @@ class _Pairs:
         images = torch.arange(len(sizes)).repeat(len(matches))
         # Each target's index in the batch's concatenated targets: its image's offset + its own.
         offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).repeat(len(matches))
-        self.level_counts = counts.view(len(matches), len(sizes)).sum(1).tolist()
+        per_level = counts.view(len(matches), len(sizes)).sum(1)
+        self.level_counts = per_level.tolist()
+        self.level = torch.arange(len(matches)).repeat_interleave(per_level)
         self.batch = images.repeat_interleave(counts)
         self.query = torch.cat([query for query, _ in per_image])
         self.target = torch.cat([target for _, target in per_image])
         self.target += offsets.repeat_interleave(counts)
-        self.level = torch.arange(len(matches)).repeat_interleave(torch.tensor(self.level_counts))
 
 
 def _level_sums(values: Tensor, counts: list[int]) -> Tensor:
