@@ -22,11 +22,19 @@ parameter groups and gradient clipping at 0.1. Nothing is downloaded (HF_HUB_OFF
 
     python benchmarks/compare_transformers_train.py                       # shapes, 2 threads
     python benchmarks/compare_transformers_train.py --config refine --steps 3 --warmup 1
+    python benchmarks/compare_transformers_train.py --profile 5
+
+``--profile N`` then profiles N more steps of each (alternating, under one ``torch.profiler``)
+and splits a step's CPU time into arithmetic (matrix products, convolutions, the deformable
+sampling) and everything else (element-wise ops, norms, copies, Python, the autograd engine).
+ddetr's arithmetic alone bounds how far ahead of transformers' whole step any cut of ddetr's
+other work could go. The profiler's own cost inflates the small operations by ~10%.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import sys
@@ -75,6 +83,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps of each (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="then profile N steps of each"
+    )
     p.add_argument("--json", type=Path, help="also write the report here")
     return p.parse_args()
 
@@ -206,9 +217,15 @@ def _timed_loss(loss_function, timer: PartTimer):
     return timed
 
 
-def compare(args: argparse.Namespace) -> dict[str, Any]:
-    from ddetr_cli.train.engine import train_step
+# Operations whose time is the arithmetic itself (self CPU time, by name).
+ARITHMETIC = {
+    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "scaled_dot"),
+    "convolutions": ("convolution",),
+    "deformable sampling": ("ddetr_cpu_kernel::", "grid_sampler"),
+}
 
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     recipe, model, criterion, state, batches = ddetr_run(args)
     hf = hf_model(recipe, model)
@@ -216,27 +233,60 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     timers = {"ddetr": PartTimer(), "transformers": PartTimer()}
     hf.loss_function = _timed_loss(hf.loss_function, timers["transformers"])
     model.train()
+    steps = {
+        "ddetr": lambda batch, timer: _ddetr_step(model, criterion, state, recipe, batch, timer),
+        "transformers": lambda batch, timer: hf_step(
+            hf, optimizer, batch, timer, recipe["train"]["clip_max_norm"]
+        ),
+    }
     for i, batch in enumerate(batches):
-        order = ("ddetr", "transformers") if i % 2 == 0 else ("transformers", "ddetr")
-        for name in order:
-            timer = timers[name]
-            if name == "ddetr":
-                with timer("step"):
-                    train_step(
-                        model,
-                        criterion,
-                        state,
-                        [batch],
-                        recipe["train"],
-                        torch.device("cpu"),
-                        timer=timer,
-                    )
-            else:
-                hf_step(hf, optimizer, batch, timer, recipe["train"]["clip_max_norm"])
-            timer.next_step()
+        for name in list(steps) if i % 2 == 0 else list(steps)[::-1]:
+            steps[name](batch, timers[name])
+            timers[name].next_step()
     for step in timers["transformers"].steps:
         step["forward"] -= step["losses"]
-    return _report(args, recipe, model, hf, timers)
+    report = _report(args, recipe, model, hf, timers)
+    if args.profile:
+        timed = batches[args.warmup : args.warmup + args.profile]
+        report["profile"] = _profile(steps, timed)
+    return report
+
+
+def _ddetr_step(model, criterion, state, recipe, batch, timer: PartTimer) -> None:
+    from ddetr_cli.train.engine import train_step
+
+    with timer("step"):
+        train_step(
+            model, criterion, state, [batch], recipe["train"], torch.device("cpu"), timer=timer
+        )
+
+
+def _profile(steps: dict, batches: list) -> dict[str, dict[str, float]]:
+    """Self CPU ms per step of each kind of ARITHMETIC and of the rest, for each of ``steps``,
+    their steps alternating under one profiler (each attributed by the range it ran in)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i, batch in enumerate(batches):
+            for name in list(steps) if i % 2 == 0 else list(steps)[::-1]:
+                with torch.profiler.record_function(f"step:{name}"):
+                    steps[name](batch, PartTimer())
+    ranges = sorted(
+        (e.time_range.start, e.time_range.end, e.key[5:])
+        for e in prof.events()
+        if e.key.startswith("step:")
+    )
+    starts = [start for start, _, _ in ranges]
+    kinds = (*ARITHMETIC, "everything else")
+    per_step = {name: dict.fromkeys(kinds, 0.0) for name in steps}
+    for event in prof.events():
+        i = bisect.bisect_right(starts, event.time_range.start) - 1
+        if event.key.startswith("step:") or i < 0 or event.time_range.start > ranges[i][1]:
+            continue
+        kind = next(
+            (k for k, names in ARITHMETIC.items() if any(n in event.key for n in names)),
+            "everything else",
+        )
+        per_step[ranges[i][2]][kind] += event.self_cpu_time_total / 1e3 / len(batches)
+    return per_step
 
 
 def _report(args, recipe, model, hf, timers) -> dict[str, Any]:
@@ -289,6 +339,20 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['part']} | {r['ddetr_ms']:.1f} | {r['transformers_ms']:.1f} | "
             f"{r['speedup']:.2f}x |"
         )
+    if "profile" in report:
+        p = report["profile"]
+        lines += ["", "| self CPU ms a step (profiled) | ddetr | transformers |", "|---|---:|---:|"]
+        for kind in p["ddetr"]:
+            lines.append(f"| {kind} | {p['ddetr'][kind]:.1f} | {p['transformers'][kind]:.1f} |")
+        floor = sum(v for k, v in p["ddetr"].items() if k != "everything else")
+        total = {name: sum(v.values()) for name, v in p.items()}
+        lines += [
+            f"| all | {total['ddetr']:.1f} | {total['transformers']:.1f} |",
+            "",
+            f"ddetr's arithmetic alone: {floor:.1f} ms; transformers' whole step over it: "
+            f"{total['transformers'] / floor:.2f}x (the most any cut of ddetr's other work "
+            "could reach).",
+        ]
     return "\n".join(lines)
 
 
