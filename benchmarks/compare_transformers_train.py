@@ -240,7 +240,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         ),
     }
     for i, batch in enumerate(batches):
-        for name in list(steps) if i % 2 == 0 else list(steps)[::-1]:
+        for name in _in_turn(steps, i):
             steps[name](batch, timers[name])
             timers[name].next_step()
     for step in timers["transformers"].steps:
@@ -250,6 +250,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         timed = batches[args.warmup : args.warmup + args.profile]
         report["profile"] = _profile(steps, timed)
     return report
+
+
+def _in_turn(steps: dict, i: int) -> list[str]:
+    """The models' order for batch ``i``: reversed every other batch, so that neither always
+    runs first (the drift of a shared machine and warm caches hit both alike)."""
+    return list(steps) if i % 2 == 0 else list(steps)[::-1]
 
 
 def _ddetr_step(model, criterion, state, recipe, batch, timer: PartTimer) -> None:
@@ -266,7 +272,7 @@ def _profile(steps: dict, batches: list) -> dict[str, dict[str, float]]:
     their steps alternating under one profiler (each attributed by the range it ran in)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for i, batch in enumerate(batches):
-            for name in list(steps) if i % 2 == 0 else list(steps)[::-1]:
+            for name in _in_turn(steps, i):
                 with torch.profiler.record_function(f"step:{name}"):
                     steps[name](batch, PartTimer())
     ranges = sorted(
